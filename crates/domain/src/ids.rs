@@ -1,0 +1,218 @@
+//! Typed, prefixed identifiers (`wh_…`, `evt_…`, `whd_…`, `ws_…`, `key_…`).
+//!
+//! Generated ids are a prefix plus a lowercase ULID: 48 bits of millisecond time followed
+//! by 80 random bits from the OS-seeded CSPRNG, so they sort by creation time and cannot
+//! be guessed. Event ids may also come from the platform, in which case any
+//! `evt_` + `[A-Za-z0-9_-]{1,100}` is accepted.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why a string is not an id of the expected kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{value}` is not a valid {kind} id (expected `{prefix}…`)")]
+pub struct InvalidId {
+    kind: &'static str,
+    prefix: &'static str,
+    value: String,
+}
+
+fn new_ulid_suffix() -> String {
+    // `Ulid::new` draws from `rand::thread_rng`, a CSPRNG seeded from the OS.
+    ulid::Ulid::new().to_string().to_ascii_lowercase()
+}
+
+fn is_ulid_suffix(s: &str) -> bool {
+    s.len() == 26
+        && ulid::Ulid::from_string(s).is_ok()
+        && s.bytes().all(|b| !b.is_ascii_uppercase())
+}
+
+macro_rules! ulid_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The prefix every id of this kind starts with.
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A fresh, unguessable, time-sortable id.
+            pub fn generate() -> Self {
+                Self(format!("{}{}", $prefix, new_ulid_suffix()))
+            }
+
+            /// Parses an id previously produced by [`Self::generate`].
+            pub fn parse(s: &str) -> Result<Self, InvalidId> {
+                match s.strip_prefix($prefix) {
+                    Some(rest) if is_ulid_suffix(rest) => Ok(Self(s.to_owned())),
+                    _ => Err(InvalidId { kind: $kind, prefix: $prefix, value: s.to_owned() }),
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+ulid_id!(
+    /// A webhook endpoint registered by a workspace.
+    WebhookId, "wh_", "webhook"
+);
+ulid_id!(
+    /// One delivery attempt (one row of the delivery log).
+    DeliveryId, "whd_", "delivery"
+);
+ulid_id!(
+    /// A workspace: the tenant every webhook and API key belongs to.
+    WorkspaceId, "ws_", "workspace"
+);
+ulid_id!(
+    /// An API key's public identifier (the secret part is never stored).
+    ApiKeyId, "key_", "api key"
+);
+
+/// The identifier of one domain event. Generated ids are ULID-based; ids supplied by the
+/// platform are accepted when they are `evt_` followed by 1 to 100 of `[A-Za-z0-9_-]`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId(String);
+
+impl EventId {
+    pub const PREFIX: &'static str = "evt_";
+    const MAX_SUFFIX: usize = 100;
+
+    pub fn generate() -> Self {
+        Self(format!("{}{}", Self::PREFIX, new_ulid_suffix()))
+    }
+
+    pub fn parse(s: &str) -> Result<Self, InvalidId> {
+        let ok = s.strip_prefix(Self::PREFIX).is_some_and(|rest| {
+            !rest.is_empty()
+                && rest.len() <= Self::MAX_SUFFIX
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InvalidId {
+                kind: "event",
+                prefix: Self::PREFIX,
+                value: truncate(s, 120),
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    s.chars().take(max_chars).collect()
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for EventId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_parse_back_and_carry_their_prefix() {
+        let id = WebhookId::generate();
+        assert!(id.as_str().starts_with("wh_"));
+        assert_eq!(WebhookId::parse(id.as_str()).unwrap(), id);
+        assert!(
+            DeliveryId::parse(id.as_str()).is_err(),
+            "a webhook id is not a delivery id"
+        );
+    }
+
+    #[test]
+    fn ids_sort_by_creation_time() {
+        let a = DeliveryId::generate();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = DeliveryId::generate();
+        assert!(a < b);
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        let ids: std::collections::HashSet<_> =
+            (0..10_000).map(|_| WebhookId::generate()).collect();
+        assert_eq!(ids.len(), 10_000);
+    }
+
+    #[test]
+    fn platform_event_ids_are_accepted_within_limits() {
+        assert!(EventId::parse("evt_abc123xyz").is_ok());
+        assert!(EventId::parse("evt_").is_err());
+        assert!(EventId::parse("abc").is_err());
+        assert!(EventId::parse("evt_a b").is_err());
+        assert!(EventId::parse(&format!("evt_{}", "a".repeat(101))).is_err());
+    }
+
+    #[test]
+    fn malformed_ids_are_rejected() {
+        assert!(WebhookId::parse("wh_abc123").is_err());
+        assert!(
+            WebhookId::parse("wh_01HZZZZZZZZZZZZZZZZZZZZZZZ").is_err(),
+            "uppercase is not ours"
+        );
+        assert!(WebhookId::parse("").is_err());
+    }
+}

@@ -1,0 +1,358 @@
+//! Configuration of every qr3 webhooks role, layered as SPEC "Stable operator interface"
+//! says: built-in defaults, then an optional TOML file, then `QR3__SECTION__KEY`
+//! environment variables. Validated once at start-up; secrets never print.
+
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use serde::Deserialize;
+use sha2::Digest;
+
+/// The built-in defaults, commented, shipped inside the binary.
+pub const DEFAULTS_TOML: &str = include_str!("default.toml");
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// A value that must never appear in logs: `Debug` prints `<redacted>`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Redacted<T>(T);
+
+impl<T> Redacted<T> {
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Redacted<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub api: ApiSettings,
+    pub metrics: MetricsSettings,
+    pub ingest: IngestSettings,
+    pub delivery: DeliverySettings,
+    pub retention: RetentionSettings,
+    pub secrets: SecretsSettings,
+    pub shutdown: ShutdownSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// May hold a password, hence redacted.
+    pub url: Redacted<String>,
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    pub url: Redacted<String>,
+    pub events_exchange: String,
+    pub prefix: String,
+    pub prefetch: u16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub require_https: bool,
+    pub ping_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    pub max_event_bytes: usize,
+    pub subscription_cache_ms: u64,
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    pub retry_delays_ms: Vec<u64>,
+    pub timeout_ms: u64,
+    pub disable_after_failures: u32,
+    pub concurrency: usize,
+    pub allow_private_targets: bool,
+    pub webhook_cache_ms: u64,
+    pub log_batch_size: usize,
+    pub log_flush_ms: u64,
+}
+
+impl DeliverySettings {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// Attempts a delivery gets at most: the first, plus one per retry delay.
+    pub fn max_attempts(&self) -> u32 {
+        self.retry_delays_ms.len() as u32 + 1
+    }
+
+    /// The delay before attempt `next_attempt` (2, 3, …), or `None` when there is none.
+    pub fn delay_before(&self, next_attempt: u32) -> Option<Duration> {
+        let index = usize::try_from(next_attempt.checked_sub(2)?).ok()?;
+        self.retry_delays_ms
+            .get(index)
+            .map(|ms| Duration::from_millis(*ms))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    pub delivery_log_days: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsSettings {
+    #[serde(default)]
+    pub encryption_key: Option<Redacted<String>>,
+    pub allow_insecure_dev_key: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    pub grace_period_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// The 32-byte key that encrypts webhook secrets at rest.
+#[derive(Clone)]
+pub struct EncryptionKey([u8; 32]);
+
+impl EncryptionKey {
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EncryptionKey(<redacted>)")
+    }
+}
+
+impl Settings {
+    /// Defaults, then `file` if given, then the `QR3__…` environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULTS_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("QR3")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("delivery.retry_delays_ms")
+                .try_parsing(true),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The built-in defaults alone (no file, no environment): the base tests start from.
+    pub fn defaults() -> Self {
+        config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULTS_TOML,
+                config::FileFormat::Toml,
+            ))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .expect("the embedded defaults are valid (checked by a unit test)")
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
+        if self.database.pool_size == 0 {
+            return invalid("database.pool_size must be at least 1");
+        }
+        if self.amqp.prefix.is_empty()
+            || !self
+                .amqp
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return invalid(
+                "amqp.prefix must be non-empty and use only letters, digits, '.', '_' and '-'",
+            );
+        }
+        if self.amqp.events_exchange.is_empty() {
+            return invalid("amqp.events_exchange must not be empty");
+        }
+        if self.delivery.retry_delays_ms.contains(&0) {
+            return invalid("delivery.retry_delays_ms entries must be positive");
+        }
+        if self.delivery.timeout_ms == 0 {
+            return invalid("delivery.timeout_ms must be positive");
+        }
+        if self.delivery.disable_after_failures == 0 {
+            return invalid("delivery.disable_after_failures must be at least 1");
+        }
+        if self.delivery.concurrency == 0 || self.delivery.concurrency > usize::from(u16::MAX) {
+            return invalid("delivery.concurrency must be between 1 and 65535");
+        }
+        if self.delivery.log_batch_size == 0 {
+            return invalid("delivery.log_batch_size must be at least 1");
+        }
+        if self.ingest.concurrency == 0 || self.amqp.prefetch == 0 {
+            return invalid("ingest.concurrency and amqp.prefetch must be at least 1");
+        }
+        if self.retention.delivery_log_days == 0 {
+            return invalid("retention.delivery_log_days must be at least 1");
+        }
+        self.encryption_key()?;
+        Ok(())
+    }
+
+    /// The key for secrets at rest; refuses to run without one unless the insecure
+    /// development key is explicitly allowed.
+    pub fn encryption_key(&self) -> Result<EncryptionKey, ConfigError> {
+        match &self.secrets.encryption_key {
+            Some(encoded) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(encoded.expose().trim())
+                    .map_err(|_| {
+                        ConfigError::Invalid("secrets.encryption_key must be base64".into())
+                    })?;
+                let key: [u8; 32] = bytes.try_into().map_err(|_| {
+                    ConfigError::Invalid("secrets.encryption_key must decode to 32 bytes".into())
+                })?;
+                Ok(EncryptionKey(key))
+            }
+            None if self.secrets.allow_insecure_dev_key => {
+                // A well-known key: anyone can decrypt what it protects. Development only.
+                Ok(EncryptionKey(
+                    sha2::Sha256::digest(b"qr3-webhooks insecure development key").into(),
+                ))
+            }
+            None => Err(ConfigError::Invalid(
+                "secrets.encryption_key is not set (generate one with `openssl rand -base64 32`, \
+                 or set secrets.allow_insecure_dev_key = true for local development)"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Whether secrets are protected by the well-known development key.
+    pub fn uses_insecure_dev_key(&self) -> bool {
+        self.secrets.encryption_key.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_match_the_spec() {
+        let s = Settings::defaults();
+        assert_eq!(
+            s.database.url.expose(),
+            "postgres://postgres@127.0.0.1:5432/qr3"
+        );
+        assert_eq!(s.amqp.url.expose(), "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(s.amqp.events_exchange, "qr3.events");
+        assert_eq!(s.amqp.prefix, "qr3");
+        assert_eq!(s.api.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.metrics.listen.to_string(), "0.0.0.0:9090");
+        assert_eq!(s.delivery.retry_delays_ms, [60_000, 300_000]);
+        assert_eq!(s.delivery.timeout_ms, 10_000);
+        assert_eq!(s.delivery.disable_after_failures, 10);
+        assert!(!s.delivery.allow_private_targets);
+        assert_eq!(s.log.format, LogFormat::Text);
+        assert_eq!(s.delivery.max_attempts(), 3);
+        assert_eq!(s.delivery.delay_before(2), Some(Duration::from_secs(60)));
+        assert_eq!(s.delivery.delay_before(3), Some(Duration::from_secs(300)));
+        assert_eq!(s.delivery.delay_before(4), None);
+    }
+
+    #[test]
+    fn refuses_to_start_without_a_key() {
+        let s = Settings::defaults();
+        assert!(
+            matches!(s.validate(), Err(ConfigError::Invalid(m)) if m.contains("encryption_key"))
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let mut s = Settings::defaults();
+        s.database.url = Redacted::new("postgres://user:hunter2@db/qr3".into());
+        s.secrets.encryption_key = Some(Redacted::new("c2VjcmV0".into()));
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("hunter2") && !debug.contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn key_must_be_32_bytes_of_base64() {
+        let mut s = Settings::defaults();
+        s.secrets.encryption_key = Some(Redacted::new("dG9vLXNob3J0".into()));
+        assert!(s.encryption_key().is_err());
+        s.secrets.encryption_key = Some(Redacted::new(
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
+        ));
+        assert!(s.encryption_key().is_ok());
+    }
+}

@@ -1,0 +1,377 @@
+//! The delivery log: one row per attempt, written in batches, read newest first.
+//!
+//! A batch is one transaction: the rows go in with a single multi-row `INSERT … SELECT
+//! FROM unnest(…)`, and each webhook's consecutive-failure count is updated once, by one
+//! `UPDATE … FROM unnest(…)`. That update is also where a webhook is disabled when its
+//! count reaches the threshold; a success resets the count.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use qr3_domain::{DeliveryId, EventId, EventType, Timestamp, WebhookId, WorkspaceId};
+use tokio_postgres::Row;
+
+use crate::{Result, Store, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptStatus {
+    Success,
+    Failed,
+}
+
+impl AttemptStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptStatus::Success => "success",
+            AttemptStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "success" => Some(AttemptStatus::Success),
+            "failed" => Some(AttemptStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// What caused an attempt. Only `Event` attempts count towards disabling a webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptTrigger {
+    Event,
+    Ping,
+    Manual,
+}
+
+impl AttemptTrigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptTrigger::Event => "event",
+            AttemptTrigger::Ping => "ping",
+            AttemptTrigger::Manual => "manual",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "event" => Some(AttemptTrigger::Event),
+            "ping" => Some(AttemptTrigger::Ping),
+            "manual" => Some(AttemptTrigger::Manual),
+            _ => None,
+        }
+    }
+}
+
+/// One attempt, as logged.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub id: DeliveryId,
+    pub webhook_id: WebhookId,
+    pub workspace_id: WorkspaceId,
+    pub event_id: EventId,
+    pub event_type: EventType,
+    pub status: AttemptStatus,
+    pub status_code: Option<u16>,
+    pub response_time_ms: u32,
+    pub attempt: u16,
+    pub trigger: AttemptTrigger,
+    pub error: Option<String>,
+    pub created_at: Timestamp,
+}
+
+/// Filters of `GET /v1/webhooks/:id/deliveries`.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptFilter {
+    pub status: Option<AttemptStatus>,
+    pub event_type: Option<EventType>,
+}
+
+/// What a committed batch changed beyond the rows themselves.
+#[derive(Debug, Default)]
+pub struct RecordedBatch {
+    /// Webhooks this batch disabled (their count reached the threshold).
+    pub disabled: Vec<WebhookId>,
+}
+
+/// Per webhook, in batch order: does the batch contain a success, and how many failures
+/// follow the last success (or the whole batch's failures when there is none).
+fn failure_deltas(batch: &[AttemptRecord]) -> BTreeMap<&WebhookId, (bool, i32)> {
+    let mut deltas: BTreeMap<&WebhookId, (bool, i32)> = BTreeMap::new();
+    for record in batch.iter().filter(|r| r.trigger == AttemptTrigger::Event) {
+        let entry = deltas.entry(&record.webhook_id).or_default();
+        match record.status {
+            AttemptStatus::Success => *entry = (true, 0),
+            AttemptStatus::Failed => entry.1 += 1,
+        }
+    }
+    deltas
+}
+
+const COLUMNS: &str =
+    "id, webhook_id, workspace_id, event_id, event_type, status, status_code, response_time_ms, attempt, trigger, error, created_at";
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn attempt_from_row(row: &Row) -> Result<AttemptRecord> {
+    let event_type: &str = row.get(4);
+    let status: &str = row.get(5);
+    let trigger: &str = row.get(9);
+    Ok(AttemptRecord {
+        id: DeliveryId::parse(row.get(0)).map_err(corrupt)?,
+        webhook_id: WebhookId::parse(row.get(1)).map_err(corrupt)?,
+        workspace_id: WorkspaceId::parse(row.get(2)).map_err(corrupt)?,
+        event_id: EventId::parse(row.get(3)).map_err(corrupt)?,
+        event_type: event_type.parse().map_err(corrupt)?,
+        status: AttemptStatus::parse(status).ok_or_else(|| corrupt(status))?,
+        status_code: row.get::<_, Option<i16>>(6).map(|c| c as u16),
+        response_time_ms: row.get::<_, i32>(7).max(0) as u32,
+        attempt: row.get::<_, i16>(8).max(0) as u16,
+        trigger: AttemptTrigger::parse(trigger).ok_or_else(|| corrupt(trigger))?,
+        error: row.get(10),
+        created_at: Timestamp::from(row.get::<_, DateTime<Utc>>(11)),
+    })
+}
+
+impl Store {
+    /// Writes a batch of attempts and updates failure counts in one transaction.
+    /// Retried once on a deadlock with another sender updating the same webhooks.
+    pub async fn record_attempts(
+        &self,
+        batch: &[AttemptRecord],
+        disable_after: u32,
+    ) -> Result<RecordedBatch> {
+        if batch.is_empty() {
+            return Ok(RecordedBatch::default());
+        }
+        match self.record_attempts_once(batch, disable_after).await {
+            Err(StoreError::Database(e))
+                if e.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED)
+                    || e.code()
+                        == Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE) =>
+            {
+                self.record_attempts_once(batch, disable_after).await
+            }
+            other => other,
+        }
+    }
+
+    async fn record_attempts_once(
+        &self,
+        batch: &[AttemptRecord],
+        disable_after: u32,
+    ) -> Result<RecordedBatch> {
+        let n = batch.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut webhooks = Vec::with_capacity(n);
+        let mut workspaces = Vec::with_capacity(n);
+        let mut events = Vec::with_capacity(n);
+        let mut types = Vec::with_capacity(n);
+        let mut statuses = Vec::with_capacity(n);
+        let mut codes = Vec::with_capacity(n);
+        let mut times = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        let mut triggers = Vec::with_capacity(n);
+        let mut errors = Vec::with_capacity(n);
+        let mut created = Vec::with_capacity(n);
+        for r in batch {
+            ids.push(r.id.as_str());
+            webhooks.push(r.webhook_id.as_str());
+            workspaces.push(r.workspace_id.as_str());
+            events.push(r.event_id.as_str());
+            types.push(r.event_type.as_str());
+            statuses.push(r.status.as_str());
+            codes.push(r.status_code.map(|c| c as i16));
+            times.push(i32::try_from(r.response_time_ms).unwrap_or(i32::MAX));
+            attempts.push(r.attempt as i16);
+            triggers.push(r.trigger.as_str());
+            errors.push(r.error.as_deref());
+            created.push(r.created_at.as_datetime());
+        }
+        let deltas = failure_deltas(batch);
+        let delta_ids: Vec<&str> = deltas.keys().map(|id| id.as_str()).collect();
+        let delta_reset: Vec<bool> = deltas.values().map(|(reset, _)| *reset).collect();
+        let delta_failures: Vec<i32> = deltas.values().map(|(_, failures)| *failures).collect();
+        let threshold = i32::try_from(disable_after).unwrap_or(i32::MAX);
+        let reason = format!("{disable_after} consecutive failed delivery attempts");
+
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO delivery_attempts (id, webhook_id, workspace_id, event_id, event_type, status, \
+                 status_code, response_time_ms, attempt, trigger, error, created_at)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                 $7::smallint[], $8::int[], $9::smallint[], $10::text[], $11::text[], $12::timestamptz[])",
+            )
+            .await?;
+        tx.execute(
+            &insert,
+            &[
+                &ids,
+                &webhooks,
+                &workspaces,
+                &events,
+                &types,
+                &statuses,
+                &codes,
+                &times,
+                &attempts,
+                &triggers,
+                &errors,
+                &created,
+            ],
+        )
+        .await?;
+        let mut disabled = Vec::new();
+        if !delta_ids.is_empty() {
+            // Rows are locked in id order (the input is sorted) so two senders updating
+            // overlapping webhooks do not deadlock in the common case. A success on a
+            // webhook already at zero changes nothing and is filtered out before writing.
+            let update = tx
+                .prepare_cached(
+                    "WITH d AS (
+                        SELECT * FROM unnest($1::text[], $2::bool[], $3::int[]) AS d(id, reset, failures)
+                     ), locked AS (
+                        SELECT w.id, w.consecutive_failures, w.is_active, d.reset, d.failures
+                        FROM webhooks w JOIN d ON w.id = d.id
+                        WHERE NOT (d.reset AND d.failures = 0 AND w.consecutive_failures = 0)
+                        ORDER BY w.id
+                        FOR UPDATE OF w
+                     )
+                     UPDATE webhooks w SET
+                        consecutive_failures = n.count,
+                        is_active = w.is_active AND n.count < $4,
+                        disabled_at = CASE WHEN w.is_active AND n.count >= $4 THEN now() ELSE w.disabled_at END,
+                        disabled_reason = CASE WHEN w.is_active AND n.count >= $4 THEN $5 ELSE w.disabled_reason END
+                     FROM (SELECT id, CASE WHEN reset THEN failures ELSE consecutive_failures + failures END AS count,
+                                  is_active AS was_active
+                           FROM locked) n
+                     WHERE w.id = n.id
+                     RETURNING w.id, n.was_active AND NOT w.is_active",
+                )
+                .await?;
+            let rows = tx
+                .query(
+                    &update,
+                    &[
+                        &delta_ids,
+                        &delta_reset,
+                        &delta_failures,
+                        &threshold,
+                        &reason,
+                    ],
+                )
+                .await?;
+            for row in rows {
+                if row.get::<_, bool>(1) {
+                    disabled.push(WebhookId::parse(row.get(0)).map_err(corrupt)?);
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(RecordedBatch { disabled })
+    }
+
+    /// A page of a webhook's attempts, newest first, after `after`; at most `limit + 1`
+    /// rows. The caller has checked that the webhook belongs to the workspace; the
+    /// workspace condition is repeated here so a mistake cannot leak rows.
+    pub async fn list_attempts(
+        &self,
+        workspace: &WorkspaceId,
+        webhook: &WebhookId,
+        filter: &AttemptFilter,
+        after: Option<&DeliveryId>,
+        limit: i64,
+    ) -> Result<Vec<AttemptRecord>> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM delivery_attempts
+                 WHERE webhook_id = $1 AND workspace_id = $2
+                   AND ($3::text IS NULL OR status = $3)
+                   AND ($4::text IS NULL OR event_type = $4)
+                   AND ($5::text IS NULL OR id < $5)
+                 ORDER BY id DESC LIMIT $6"
+            ))
+            .await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &webhook.as_str(),
+                    &workspace.as_str(),
+                    &filter.status.map(AttemptStatus::as_str),
+                    &filter.event_type.map(EventType::as_str),
+                    &after.map(DeliveryId::as_str),
+                    &(limit + 1),
+                ],
+            )
+            .await?;
+        rows.iter().map(attempt_from_row).collect()
+    }
+
+    /// The attempts logged for one event on one webhook, oldest first.
+    pub async fn attempts_for_event(
+        &self,
+        webhook: &WebhookId,
+        event: &EventId,
+    ) -> Result<Vec<AttemptRecord>> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM delivery_attempts WHERE event_id = $1 AND webhook_id = $2 ORDER BY id"
+            ))
+            .await?;
+        let rows = client
+            .query(&stmt, &[&event.as_str(), &webhook.as_str()])
+            .await?;
+        rows.iter().map(attempt_from_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(
+        webhook: &WebhookId,
+        status: AttemptStatus,
+        trigger: AttemptTrigger,
+    ) -> AttemptRecord {
+        AttemptRecord {
+            id: DeliveryId::generate(),
+            webhook_id: webhook.clone(),
+            workspace_id: WorkspaceId::generate(),
+            event_id: EventId::generate(),
+            event_type: EventType::QrScanned,
+            status,
+            status_code: None,
+            response_time_ms: 1,
+            attempt: 1,
+            trigger,
+            error: None,
+            created_at: Timestamp::now(),
+        }
+    }
+
+    #[test]
+    fn failures_after_the_last_success_are_what_counts() {
+        use AttemptStatus::*;
+        use AttemptTrigger::*;
+        let (a, b) = (WebhookId::generate(), WebhookId::generate());
+        let batch = [
+            record(&a, Failed, Event),
+            record(&a, Success, Event),
+            record(&a, Failed, Event),
+            record(&b, Failed, Event),
+            record(&b, Failed, Event),
+            record(&b, Failed, Ping),
+        ];
+        let d = failure_deltas(&batch);
+        assert_eq!(d[&a], (true, 1));
+        assert_eq!(d[&b], (false, 2), "pings do not count");
+    }
+}

@@ -1,0 +1,5 @@
+//! Store integration tests against the real Postgres, one database per test.
+
+mod attempts;
+mod migrations;
+mod workspaces;

@@ -1,0 +1,73 @@
+//! A fresh, migrated database per test, dropped when the test ends.
+
+use qr3_config::Settings;
+use qr3_store::{SecretCipher, Store};
+use tokio_postgres::NoTls;
+
+use crate::{database_server_url, unique_name};
+
+/// A database created for one test. Dropping it drops the database.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub store: Store,
+    admin_url: String,
+}
+
+impl TestDb {
+    /// Creates `qr3_db_<ulid>` on the test server and applies the migrations.
+    pub async fn new() -> anyhow::Result<Self> {
+        let admin_url = database_server_url();
+        let name = unique_name("db");
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(base, _)| base)
+            .unwrap_or(&admin_url);
+        let url = format!("{base}/{name}");
+        qr3_store::create_database_if_missing(&url).await?;
+        let settings = {
+            let mut s = Settings::defaults();
+            s.secrets.allow_insecure_dev_key = true;
+            s
+        };
+        let pool = qr3_store::connect(&url, 8)?;
+        qr3_store::migrate(&pool, settings.retention.delivery_log_days).await?;
+        let store = Store::new(pool, SecretCipher::new(&settings.encryption_key()?));
+        Ok(Self {
+            name,
+            url,
+            store,
+            admin_url,
+        })
+    }
+
+    /// Runs one SQL statement and returns its rows (for assertions on raw rows).
+    pub async fn query(&self, sql: &str) -> anyhow::Result<Vec<tokio_postgres::Row>> {
+        let client = self.store.pool().get().await?;
+        Ok(client.query(sql, &[]).await?)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        self.store.pool().close();
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop cannot await: a short-lived thread with its own runtime does the cleanup.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let (client, conn) = tokio_postgres::connect(&admin_url, NoTls).await.ok()?;
+                tokio::spawn(conn);
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}

@@ -1,0 +1,19 @@
+//! RabbitMQ layer for qr3 webhooks: the topology every role declares, the wire format of
+//! the messages that cross the broker, confirmed publishing and reconnection.
+//!
+//! Invariant: secrets never travel through the broker. A delivery job carries ids and
+//! the already-encoded payload; senders read URL and secret from Postgres at send time.
+
+#![forbid(unsafe_code)]
+
+pub mod connect;
+pub mod job;
+pub mod message;
+pub mod publish;
+pub mod topology;
+
+pub use connect::{connect, connect_with_retry};
+pub use job::{DeliveryJob, InvalidJob, Trigger};
+pub use message::{EventMessage, IncomingEvent, Rejection};
+pub use publish::{Outgoing, Publisher};
+pub use topology::Topology;

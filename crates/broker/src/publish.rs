@@ -1,0 +1,83 @@
+//! Publishing with publisher confirms, pipelined: a batch is written to the channel in
+//! one go and then every confirm is awaited, so a batch costs about one round-trip.
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::Confirmation;
+use lapin::{BasicProperties, Channel, Connection};
+
+/// One message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub exchange: String,
+    pub routing_key: String,
+    pub properties: BasicProperties,
+    pub body: Vec<u8>,
+}
+
+/// A channel in confirm mode. Cheap to clone (channels are handles).
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("broker refused {0} of the messages (nack)")]
+    Nacked(usize),
+    #[error("a mandatory message could not be routed to {0}")]
+    Unroutable(String),
+}
+
+impl Publisher {
+    pub async fn open(connection: &Connection) -> lapin::Result<Self> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self { channel })
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Publishes every message and returns once the broker has confirmed all of them
+    /// (for persistent messages on quorum queues: written to a majority of disks).
+    /// Messages are `mandatory`, so one that no queue would take is an error rather
+    /// than silently dropped.
+    pub async fn publish_all(&self, messages: &[Outgoing]) -> Result<(), PublishError> {
+        let mut confirms = Vec::with_capacity(messages.len());
+        for m in messages {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    m.exchange.as_str().into(),
+                    m.routing_key.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &m.body,
+                    m.properties.clone(),
+                )
+                .await?;
+            confirms.push((confirm, &m.routing_key));
+        }
+        let mut nacked = 0;
+        for (confirm, routing_key) in confirms {
+            match confirm.await? {
+                Confirmation::Ack(None) | Confirmation::NotRequested => {}
+                Confirmation::Ack(Some(_returned)) => {
+                    return Err(PublishError::Unroutable(routing_key.clone()))
+                }
+                Confirmation::Nack(_) => nacked += 1,
+            }
+        }
+        if nacked > 0 {
+            return Err(PublishError::Nacked(nacked));
+        }
+        Ok(())
+    }
+}

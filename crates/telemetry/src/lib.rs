@@ -1,0 +1,15 @@
+//! Telemetry shared by every qr3 webhooks role: logging, Prometheus metrics, shutdown
+//! signals and the ops HTTP endpoints (`/healthz`, `/readyz`, `/metrics`).
+#![forbid(unsafe_code)]
+
+mod http;
+mod logging;
+mod metrics;
+mod ops;
+mod shutdown;
+
+pub use http::track_http;
+pub use logging::init_tracing;
+pub use metrics::Metrics;
+pub use ops::{ops_router, ready_check, serve, ReadyCheck, READY_CHECK_TIMEOUT};
+pub use shutdown::shutdown_token;

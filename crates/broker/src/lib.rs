@@ -15,5 +15,5 @@ pub mod topology;
 pub use connect::{connect, connect_with_retry};
 pub use job::{DeliveryJob, InvalidJob, Trigger};
 pub use message::{EventMessage, IncomingEvent, Rejection};
-pub use publish::{Outgoing, Publisher};
+pub use publish::{Outgoing, PublishError, Publisher, SharedPublisher};
 pub use topology::Topology;

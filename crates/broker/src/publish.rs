@@ -81,3 +81,59 @@ impl Publisher {
         Ok(())
     }
 }
+
+/// A publisher that connects on first use and reconnects after a failure; for
+/// processes that publish now and then (the API's ping, the CLI) rather than consume.
+pub struct SharedPublisher {
+    url: String,
+    name: String,
+    state: tokio::sync::Mutex<Option<(Connection, Publisher)>>,
+}
+
+impl SharedPublisher {
+    pub fn new(url: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            name: name.into(),
+            state: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Publishes with confirms; on a broken connection reconnects and tries once more.
+    pub async fn publish_all(&self, messages: &[Outgoing]) -> Result<(), PublishError> {
+        let mut state = self.state.lock().await;
+        for attempt in 0..2 {
+            if state
+                .as_ref()
+                .is_none_or(|(connection, _)| !connection.status().connected())
+            {
+                let connection = crate::connect(&self.url, &self.name).await?;
+                let publisher = Publisher::open(&connection).await?;
+                *state = Some((connection, publisher));
+            }
+            let (_, publisher) = state.as_ref().expect("connected just above");
+            match publisher.publish_all(messages).await {
+                Err(PublishError::Broker(error)) if attempt == 0 => {
+                    tracing::warn!(%error, "publishing failed; reconnecting once");
+                    *state = None;
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the second attempt always returns")
+    }
+
+    /// Whether the last connection is up (readiness); connects if there is none.
+    pub async fn check(&self) -> Result<(), PublishError> {
+        let mut state = self.state.lock().await;
+        if state
+            .as_ref()
+            .is_none_or(|(connection, _)| !connection.status().connected())
+        {
+            let connection = crate::connect(&self.url, &self.name).await?;
+            let publisher = Publisher::open(&connection).await?;
+            *state = Some((connection, publisher));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,69 @@
+//! The public HTTP API of qr3 webhooks (SPEC Part C "Public API"): webhook registration
+//! and delivery logs under `/v1`, authenticated by workspace API keys, described by an
+//! OpenAPI 3 document served at `GET /v1/openapi.json`.
+//!
+//! Invariants:
+//! - every response this router produces, errors included, is JSON; an error is
+//!   `{"error": {"code", "message"}}` and is mapped to HTTP in one place
+//!   (`ApiError`'s `IntoResponse`);
+//! - every read or write goes through the authenticated workspace, so another
+//!   workspace's ids answer 404 exactly like unknown ids;
+//! - wire types (module `wire`) are separate from store and domain types.
+
+#![forbid(unsafe_code)]
+
+mod auth;
+mod error;
+mod extract;
+mod openapi;
+mod pagination;
+mod routes;
+mod state;
+mod wire;
+
+use std::future::Future;
+
+use anyhow::Context;
+use axum::{extract::DefaultBodyLimit, Router};
+use tokio::net::TcpListener;
+
+pub use openapi::openapi_document;
+pub use state::{ApiConfig, ApiState};
+
+/// The `/v1` API with its state applied: every resource of `routes::v1_resources`, `GET
+/// /v1/openapi.json`, a JSON 404 for unknown routes, a JSON 405 for a wrong method,
+/// and the body-size limit of `api.max_body_bytes`.
+///
+/// The result has no state left, so the ops endpoints (`/healthz`, `/readyz`,
+/// `/metrics`) and middleware (HTTP metrics) can be added by the binary with
+/// `router(state).merge(ops).layer(…)`. New `/v1` resources belong in
+/// `routes::v1_resources`, so they get the JSON 404/405 and the body limit too.
+pub fn router(state: ApiState) -> Router {
+    let max_body_bytes = state.config.max_body_bytes;
+    routes::v1_resources()
+        .merge(openapi::router())
+        // Applies to the routes above only: must come after every `merge`.
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .fallback(error::route_not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets in-flight
+/// requests finish before returning.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener
+        .local_addr()
+        .context("cannot read the API listener's address")?;
+    tracing::info!(%addr, "API listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .with_context(|| format!("API server on {addr} failed"))?;
+    tracing::info!(%addr, "API stopped");
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! The `/v1` resources, one module (and one file) each: its routes, its handlers and
+//! their OpenAPI descriptions.
+
+pub(crate) mod deliveries;
+pub(crate) mod webhooks;
+
+use axum::Router;
+use utoipa::OpenApi;
+
+use crate::state::ApiState;
+
+// Adding a resource (for instance `POST /v1/webhooks/{id}/ping` in `routes/ping.rs`):
+// 1. write the module with `pub(crate) fn router() -> Router<ApiState>` and
+//    `#[derive(OpenApi)] #[openapi(paths(...))] pub(crate) struct Doc;`;
+// 2. merge its router in `v1_resources` and its `Doc` in `v1_docs`, below.
+// `crate::router` then gives it the JSON 404/405, the body limit and the state, and
+// `docs/openapi.json` is regenerated with `QR3_BLESS=1 cargo test -p qr3-api`.
+
+/// The routes of every `/v1` resource.
+pub(crate) fn v1_resources() -> Router<ApiState> {
+    Router::new()
+        .merge(webhooks::router())
+        .merge(deliveries::router())
+}
+
+/// The OpenAPI paths of every `/v1` resource, merged into the served document.
+pub(crate) fn v1_docs() -> Vec<utoipa::openapi::OpenApi> {
+    vec![webhooks::Doc::openapi(), deliveries::Doc::openapi()]
+}

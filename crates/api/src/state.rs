@@ -1,0 +1,53 @@
+//! What every handler shares: the store and the API's settings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use qr3_config::Settings;
+use qr3_domain::TargetPolicy;
+use qr3_store::Store;
+
+/// The settings the API acts on, taken from [`Settings`] once at start-up.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest request body accepted (`api.max_body_bytes`); 413 beyond.
+    pub max_body_bytes: usize,
+    /// Which webhook URLs are accepted (`api.require_https`,
+    /// `delivery.allow_private_targets`).
+    pub target_policy: TargetPolicy,
+    /// How long `POST /v1/webhooks/{id}/ping` waits for the attempt (`api.ping_wait_ms`).
+    pub ping_wait: Duration,
+}
+
+impl ApiConfig {
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            max_body_bytes: settings.api.max_body_bytes,
+            target_policy: TargetPolicy {
+                require_https: settings.api.require_https,
+                allow_private: settings.delivery.allow_private_targets,
+            },
+            ping_wait: Duration::from_millis(settings.api.ping_wait_ms),
+        }
+    }
+}
+
+/// The state of the API router. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    pub store: Store,
+    pub config: Arc<ApiConfig>,
+}
+
+impl ApiState {
+    pub fn new(store: Store, config: ApiConfig) -> Self {
+        Self {
+            store,
+            config: Arc::new(config),
+        }
+    }
+
+    pub fn from_settings(store: Store, settings: &Settings) -> Self {
+        Self::new(store, ApiConfig::from_settings(settings))
+    }
+}

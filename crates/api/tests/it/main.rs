@@ -1,0 +1,10 @@
+//! Integration tests of the public API: the real router on 127.0.0.1, a fresh Postgres
+//! database per test, requests made with reqwest as a customer would.
+
+mod auth;
+mod deliveries;
+mod errors;
+mod helpers;
+mod openapi;
+mod pagination;
+mod webhooks;

@@ -1,0 +1,20 @@
+//! `qr3-webhooks`: the one binary. Parses the command line, loads configuration, sets up
+//! logging, and hands over to the library; reports how it ended.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use qr3_webhooks::cli::Cli;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match qr3_webhooks::cli::execute(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "qr3-webhooks failed");
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

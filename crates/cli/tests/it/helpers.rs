@@ -1,0 +1,167 @@
+//! `spawn_app()`: a fresh database and broker prefix, all roles started in-process.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use qr3_broker::Topology;
+use qr3_config::Settings;
+use qr3_domain::{Subscriptions, TargetPolicy, WebhookSecret, WebhookUrl, WorkspaceId};
+use qr3_store::{AttemptRecord, NewWebhook, Store, Webhook};
+use qr3_testkit::TestDb;
+use qr3_webhooks::{app, cli::PublishArgs, Roles, Running};
+
+pub const SECRET: &str = "my-secret-key-min-16-chars";
+
+pub struct TestApp {
+    pub settings: Settings,
+    pub store: Store,
+    pub workspace: WorkspaceId,
+    #[allow(dead_code)] // for API calls made by future tests
+    pub api_key: String,
+    pub api: String,
+    running: Option<Running>,
+    _db: TestDb,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let db = TestDb::new().await.expect("test database");
+    let mut settings = qr3_testkit::test_settings(&db.url);
+    configure(&mut settings);
+    let running = app::start(settings.clone(), Roles::ALL)
+        .await
+        .expect("app starts");
+    let created = db.store.create_workspace("test").await.expect("workspace");
+    TestApp {
+        api: format!("http://{}", running.api_addr.expect("api runs")),
+        store: db.store.clone(),
+        workspace: created.id,
+        api_key: created.api_key.token().to_owned(),
+        settings,
+        running: Some(running),
+        _db: db,
+    }
+}
+
+impl TestApp {
+    pub async fn webhook(&self, url: &str, events: &[&str]) -> Webhook {
+        self.store
+            .insert_webhook(
+                &self.workspace,
+                NewWebhook {
+                    url: WebhookUrl::parse(
+                        url,
+                        TargetPolicy {
+                            require_https: false,
+                            allow_private: true,
+                        },
+                    )
+                    .unwrap(),
+                    events: Subscriptions::parse(events).unwrap(),
+                    secret: WebhookSecret::parse(SECRET).unwrap(),
+                },
+            )
+            .await
+            .expect("insert webhook")
+    }
+
+    /// Publishes like `qr3-webhooks publish` and returns the event id.
+    pub async fn publish(
+        &self,
+        event_type: &str,
+        id: Option<&str>,
+        data: serde_json::Value,
+    ) -> String {
+        let args = PublishArgs {
+            workspace: self.workspace.to_string(),
+            event_type: event_type.to_owned(),
+            id: id.map(str::to_owned),
+            data: data.to_string(),
+        };
+        qr3_webhooks::publish::publish(&self.settings, &args)
+            .await
+            .expect("publish")
+    }
+
+    /// Publishes raw bytes to the events exchange.
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        let message = qr3_broker::Outgoing {
+            exchange: self.settings.amqp.events_exchange.clone(),
+            routing_key: routing_key.to_owned(),
+            properties: lapin::BasicProperties::default().with_delivery_mode(2),
+            body: body.to_vec(),
+        };
+        let publisher =
+            qr3_broker::SharedPublisher::new(self.settings.amqp.url.expose().clone(), "test");
+        publisher
+            .publish_all(&[message])
+            .await
+            .expect("raw publish");
+    }
+
+    /// All attempts of `webhook`, oldest first, once at least `n` are logged.
+    pub async fn attempts(&self, webhook: &Webhook, n: usize) -> Vec<AttemptRecord> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut rows = self
+                .store
+                .list_attempts(&self.workspace, &webhook.id, &Default::default(), None, 100)
+                .await
+                .expect("list attempts");
+            if rows.len() >= n || std::time::Instant::now() > deadline {
+                rows.reverse();
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn topology(&self) -> Topology {
+        Topology::from_settings(&self.settings)
+    }
+
+    /// Stops the roles and deletes this test's broker objects.
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await.expect("clean shutdown");
+        }
+        let connection = qr3_broker::connect(self.settings.amqp.url.expose(), "test-cleanup")
+            .await
+            .expect("broker");
+        let channel = connection.create_channel().await.expect("channel");
+        for queue in self.topology().queues() {
+            let _ = channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = channel
+            .exchange_delete(
+                self.settings.amqp.events_exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+}
+
+/// `sha256=` + hex HMAC, computed here independently of the domain crate.
+pub fn expected_signature(body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+impl TestApp {
+    /// The process's /metrics text.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.api))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}

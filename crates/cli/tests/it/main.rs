@@ -1,0 +1,7 @@
+//! End-to-end tests of the whole pipeline: the real binary's roles in-process, the real
+//! RabbitMQ and Postgres, real HTTP receivers on 127.0.0.1, millisecond retry delays.
+
+mod delivery;
+mod helpers;
+mod retries;
+mod robustness;

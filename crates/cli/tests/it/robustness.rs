@@ -1,0 +1,86 @@
+//! Bad broker input is dead-lettered with its reason and never stops the workers.
+
+use std::time::Duration;
+
+use lapin::options::BasicGetOptions;
+use qr3_testkit::{Behaviour, Receiver};
+use serde_json::json;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn invalid_events_go_to_the_dead_letter_queue_with_their_reason() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    app.webhook(&receiver.url(), &["*"]).await;
+    let ws = app.workspace.to_string();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("invalid_json", b"{not json".to_vec()),
+        (
+            "invalid_schema",
+            br#"{"type":"qr.created","data":{}}"#.to_vec(),
+        ),
+        (
+            "unknown_type",
+            format!(r#"{{"type":"qr.exploded","workspace_id":"{ws}","data":{{}}}}"#).into_bytes(),
+        ),
+        (
+            "invalid_field",
+            br#"{"type":"qr.created","workspace_id":"nope","data":{}}"#.to_vec(),
+        ),
+        (
+            "too_large",
+            format!(
+                r#"{{"type":"qr.created","workspace_id":"{ws}","data":{{"x":"{}"}}}}"#,
+                "a".repeat(300_000)
+            )
+            .into_bytes(),
+        ),
+    ];
+    for (_, body) in &cases {
+        app.publish_raw("qr.created", body).await;
+    }
+    app.publish("qr.created", None, json!({"still": "working"}))
+        .await;
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1, "the worker keeps running");
+
+    let connection = qr3_broker::connect(app.settings.amqp.url.expose(), "test")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut reasons = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while reasons.len() < cases.len() && std::time::Instant::now() < deadline {
+        match channel
+            .basic_get(
+                app.topology().ingest_dead_queue().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            Some(message) => {
+                let headers = message.delivery.properties.headers().clone().unwrap();
+                let reason = match headers.inner().get("x-qr3-reason").unwrap() {
+                    lapin::types::AMQPValue::LongString(s) => {
+                        String::from_utf8(s.as_bytes().to_vec()).unwrap()
+                    }
+                    other => panic!("unexpected header {other:?}"),
+                };
+                reasons.push(reason);
+            }
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    reasons.sort();
+    let mut expected: Vec<&str> = cases.iter().map(|(r, _)| *r).collect();
+    expected.sort();
+    assert_eq!(reasons, expected);
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains("qr3_events_rejected_total{reason=\"invalid_json\"} 1"),
+        "{metrics}"
+    );
+    app.stop().await;
+}

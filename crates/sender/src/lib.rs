@@ -1,0 +1,369 @@
+//! The sender role: consumes delivery jobs, signs and POSTs them, writes every attempt to
+//! the delivery log in batches, schedules retries through the delay queues and
+//! acknowledges each job only after its outcome is durable.
+
+#![forbid(unsafe_code)]
+
+pub mod http;
+mod targets;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use hyper::header::{HeaderName, HeaderValue};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::BasicProperties;
+use qr3_broker::{DeliveryJob, Outgoing, Publisher, Topology, Trigger};
+use qr3_config::Settings;
+use qr3_domain::{signature, DeliveryId, TargetPolicy, Timestamp, WebhookUrl};
+use qr3_store::{AttemptRecord, AttemptStatus, AttemptTrigger, Store};
+use qr3_telemetry::Metrics;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use http::{HttpClient, HttpOutcome};
+use targets::TargetCache;
+
+/// Everything the sender needs; cheap to clone.
+#[derive(Clone)]
+pub struct Sender {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    settings: Settings,
+    topology: Topology,
+    metrics: Metrics,
+    targets: TargetCache,
+    http: HttpClient,
+}
+
+/// What became of one job before logging.
+#[derive(Debug)]
+pub enum Attempted {
+    /// An attempt was made; this is its log row.
+    Made(AttemptRecord),
+    /// No attempt: the webhook is gone or disabled (the reason is the metric label).
+    Skipped(&'static str),
+}
+
+static EVENT_ID: HeaderName = HeaderName::from_static("x-qr3-event-id");
+static EVENT_TYPE: HeaderName = HeaderName::from_static("x-qr3-event-type");
+static DELIVERY_ID: HeaderName = HeaderName::from_static("x-qr3-delivery-id");
+static ATTEMPT: HeaderName = HeaderName::from_static("x-qr3-delivery-attempt");
+static TIMESTAMP: HeaderName = HeaderName::from_static("x-qr3-timestamp");
+static SIGNATURE: HeaderName = HeaderName::from_static("x-qr3-signature");
+
+impl Sender {
+    pub fn new(store: Store, settings: Settings, metrics: Metrics) -> anyhow::Result<Self> {
+        let topology = Topology::from_settings(&settings);
+        let targets = TargetCache::new(Duration::from_millis(settings.delivery.webhook_cache_ms));
+        let http = HttpClient::new(
+            settings.delivery.timeout(),
+            settings.delivery.allow_private_targets,
+        )?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                settings,
+                topology,
+                metrics,
+                targets,
+                http,
+            }),
+        })
+    }
+
+    /// Consumes until `shutdown`, reconnecting whenever the broker connection is lost.
+    /// On shutdown it stops consuming, finishes in-flight deliveries, flushes the log
+    /// and acknowledges before returning.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let inner = &self.inner;
+        let url = inner.settings.amqp.url.expose().clone();
+        let maintenance = tokio::spawn(retention_loop(
+            inner.store.clone(),
+            inner.settings.retention.delivery_log_days,
+            shutdown.clone(),
+        ));
+        while !shutdown.is_cancelled() {
+            let Some(connection) =
+                qr3_broker::connect_with_retry(&url, "qr3-sender", &shutdown).await
+            else {
+                break;
+            };
+            inner.metrics.broker_connected.set(1);
+            if let Err(error) = self.consume(&connection, &shutdown).await {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "sender lost its broker connection; reconnecting"
+                );
+                inner.metrics.broker_reconnects_total.inc();
+            }
+            inner.metrics.broker_connected.set(0);
+            let _ = connection.close(200, "sender stopping".into()).await;
+            if !shutdown.is_cancelled() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        maintenance.abort();
+        Ok(())
+    }
+
+    async fn consume(
+        &self,
+        connection: &lapin::Connection,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let inner = &self.inner;
+        let channel = connection
+            .create_channel()
+            .await
+            .context("cannot open a channel")?;
+        inner
+            .topology
+            .declare(&channel)
+            .await
+            .context("cannot declare the broker topology")?;
+        // Prefetch = delivery.concurrency: at most that many unacknowledged jobs (in
+        // flight or waiting for their log batch) per process, which bounds memory and
+        // what a crash hands back to the broker for redelivery.
+        let prefetch = u16::try_from(inner.settings.delivery.concurrency).unwrap_or(u16::MAX);
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let publisher = Publisher::open(connection)
+            .await
+            .context("cannot open the publishing channel")?;
+        let consumer = channel
+            .basic_consume(
+                inner.topology.deliveries_queue().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .context("cannot consume the delivery queue")?;
+        tracing::info!(queue = %inner.topology.deliveries_queue(), prefetch, "sender consuming");
+
+        let (writer, writer_task) = writer::spawn(self.clone(), publisher.clone());
+        let tracker = TaskTracker::new();
+        let mut consumer = std::pin::pin!(consumer.take_until(shutdown.cancelled()));
+        let mut failure = None;
+        while let Some(delivery) = consumer.next().await {
+            let delivery = match delivery {
+                Ok(delivery) => delivery,
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            };
+            let this = self.clone();
+            let writer = writer.clone();
+            let publisher = publisher.clone();
+            tracker.spawn(async move {
+                this.inner.metrics.deliveries_in_flight.inc();
+                this.handle(delivery, &writer, &publisher).await;
+                this.inner.metrics.deliveries_in_flight.dec();
+            });
+        }
+        tracker.close();
+        tracker.wait().await;
+        drop(writer);
+        writer_task.await.context("the log writer panicked")?;
+        match failure {
+            Some(error) => Err(error).context("consumer stream failed"),
+            None => Ok(()),
+        }
+    }
+
+    async fn handle(
+        &self,
+        delivery: lapin::message::Delivery,
+        writer: &writer::Handle,
+        publisher: &Publisher,
+    ) {
+        let job = match DeliveryJob::from_message(&delivery.properties, delivery.data) {
+            Ok(job) => job,
+            Err(invalid) => {
+                // Unreadable: park it with the reason rather than retry it forever.
+                let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+                headers.insert(
+                    "x-qr3-reason".into(),
+                    AMQPValue::LongString(LongString::from("invalid_job")),
+                );
+                headers.insert(
+                    "x-qr3-error".into(),
+                    AMQPValue::LongString(LongString::from(invalid.to_string().as_str())),
+                );
+                let message = Outgoing {
+                    exchange: String::new(),
+                    routing_key: self.inner.topology.deliveries_dead_queue(),
+                    properties: BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_headers(headers),
+                    body: Vec::new(),
+                };
+                tracing::warn!(error = %invalid, "delivery job dead-lettered");
+                if publisher
+                    .publish_all(std::slice::from_ref(&message))
+                    .await
+                    .is_ok()
+                {
+                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                }
+                return;
+            }
+        };
+        match self.attempt(&job).await {
+            Ok(attempted) => {
+                writer
+                    .submit(writer::Pending {
+                        job,
+                        attempted,
+                        acker: delivery.acker,
+                    })
+                    .await
+            }
+            Err(error) => {
+                // Could not even look the webhook up (database down): leave the job
+                // unacknowledged; it is redelivered when this channel closes.
+                tracing::error!(error = format!("{error:#}"), webhook_id = %job.webhook_id, "cannot attempt delivery");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = delivery
+                    .acker
+                    .nack(lapin::options::BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// One step: makes (or skips) one attempt of `job`. Logging, retrying and
+    /// acknowledging are the writer's job.
+    pub async fn attempt(&self, job: &DeliveryJob) -> anyhow::Result<Attempted> {
+        let inner = &self.inner;
+        let Some(target) = inner.targets.get(&inner.store, &job.webhook_id).await? else {
+            inner
+                .metrics
+                .deliveries_skipped_total
+                .with_label_values(&["webhook_deleted"])
+                .inc();
+            tracing::info!(webhook_id = %job.webhook_id, event_id = %job.event_id, "webhook deleted; delivery skipped");
+            return Ok(Attempted::Skipped("webhook_deleted"));
+        };
+        if !target.is_active && job.trigger != Trigger::Ping {
+            inner
+                .metrics
+                .deliveries_skipped_total
+                .with_label_values(&["webhook_disabled"])
+                .inc();
+            tracing::info!(webhook_id = %job.webhook_id, event_id = %job.event_id, "webhook disabled; delivery skipped");
+            return Ok(Attempted::Skipped("webhook_disabled"));
+        }
+        let id = DeliveryId::generate();
+        let now = Timestamp::now();
+        let policy = TargetPolicy {
+            require_https: false,
+            allow_private: inner.settings.delivery.allow_private_targets,
+        };
+        let outcome = match WebhookUrl::parse(&target.url, policy) {
+            Ok(_) => {
+                let headers = [
+                    (EVENT_ID.clone(), header_value(job.event_id.as_str())),
+                    (
+                        EVENT_TYPE.clone(),
+                        HeaderValue::from_static(job.event_type.as_str()),
+                    ),
+                    (DELIVERY_ID.clone(), header_value(id.as_str())),
+                    (ATTEMPT.clone(), HeaderValue::from(job.attempt)),
+                    (TIMESTAMP.clone(), HeaderValue::from(now.unix_seconds())),
+                    (
+                        SIGNATURE.clone(),
+                        header_value(&signature::sign(&target.secret, &job.body)),
+                    ),
+                ];
+                inner
+                    .http
+                    .post(&target.url, &headers, Bytes::copy_from_slice(&job.body))
+                    .await
+            }
+            Err(refused) => HttpOutcome {
+                status: None,
+                elapsed: Duration::ZERO,
+                error: Some(refused.to_string()),
+            },
+        };
+        let status = if outcome.is_success() {
+            AttemptStatus::Success
+        } else {
+            AttemptStatus::Failed
+        };
+        let error = match (&outcome.error, outcome.status) {
+            (Some(e), _) => Some(e.clone()),
+            (None, Some(code)) if status == AttemptStatus::Failed => Some(format!("HTTP {code}")),
+            _ => None,
+        };
+        let attempt_label = match job.trigger {
+            Trigger::Ping => "ping".to_owned(),
+            Trigger::Event => job.attempt.to_string(),
+        };
+        inner
+            .metrics
+            .delivery_attempts_total
+            .with_label_values(&[status.as_str(), &attempt_label])
+            .inc();
+        inner
+            .metrics
+            .delivery_response_seconds
+            .observe(outcome.elapsed.as_secs_f64());
+        let lag = (now.unix_millis() - job.event_created.unix_millis()).max(0) as f64 / 1000.0;
+        inner.metrics.delivery_lag_seconds.observe(lag);
+        tracing::debug!(webhook_id = %job.webhook_id, event_id = %job.event_id, delivery_id = %id, attempt = job.attempt,
+            status = status.as_str(), status_code = outcome.status, "delivery attempted");
+        Ok(Attempted::Made(AttemptRecord {
+            id,
+            webhook_id: job.webhook_id.clone(),
+            workspace_id: target.workspace_id.clone(),
+            event_id: job.event_id.clone(),
+            event_type: job.event_type,
+            status,
+            status_code: outcome.status,
+            response_time_ms: u32::try_from(outcome.elapsed.as_millis()).unwrap_or(u32::MAX),
+            attempt: job.attempt,
+            trigger: match job.trigger {
+                Trigger::Event => AttemptTrigger::Event,
+                Trigger::Ping => AttemptTrigger::Ping,
+            },
+            error,
+            created_at: now,
+        }))
+    }
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    // Ids and hex signatures are ASCII by construction.
+    HeaderValue::from_str(s).expect("ids and signatures are valid header values")
+}
+
+async fn retention_loop(store: Store, days: u32, shutdown: CancellationToken) {
+    loop {
+        if let Err(error) = qr3_store::run_retention(store.pool(), days).await {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "delivery-log retention failed; will retry"
+            );
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The attempt-log writer: gathers finished attempts into batches, writes each batch in
+//! one transaction, then publishes the retries the batch calls for (confirmed), and only
+//! then acknowledges the batch's jobs. A crash anywhere before the ack leaves the jobs in
+//! the broker: at worst an attempt is made and logged twice, never lost.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use lapin::options::BasicAckOptions;
+use lapin::Acker;
+use qr3_broker::{DeliveryJob, Outgoing, Publisher, Trigger};
+use qr3_store::{AttemptRecord, AttemptStatus};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::{Attempted, Sender};
+
+/// One job whose attempt is done and waits to be made durable.
+pub struct Pending {
+    pub job: DeliveryJob,
+    pub attempted: Attempted,
+    pub acker: Acker,
+}
+
+#[derive(Clone)]
+pub struct Handle(mpsc::Sender<Pending>);
+
+impl Handle {
+    pub async fn submit(&self, pending: Pending) {
+        // The writer outlives every submitter (it stops when all handles are dropped).
+        let _ = self.0.send(pending).await;
+    }
+}
+
+pub fn spawn(sender: Sender, publisher: Publisher) -> (Handle, JoinHandle<()>) {
+    let capacity = sender.inner.settings.delivery.log_batch_size * 4;
+    let (tx, rx) = mpsc::channel(capacity);
+    let task = tokio::spawn(run(sender, publisher, rx));
+    (Handle(tx), task)
+}
+
+async fn run(sender: Sender, publisher: Publisher, mut rx: mpsc::Receiver<Pending>) {
+    let settings = &sender.inner.settings.delivery;
+    let max = settings.log_batch_size;
+    let linger = Duration::from_millis(settings.log_flush_ms);
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < max {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(next)) => batch.push(next),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        flush(&sender, &publisher, batch).await;
+    }
+}
+
+async fn flush(sender: &Sender, publisher: &Publisher, batch: Vec<Pending>) {
+    let inner = &sender.inner;
+    let started = Instant::now();
+    let records: Vec<AttemptRecord> = batch
+        .iter()
+        .filter_map(|p| match &p.attempted {
+            Attempted::Made(record) => Some(record.clone()),
+            Attempted::Skipped(_) => None,
+        })
+        .collect();
+    // The log must be durable before anything is acknowledged: keep trying while the
+    // database is away (the jobs stay unacknowledged in the broker meanwhile).
+    let mut backoff = Duration::from_millis(100);
+    let recorded = loop {
+        match inner
+            .store
+            .record_attempts(&records, inner.settings.delivery.disable_after_failures)
+            .await
+        {
+            Ok(recorded) => {
+                inner.metrics.database_up.set(1);
+                break recorded;
+            }
+            Err(error) => {
+                inner.metrics.database_up.set(0);
+                tracing::error!(error = %error, rows = records.len(), "cannot write the delivery log; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    inner.metrics.log_batch_size.observe(records.len() as f64);
+    inner
+        .metrics
+        .log_flush_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let disabled: HashSet<_> = recorded.disabled.iter().collect();
+    for id in &recorded.disabled {
+        inner.metrics.webhooks_disabled_total.inc();
+        inner.targets.forget(id);
+        tracing::warn!(webhook_id = %id, "webhook disabled after consecutive failures");
+    }
+
+    let mut retries = Vec::new();
+    for pending in &batch {
+        let Attempted::Made(record) = &pending.attempted else {
+            continue;
+        };
+        if record.status != AttemptStatus::Failed
+            || pending.job.trigger != Trigger::Event
+            || disabled.contains(&record.webhook_id)
+        {
+            continue;
+        }
+        let next = pending.job.attempt + 1;
+        let Some(delay) = inner.settings.delivery.delay_before(u32::from(next)) else {
+            continue;
+        };
+        let delay_ms = delay.as_millis() as u64;
+        let job = pending.job.next_attempt();
+        retries.push((
+            delay_ms,
+            Outgoing {
+                exchange: String::new(),
+                routing_key: inner.topology.retry_queue(delay_ms),
+                properties: job.properties(),
+                body: pending.job.body.clone(),
+            },
+        ));
+    }
+    if !retries.is_empty() {
+        let messages: Vec<Outgoing> = retries.iter().map(|(_, m)| m.clone()).collect();
+        if let Err(error) = publisher.publish_all(&messages).await {
+            // Without the retry safely queued the jobs must not be acknowledged; they
+            // come back when the channel closes and are attempted again.
+            tracing::error!(%error, "cannot schedule retries; leaving the batch unacknowledged");
+            return;
+        }
+        for (delay_ms, _) in &retries {
+            inner
+                .metrics
+                .retries_scheduled_total
+                .with_label_values(&[&delay_ms.to_string()])
+                .inc();
+        }
+    }
+    for pending in batch {
+        if let Err(error) = pending.acker.ack(BasicAckOptions::default()).await {
+            tracing::warn!(%error, "cannot acknowledge a delivery job; it will be redelivered");
+        }
+    }
+}

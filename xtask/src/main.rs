@@ -1,2 +1,66 @@
-//! Developer tasks, run as `cargo xtask <task>`.
-fn main() {}
+//! Developer tasks, run as `cargo xtask <task>` (the alias lives in `.cargo/config.toml`).
+//!
+//! - `up`: bring the whole system up on this machine (Postgres and RabbitMQ running),
+//!   show one signed delivery end to end, and keep running until ctrl-c.
+//! - `test`: the full test suite, as CI runs it.
+
+mod demo;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "qr3 webhooks developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Migrate, start api + ingest + sender, demonstrate one signed delivery, keep running.
+    Up {
+        /// Stop after the demonstration instead of running until ctrl-c.
+        #[arg(long)]
+        exit: bool,
+        /// Address of the API.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+    /// Run formatting and lint checks and every test against the local services.
+    Test,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Up { exit, listen } => demo::up(&root(), &listen, exit),
+        Task::Test => test(&root()),
+    }
+}
+
+/// The workspace root: the parent of this crate's manifest directory.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("cannot run cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn test(root: &Path) -> anyhow::Result<()> {
+    cargo(root, &["fmt", "--all", "--", "--check"])?;
+    cargo(root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(root, &["test", "--workspace"])?;
+    Ok(())
+}

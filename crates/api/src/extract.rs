@@ -34,17 +34,15 @@ impl<T: DeserializeOwned> FromRequest<ApiState> for JsonBody<T> {
                 "Content-Type must be application/json".into(),
             ));
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge {
-                        limit: state.config.max_body_bytes,
-                    }
-                } else {
-                    ApiError::Malformed("cannot read the request body".into())
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge {
+                    limit: state.config.max_body_bytes,
                 }
-            })?;
+            } else {
+                ApiError::Malformed("cannot read the request body".into())
+            }
+        })?;
         parse_json(&bytes).map(JsonBody)
     }
 }
@@ -68,9 +66,8 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// Parses a JSON object body into `T`; see [`JsonBody`] for the error mapping.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let not_json = |e: serde_json::Error| {
-        ApiError::Malformed(format!("request body is not valid JSON: {e}"))
-    };
+    let not_json =
+        |e: serde_json::Error| ApiError::Malformed(format!("request body is not valid JSON: {e}"));
     // Checked first: serde would also read a struct from a JSON array.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(match serde_json::from_slice::<IgnoredAny>(bytes) {
@@ -220,7 +217,10 @@ mod tests {
             r#"{"url":"u","events":[]} trailing"#,
         ] {
             assert!(
-                matches!(parse_json::<Body>(body.as_bytes()), Err(ApiError::Malformed(_))),
+                matches!(
+                    parse_json::<Body>(body.as_bytes()),
+                    Err(ApiError::Malformed(_))
+                ),
                 "{body}"
             );
         }

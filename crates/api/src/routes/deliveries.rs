@@ -13,7 +13,7 @@ use crate::{
     pagination::PageRequest,
     state::ApiState,
     wire::{
-        delivery::{Delivery, DeliveryQuery},
+        delivery::{Delivery, DeliveryPage, DeliveryQuery},
         error::ErrorBody,
         page::Page,
     },
@@ -40,7 +40,7 @@ pub(crate) struct Doc;
         DeliveryQuery,
     ),
     responses(
-        (status = 200, description = "A page of delivery attempts.", body = Page<Delivery>),
+        (status = 200, description = "A page of delivery attempts.", body = DeliveryPage),
         (status = 401, description = "Missing, malformed or invalid API key.", body = ErrorBody),
         (status = 404, description = "No such webhook in this workspace.", body = ErrorBody),
         (status = 422, description = "Invalid `status`, `event_type`, `limit` or `cursor`, or an unknown parameter.", body = ErrorBody),
@@ -58,7 +58,11 @@ pub(crate) async fn list(
         PageRequest::<DeliveryId>::parse(query.limit.as_deref(), query.cursor.as_deref())?;
     let filter = AttemptFilter {
         status: query.status.as_deref().map(parse_status).transpose()?,
-        event_type: query.event_type.as_deref().map(parse_event_type).transpose()?,
+        event_type: query
+            .event_type
+            .as_deref()
+            .map(parse_event_type)
+            .transpose()?,
     };
     state
         .store
@@ -76,9 +80,8 @@ pub(crate) async fn list(
 }
 
 fn parse_status(status: &str) -> Result<AttemptStatus, ApiError> {
-    AttemptStatus::parse(status).ok_or_else(|| {
-        ApiError::invalid_field("status", "status must be `success` or `failed`")
-    })
+    AttemptStatus::parse(status)
+        .ok_or_else(|| ApiError::invalid_field("status", "status must be `success` or `failed`"))
 }
 
 fn parse_event_type(name: &str) -> Result<EventType, ApiError> {

@@ -21,17 +21,14 @@ use crate::{
     wire::{
         error::ErrorBody,
         page::{Page, PageQuery},
-        webhook::{CreateWebhook, UpdateWebhook, Webhook},
+        webhook::{CreateWebhook, UpdateWebhook, Webhook, WebhookPage},
     },
 };
 
 pub(crate) fn router() -> Router<ApiState> {
     Router::new()
         .route("/v1/webhooks", post(create).get(list))
-        .route(
-            "/v1/webhooks/{id}",
-            get(read).patch(update).delete(delete),
-        )
+        .route("/v1/webhooks/{id}", get(read).patch(update).delete(delete))
 }
 
 #[derive(OpenApi)]
@@ -99,7 +96,7 @@ pub(crate) async fn create(
     operation_id = "list_webhooks",
     params(PageQuery),
     responses(
-        (status = 200, description = "A page of webhooks (never with `secret`).", body = Page<Webhook>),
+        (status = 200, description = "A page of webhooks (never with `secret`).", body = WebhookPage),
         (status = 401, description = "Missing, malformed or invalid API key.", body = ErrorBody),
         (status = 422, description = "Invalid `limit` or `cursor`, or an unknown parameter.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
@@ -185,8 +182,7 @@ pub(crate) async fn update(
 ) -> Result<Json<Webhook>, ApiError> {
     if body.is_empty() {
         return Err(ApiError::InvalidRequest(
-            "nothing to update: give at least one of `url`, `events`, `is_active`, `secret`"
-                .into(),
+            "nothing to update: give at least one of `url`, `events`, `is_active`, `secret`".into(),
         ));
     }
     let patch = WebhookPatch {

@@ -6,6 +6,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::webhook::EventTypeName;
 
+/// A page of deliveries (`Page<Delivery>`), as `#[utoipa::path]` names it.
+pub type DeliveryPage = super::page::Page<Delivery>;
+
 /// One delivery attempt.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({"id": "whd_01kmnd4e2x7r4h1v3f5s8q0c9b",

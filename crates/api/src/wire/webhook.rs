@@ -50,7 +50,10 @@ pub struct UpdateWebhook {
 
 impl UpdateWebhook {
     pub fn is_empty(&self) -> bool {
-        self.url.is_none() && self.events.is_none() && self.is_active.is_none() && self.secret.is_none()
+        self.url.is_none()
+            && self.events.is_none()
+            && self.is_active.is_none()
+            && self.secret.is_none()
     }
 }
 
@@ -58,6 +61,9 @@ impl UpdateWebhook {
 fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
     T::deserialize(d).map(Some)
 }
+
+/// A page of webhooks (`Page<Webhook>`), as `#[utoipa::path]` names it.
+pub type WebhookPage = super::page::Page<Webhook>;
 
 /// A registered webhook.
 #[derive(Debug, Serialize, ToSchema)]

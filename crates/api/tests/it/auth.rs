@@ -16,7 +16,10 @@ async fn requests_without_a_valid_key_are_401() {
 
     let cases: Vec<(Option<String>, &str)> = vec![
         (None, "missing API key"),
-        (Some("Basic dXNlcjpwYXNz".into()), "malformed Authorization header"),
+        (
+            Some("Basic dXNlcjpwYXNz".into()),
+            "malformed Authorization header",
+        ),
         (Some("Bearer".into()), "malformed Authorization header"),
         (Some("Bearer ".into()), "malformed Authorization header"),
         (Some(app.api_key.clone()), "malformed Authorization header"),
@@ -28,7 +31,10 @@ async fn requests_without_a_valid_key_are_401() {
         for (method, path) in [
             (Method::GET, "/v1/webhooks"),
             (Method::POST, "/v1/webhooks"),
-            (Method::GET, "/v1/webhooks/wh_01kmnd4e2x7r4h1v3f5s8q0c9b/deliveries"),
+            (
+                Method::GET,
+                "/v1/webhooks/wh_01kmnd4e2x7r4h1v3f5s8q0c9b/deliveries",
+            ),
         ] {
             let mut request = app
                 .client

@@ -70,7 +70,12 @@ async fn a_delivery_reads_as_documented() {
     let event = EventId::parse("evt_abc123xyz").unwrap();
     let ok = AttemptRecord {
         event_id: event.clone(),
-        ..attempt(&app.workspace, &hook, EventType::QrScanned, AttemptStatus::Success)
+        ..attempt(
+            &app.workspace,
+            &hook,
+            EventType::QrScanned,
+            AttemptStatus::Success,
+        )
     };
     let network_failure = AttemptRecord {
         event_id: event.clone(),
@@ -78,11 +83,21 @@ async fn a_delivery_reads_as_documented() {
         error: Some("connection refused".into()),
         attempt: 2,
         response_time_ms: 3,
-        ..attempt(&app.workspace, &hook, EventType::QrScanned, AttemptStatus::Failed)
+        ..attempt(
+            &app.workspace,
+            &hook,
+            EventType::QrScanned,
+            AttemptStatus::Failed,
+        )
     };
     let ping = AttemptRecord {
         trigger: AttemptTrigger::Ping,
-        ..attempt(&app.workspace, &hook, EventType::WebhookPing, AttemptStatus::Success)
+        ..attempt(
+            &app.workspace,
+            &hook,
+            EventType::WebhookPing,
+            AttemptStatus::Success,
+        )
     };
     app.db
         .store
@@ -141,7 +156,11 @@ async fn deliveries_are_paginated_newest_first_and_filtered() {
     let app = spawn_app().await;
     let hook = webhook(&app).await;
     let other_hook = webhook(&app).await;
-    let types = [EventType::QrScanned, EventType::QrCreated, EventType::ScanCreated];
+    let types = [
+        EventType::QrScanned,
+        EventType::QrCreated,
+        EventType::ScanCreated,
+    ];
     let mut batch = Vec::new();
     for i in 0..25 {
         let status = if i % 3 == 0 {

@@ -45,10 +45,7 @@ async fn malformed_bodies_are_400() {
             None,
         )
         .await;
-        assert!(
-            message.contains("JSON"),
-            "{body:?} answered {message:?}"
-        );
+        assert!(message.contains("JSON"), "{body:?} answered {message:?}");
     }
 }
 
@@ -56,7 +53,11 @@ async fn malformed_bodies_are_400() {
 async fn bodies_not_sent_as_json_are_400() {
     let app = spawn_app().await;
     let body = r#"{"url": "https://example.com", "events": ["*"]}"#;
-    for content_type in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
         let message = assert_error(
             post_raw(&app, content_type, body).await,
             StatusCode::BAD_REQUEST,
@@ -76,7 +77,12 @@ async fn fields_of_the_wrong_type_are_named() {
     let app = spawn_app().await;
     let message = invalid(&app, json!({"url": 5, "events": ["*"]}), "url").await;
     assert!(message.contains("invalid type"), "{message}");
-    invalid(&app, json!({"url": "https://example.com", "events": "qr.created"}), "events").await;
+    invalid(
+        &app,
+        json!({"url": "https://example.com", "events": "qr.created"}),
+        "events",
+    )
+    .await;
     let message = invalid(
         &app,
         json!({"url": "https://example.com", "events": ["qr.created", 7]}),
@@ -102,7 +108,10 @@ async fn an_unknown_field_is_named_so_typos_are_caught() {
     )
     .await;
     assert!(message.contains("unknown field `event`"), "{message}");
-    assert!(message.contains("`events`"), "suggests the known fields: {message}");
+    assert!(
+        message.contains("`events`"),
+        "suggests the known fields: {message}"
+    );
 }
 
 #[tokio::test]
@@ -128,7 +137,12 @@ async fn a_short_secret_is_refused() {
 #[tokio::test]
 async fn bad_urls_are_refused() {
     let app = spawn_app().await;
-    for url in ["not a url", "/relative/path", "ftp://example.com/", "https://u:p@example.com/"] {
+    for url in [
+        "not a url",
+        "/relative/path",
+        "ftp://example.com/",
+        "https://u:p@example.com/",
+    ] {
         invalid(&app, json!({"url": url, "events": ["*"]}), "url").await;
     }
 }
@@ -152,11 +166,15 @@ async fn http_urls_are_refused_when_https_is_required() {
 #[tokio::test]
 async fn private_targets_are_refused_unless_allowed() {
     let app = spawn_app_with(|s| s.delivery.allow_private_targets = false).await;
-    for url in ["https://127.0.0.1/hook", "http://localhost:8080/", "https://[::1]/", "https://10.0.0.1/"] {
+    for url in [
+        "https://127.0.0.1/hook",
+        "http://localhost:8080/",
+        "https://[::1]/",
+        "https://10.0.0.1/",
+    ] {
         let message = invalid(&app, json!({"url": url, "events": ["*"]}), "url").await;
         assert_eq!(
-            message,
-            "url points at a private, loopback or otherwise internal address",
+            message, "url points at a private, loopback or otherwise internal address",
             "{url}"
         );
     }
@@ -185,7 +203,12 @@ async fn event_lists_must_be_known_and_non_empty() {
     )
     .await;
     assert_eq!(message, "unknown event type `qr.exploded`");
-    let message = invalid(&app, json!({"url": "https://example.com", "events": []}), "events").await;
+    let message = invalid(
+        &app,
+        json!({"url": "https://example.com", "events": []}),
+        "events",
+    )
+    .await;
     assert_eq!(message, "events must not be empty");
 }
 
@@ -250,8 +273,11 @@ async fn oversize_bodies_are_413() {
     let created = app.create_simple_webhook(1).await;
     let body = json!({"url": format!("https://example.com/{}", "a".repeat(70_000))});
     assert_error(
-        app.patch_json(&format!("/v1/webhooks/{}", created["id"].as_str().unwrap()), &body)
-            .await,
+        app.patch_json(
+            &format!("/v1/webhooks/{}", created["id"].as_str().unwrap()),
+            &body,
+        )
+        .await,
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
         None,
@@ -263,10 +289,21 @@ async fn oversize_bodies_are_413() {
 async fn unknown_and_malformed_ids_are_404_everywhere() {
     let app = spawn_app().await;
     let unknown = qr3_domain::WebhookId::generate().to_string();
-    for id in [unknown.as_str(), "wh_abc123", "not-an-id", "whd_01kmnd4e2x7r4h1v3f5s8q0c9b", "%FF"] {
+    for id in [
+        unknown.as_str(),
+        "wh_abc123",
+        "not-an-id",
+        "whd_01kmnd4e2x7r4h1v3f5s8q0c9b",
+        "%FF",
+    ] {
         let path = format!("/v1/webhooks/{id}");
-        let message =
-            assert_error(app.get(&path).await, StatusCode::NOT_FOUND, "not_found", None).await;
+        let message = assert_error(
+            app.get(&path).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            None,
+        )
+        .await;
         assert_eq!(message, "webhook not found");
         assert_error(
             app.patch_json(&path, &json!({"is_active": false})).await,
@@ -275,7 +312,13 @@ async fn unknown_and_malformed_ids_are_404_everywhere() {
             None,
         )
         .await;
-        assert_error(app.delete(&path).await, StatusCode::NOT_FOUND, "not_found", None).await;
+        assert_error(
+            app.delete(&path).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            None,
+        )
+        .await;
         assert_error(
             app.get(&format!("{path}/deliveries")).await,
             StatusCode::NOT_FOUND,
@@ -289,13 +332,31 @@ async fn unknown_and_malformed_ids_are_404_everywhere() {
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_json() {
     let app = spawn_app().await;
-    for path in ["/", "/v1", "/v1/webhook", "/v2/webhooks", "/v1/webhooks/a/b/c"] {
-        let message =
-            assert_error(app.get(path).await, StatusCode::NOT_FOUND, "not_found", None).await;
+    for path in [
+        "/",
+        "/v1",
+        "/v1/webhook",
+        "/v2/webhooks",
+        "/v1/webhooks/a/b/c",
+    ] {
+        let message = assert_error(
+            app.get(path).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            None,
+        )
+        .await;
         assert!(message.starts_with("no route for GET "), "{message}");
     }
-    let response = app.request(Method::PUT, "/v1/webhooks").send().await.unwrap();
-    let allow = response.headers()[header::ALLOW].to_str().unwrap().to_owned();
+    let response = app
+        .request(Method::PUT, "/v1/webhooks")
+        .send()
+        .await
+        .unwrap();
+    let allow = response.headers()[header::ALLOW]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
     let message = assert_error(
         response,
@@ -317,7 +378,10 @@ async fn unknown_routes_and_methods_answer_json() {
     )
     .await;
     assert_error(
-        app.request(Method::DELETE, "/v1/openapi.json").send().await.unwrap(),
+        app.request(Method::DELETE, "/v1/openapi.json")
+            .send()
+            .await
+            .unwrap(),
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         None,

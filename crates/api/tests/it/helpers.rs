@@ -61,9 +61,7 @@ impl TestApp {
     }
 
     pub fn request_as(&self, key: &str, method: Method, path: &str) -> RequestBuilder {
-        self.client
-            .request(method, self.url(path))
-            .bearer_auth(key)
+        self.client.request(method, self.url(path)).bearer_auth(key)
     }
 
     pub async fn get(&self, path: &str) -> Response {
@@ -71,7 +69,11 @@ impl TestApp {
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {
-        self.request(Method::POST, path).json(body).send().await.unwrap()
+        self.request(Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn patch_json(&self, path: &str, body: &Value) -> Response {
@@ -134,14 +136,20 @@ pub async fn assert_error(
     field: Option<&str>,
 ) -> String {
     let body = json_body(response, status).await;
-    let error = body["error"].as_object().unwrap_or_else(|| panic!("{body}"));
+    let error = body["error"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{body}"));
     assert_eq!(body.as_object().unwrap().len(), 1, "{body}");
     assert_eq!(error["code"], code, "{body}");
     let message = error["message"].as_str().expect("message is a string");
     assert!(!message.is_empty());
     match field {
         Some(field) => {
-            assert_eq!(error.get("field").and_then(Value::as_str), Some(field), "{body}");
+            assert_eq!(
+                error.get("field").and_then(Value::as_str),
+                Some(field),
+                "{body}"
+            );
             assert_eq!(error.len(), 3, "{body}");
         }
         None => assert_eq!(error.len(), 2, "no other keys: {body}"),

@@ -8,3 +8,4 @@ mod helpers;
 mod openapi;
 mod pagination;
 mod webhooks;
+mod scratch;

@@ -2,11 +2,11 @@
 //! that stay stable while webhooks are being created.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 use std::sync::{
     atomic::{AtomicBool, Ordering},
     Arc,
 };
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -52,14 +52,23 @@ async fn pages_cover_every_webhook_newest_first() {
     let app = spawn_app().await;
     let mut created = Vec::new();
     for n in 0..45 {
-        created.push(app.create_simple_webhook(n).await["id"].as_str().unwrap().to_owned());
+        created.push(
+            app.create_simple_webhook(n).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     let mut newest_first = created.clone();
     newest_first.sort();
     newest_first.reverse();
 
     let default = json_body(app.get("/v1/webhooks").await, StatusCode::OK).await;
-    assert_eq!(default["data"].as_array().unwrap().len(), 20, "default limit");
+    assert_eq!(
+        default["data"].as_array().unwrap().len(),
+        20,
+        "default limit"
+    );
     assert_eq!(default["has_more"], true);
 
     for limit in [1, 7, 20, 44, 45, 100] {
@@ -71,7 +80,11 @@ async fn pages_cover_every_webhook_newest_first() {
     assert_eq!(page["next_cursor"], Value::Null);
 
     // An empty cursor is the first page.
-    let first = json_body(app.get("/v1/webhooks?cursor=&limit=5").await, StatusCode::OK).await;
+    let first = json_body(
+        app.get("/v1/webhooks?cursor=&limit=5").await,
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(first["data"][0]["id"], newest_first[0].as_str());
 }
 
@@ -116,7 +129,13 @@ async fn invalid_cursors_are_422() {
             qr3_domain::DeliveryId::generate()
         ))
     };
-    for cursor in ["garbage!", "bm90LWEtY3Vyc29y", truncated, &webhook_id, &deliveries_cursor] {
+    for cursor in [
+        "garbage!",
+        "bm90LWEtY3Vyc29y",
+        truncated,
+        &webhook_id,
+        &deliveries_cursor,
+    ] {
         let message = assert_error(
             app.get(&format!("/v1/webhooks?cursor={cursor}")).await,
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -128,8 +147,10 @@ async fn invalid_cursors_are_422() {
     }
     // A webhooks cursor is refused by a deliveries listing.
     assert_error(
-        app.get(&format!("/v1/webhooks/{webhook_id}/deliveries?cursor={good}"))
-            .await,
+        app.get(&format!(
+            "/v1/webhooks/{webhook_id}/deliveries?cursor={good}"
+        ))
+        .await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_field",
         Some("cursor"),
@@ -147,7 +168,10 @@ async fn unknown_query_parameters_are_422() {
         Some("limt"),
     )
     .await;
-    assert!(message.starts_with("unknown query parameter `limt`"), "{message}");
+    assert!(
+        message.starts_with("unknown query parameter `limt`"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,7 +179,12 @@ async fn pages_are_stable_while_webhooks_are_created() {
     let app = Arc::new(spawn_app().await);
     let mut originals = Vec::new();
     for n in 0..30 {
-        originals.push(app.create_simple_webhook(n).await["id"].as_str().unwrap().to_owned());
+        originals.push(
+            app.create_simple_webhook(n).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -172,7 +201,15 @@ async fn pages_are_stable_while_webhooks_are_created() {
         })
     };
     // Let the creator get going before the first page.
-    while app.db.store.list_webhooks(&app.workspace, None, 40).await.unwrap().len() < 33 {
+    while app
+        .db
+        .store
+        .list_webhooks(&app.workspace, None, 40)
+        .await
+        .unwrap()
+        .len()
+        < 33
+    {
         tokio::task::yield_now().await;
     }
     let seen = page_through(&app, 7, Duration::from_millis(20)).await;
@@ -184,7 +221,10 @@ async fn pages_are_stable_while_webhooks_are_created() {
     for id in &seen {
         *counts.entry(id.as_str()).or_default() += 1;
     }
-    assert!(counts.values().all(|&n| n == 1), "no duplicates: {counts:?}");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "no duplicates: {counts:?}"
+    );
     for id in &originals {
         assert_eq!(counts.get(id.as_str()), Some(&1), "{id} seen exactly once");
     }

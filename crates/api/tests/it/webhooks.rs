@@ -32,7 +32,10 @@ async fn the_seed_example_answers_the_seed_response() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
-    let location = response.headers()[header::LOCATION].to_str().unwrap().to_owned();
+    let location = response.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let body = json_body(response, StatusCode::CREATED).await;
 
     assert_eq!(
@@ -90,7 +93,9 @@ async fn a_webhook_created_without_a_secret_gets_a_strong_one() {
     let body = app
         .create_webhook(&json!({"url": "https://example.com/h", "events": ["*"]}))
         .await;
-    let secret = body["secret"].as_str().expect("the generated secret is shown");
+    let secret = body["secret"]
+        .as_str()
+        .expect("the generated secret is shown");
     assert!(secret.len() >= 40, "{secret}");
     let hint: String = secret.chars().take(4).chain(['\u{2026}']).collect();
     assert_eq!(body["secret_hint"], hint);
@@ -103,7 +108,11 @@ async fn a_webhook_created_without_a_secret_gets_a_strong_one() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(stored.expose(), secret, "the shown secret is the one signing");
+    assert_eq!(
+        stored.expose(),
+        secret,
+        "the shown secret is the one signing"
+    );
 
     let other = app
         .create_webhook(&json!({"url": "https://example.com/h", "events": ["*"], "secret": null}))
@@ -114,7 +123,9 @@ async fn a_webhook_created_without_a_secret_gets_a_strong_one() {
 #[tokio::test]
 async fn reads_never_show_the_secret() {
     let app = spawn_app().await;
-    let created = app.create_webhook(&serde_json::from_str(SEED_REQUEST).unwrap()).await;
+    let created = app
+        .create_webhook(&serde_json::from_str(SEED_REQUEST).unwrap())
+        .await;
     let id = created["id"].as_str().unwrap();
 
     let read = json_body(app.get(&format!("/v1/webhooks/{id}")).await, StatusCode::OK).await;
@@ -132,7 +143,9 @@ async fn reads_never_show_the_secret() {
 #[tokio::test]
 async fn patch_changes_each_field() {
     let app = spawn_app().await;
-    let created = app.create_webhook(&serde_json::from_str(SEED_REQUEST).unwrap()).await;
+    let created = app
+        .create_webhook(&serde_json::from_str(SEED_REQUEST).unwrap())
+        .await;
     let path = format!("/v1/webhooks/{}", created["id"].as_str().unwrap());
 
     let patched = json_body(
@@ -142,7 +155,10 @@ async fn patch_changes_each_field() {
     )
     .await;
     assert_eq!(patched["url"], "http://127.0.0.1:9/elsewhere");
-    assert_eq!(patched["events"], created["events"], "other fields unchanged");
+    assert_eq!(
+        patched["events"], created["events"],
+        "other fields unchanged"
+    );
     assert!(patched.get("secret").is_none(), "secret not set, not shown");
     assert!(patched["updated_at"].as_str() >= created["updated_at"].as_str());
     assert_eq!(patched["created_at"], created["created_at"]);
@@ -168,7 +184,12 @@ async fn patch_changes_each_field() {
     assert!(read.get("secret").is_none());
     assert_eq!(read["secret_hint"], "anot\u{2026}");
     let id = WebhookId::parse(created["id"].as_str().unwrap()).unwrap();
-    let stored = app.db.store.webhook_secret(&app.workspace, &id).await.unwrap();
+    let stored = app
+        .db
+        .store
+        .webhook_secret(&app.workspace, &id)
+        .await
+        .unwrap();
     assert_eq!(stored.unwrap().expose(), "another-secret-of-length");
 
     // Several fields at once.
@@ -281,8 +302,20 @@ async fn a_deleted_webhook_is_gone() {
     assert!(response.headers().get(header::CONTENT_TYPE).is_none());
     assert!(response.bytes().await.unwrap().is_empty());
 
-    assert_error(app.get(&path).await, StatusCode::NOT_FOUND, "not_found", None).await;
-    assert_error(app.delete(&path).await, StatusCode::NOT_FOUND, "not_found", None).await;
+    assert_error(
+        app.get(&path).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        None,
+    )
+    .await;
+    assert_error(
+        app.delete(&path).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        None,
+    )
+    .await;
     assert_error(
         app.get(&format!("{path}/deliveries")).await,
         StatusCode::NOT_FOUND,
@@ -297,10 +330,14 @@ async fn a_deleted_webhook_is_gone() {
 #[tokio::test]
 async fn secrets_are_stored_encrypted() {
     let app = spawn_app().await;
-    let created = app.create_webhook(&serde_json::from_str(SEED_REQUEST).unwrap()).await;
+    let created = app
+        .create_webhook(&serde_json::from_str(SEED_REQUEST).unwrap())
+        .await;
     let rows = app
         .db
-        .query("SELECT id, secret_ciphertext, secret_hint, row_to_json(webhooks)::text FROM webhooks")
+        .query(
+            "SELECT id, secret_ciphertext, secret_hint, row_to_json(webhooks)::text FROM webhooks",
+        )
         .await
         .unwrap();
     assert_eq!(rows.len(), 1);
@@ -308,7 +345,10 @@ async fn secrets_are_stored_encrypted() {
     assert_eq!(id, created["id"]);
     let ciphertext: &[u8] = rows[0].get(1);
     let secret = b"my-secret-key-min-16-chars";
-    assert!(ciphertext.len() > secret.len(), "nonce and tag are stored too");
+    assert!(
+        ciphertext.len() > secret.len(),
+        "nonce and tag are stored too"
+    );
     assert!(
         !ciphertext.windows(secret.len()).any(|w| w == secret),
         "the secret is not stored in clear"

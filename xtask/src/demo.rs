@@ -43,7 +43,11 @@ pub fn up(root: &Path, listen: &str, exit: bool) -> anyhow::Result<()> {
     let run = |args: &[&str]| -> anyhow::Result<String> {
         let mut cmd = Command::new(&bin);
         local_env(&mut cmd, listen);
-        let out = cmd.args(args).stderr(Stdio::inherit()).output().with_context(|| format!("cannot run qr3-webhooks {}", args.join(" ")))?;
+        let out = cmd
+            .args(args)
+            .stderr(Stdio::inherit())
+            .output()
+            .with_context(|| format!("cannot run qr3-webhooks {}", args.join(" ")))?;
         if !out.status.success() {
             bail!("qr3-webhooks {} failed", args.join(" "));
         }
@@ -56,7 +60,11 @@ pub fn up(root: &Path, listen: &str, exit: bool) -> anyhow::Result<()> {
     println!("==> qr3-webhooks all (api on http://{listen})");
     let mut cmd = Command::new(&bin);
     local_env(&mut cmd, listen);
-    let _service = Service(cmd.arg("all").spawn().context("cannot start qr3-webhooks all")?);
+    let _service = Service(
+        cmd.arg("all")
+            .spawn()
+            .context("cannot start qr3-webhooks all")?,
+    );
     let api = format!("http://{listen}");
     wait_ready(&api)?;
 
@@ -64,28 +72,71 @@ pub fn up(root: &Path, listen: &str, exit: bool) -> anyhow::Result<()> {
     println!("==> demo receiver on {receiver_url}");
 
     let workspace: Value = serde_json::from_str(&run(&["workspace", "create", "demo"])?)?;
-    let workspace_id = workspace["workspace_id"].as_str().context("workspace_id")?.to_owned();
+    let workspace_id = workspace["workspace_id"]
+        .as_str()
+        .context("workspace_id")?
+        .to_owned();
     let api_key = workspace["api_key"].as_str().context("api_key")?.to_owned();
-    println!("==> workspace {workspace_id} (API key printed once by `qr3-webhooks workspace create`)");
+    println!(
+        "==> workspace {workspace_id} (API key printed once by `qr3-webhooks workspace create`)"
+    );
 
     let body = serde_json::json!({ "url": receiver_url, "events": ["qr.scanned", "qr.created"], "secret": DEMO_SECRET });
-    let webhook = curl(&["-X", "POST", &format!("{api}/v1/webhooks"), "-H", &format!("Authorization: Bearer {api_key}"),
-        "-H", "Content-Type: application/json", "-d", &body.to_string()])?;
-    let webhook_id = webhook["id"].as_str().context("the API did not return a webhook id")?.to_owned();
-    println!("==> POST /v1/webhooks\n{}", serde_json::to_string_pretty(&webhook)?);
+    let webhook = curl(&[
+        "-X",
+        "POST",
+        &format!("{api}/v1/webhooks"),
+        "-H",
+        &format!("Authorization: Bearer {api_key}"),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &body.to_string(),
+    ])?;
+    let webhook_id = webhook["id"]
+        .as_str()
+        .context("the API did not return a webhook id")?
+        .to_owned();
+    println!(
+        "==> POST /v1/webhooks\n{}",
+        serde_json::to_string_pretty(&webhook)?
+    );
 
     let data = r#"{"code_id":"qr_abc123","short_code":"r7f3Kx","scan_id":"scn_xyz","country":"AT","device_type":"mobile","os":"iOS"}"#;
-    let published = run(&["publish", "--workspace", &workspace_id, "--type", "qr.scanned", "--data", data])?;
-    println!("==> qr3-webhooks publish --type qr.scanned: {}", published.trim());
+    let published = run(&[
+        "publish",
+        "--workspace",
+        &workspace_id,
+        "--type",
+        "qr.scanned",
+        "--data",
+        data,
+    ])?;
+    println!(
+        "==> qr3-webhooks publish --type qr.scanned: {}",
+        published.trim()
+    );
 
-    let (headers, payload, valid) = deliveries.recv_timeout(Duration::from_secs(30)).context("no delivery reached the demo receiver within 30 s")?;
-    println!("==> the receiver got a POST, signature {}:\n{headers}\n{payload}", if valid { "VALID" } else { "INVALID" });
+    let (headers, payload, valid) = deliveries
+        .recv_timeout(Duration::from_secs(30))
+        .context("no delivery reached the demo receiver within 30 s")?;
+    println!(
+        "==> the receiver got a POST, signature {}:\n{headers}\n{payload}",
+        if valid { "VALID" } else { "INVALID" }
+    );
     if !valid {
         bail!("the delivery's signature did not verify");
     }
     std::thread::sleep(Duration::from_millis(300));
-    let log = curl(&[&format!("{api}/v1/webhooks/{webhook_id}/deliveries"), "-H", &format!("Authorization: Bearer {api_key}")])?;
-    println!("==> GET /v1/webhooks/{webhook_id}/deliveries\n{}", serde_json::to_string_pretty(&log)?);
+    let log = curl(&[
+        &format!("{api}/v1/webhooks/{webhook_id}/deliveries"),
+        "-H",
+        &format!("Authorization: Bearer {api_key}"),
+    ])?;
+    println!(
+        "==> GET /v1/webhooks/{webhook_id}/deliveries\n{}",
+        serde_json::to_string_pretty(&log)?
+    );
 
     if exit {
         return Ok(());
@@ -98,23 +149,38 @@ pub fn up(root: &Path, listen: &str, exit: bool) -> anyhow::Result<()> {
     println!("  curl -s {api}/metrics | grep qr3_delivery");
     loop {
         if let Ok((headers, payload, valid)) = deliveries.recv() {
-            println!("==> delivery (signature {}):\n{headers}\n{payload}", if valid { "VALID" } else { "INVALID" });
+            println!(
+                "==> delivery (signature {}):\n{headers}\n{payload}",
+                if valid { "VALID" } else { "INVALID" }
+            );
         }
     }
 }
 
 fn curl(args: &[&str]) -> anyhow::Result<Value> {
-    let out = Command::new("curl").arg("-sS").args(args).output().context("cannot run curl")?;
+    let out = Command::new("curl")
+        .arg("-sS")
+        .args(args)
+        .output()
+        .context("cannot run curl")?;
     if !out.status.success() {
-        bail!("curl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "curl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    serde_json::from_slice(&out.stdout).with_context(|| format!("not JSON: {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("not JSON: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn wait_ready(api: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        let ok = Command::new("curl").args(["-sf", "-o", "/dev/null", &format!("{api}/readyz")]).status().is_ok_and(|s| s.success());
+        let ok = Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", &format!("{api}/readyz")])
+            .status()
+            .is_ok_and(|s| s.success());
         if ok {
             return Ok(());
         }
@@ -168,14 +234,21 @@ fn start_receiver() -> anyhow::Result<(String, mpsc::Receiver<(String, String, b
                     if reader.read_exact(&mut body).is_err() {
                         return;
                     }
-                    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(DEMO_SECRET.as_bytes()).expect("any key length");
+                    let mut mac =
+                        hmac::Hmac::<sha2::Sha256>::new_from_slice(DEMO_SECRET.as_bytes())
+                            .expect("any key length");
                     mac.update(&body);
-                    let valid = signature == format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+                    let valid =
+                        signature == format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
                     let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 17\r\n\r\n{\"received\":true}";
                     if stream.write_all(answer).is_err() {
                         return;
                     }
-                    let _ = tx.send((head.join("\n"), String::from_utf8_lossy(&body).into_owned(), valid));
+                    let _ = tx.send((
+                        head.join("\n"),
+                        String::from_utf8_lossy(&body).into_owned(),
+                        valid,
+                    ));
                 }
             });
         }

@@ -43,7 +43,10 @@ fn main() -> anyhow::Result<()> {
 
 /// The workspace root: the parent of this crate's manifest directory.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
@@ -59,8 +62,37 @@ fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
 }
 
 fn test(root: &Path) -> anyhow::Result<()> {
+    install_test_receivers(root)?;
     cargo(root, &["fmt", "--all", "--", "--check"])?;
-    cargo(root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(
+        root,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
     cargo(root, &["test", "--workspace"])?;
+    Ok(())
+}
+
+/// The end-to-end tests run the documentation's Express receiver: install its packages
+/// (from the lock file) when they are missing.
+fn install_test_receivers(root: &Path) -> anyhow::Result<()> {
+    let dir = root.join("crates/cli/tests/receivers");
+    if dir.join("node_modules/express").exists() {
+        return Ok(());
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .status()
+        .context("cannot run npm (Node.js is needed by the end-to-end tests)")?;
+    if !status.success() {
+        bail!("npm ci failed in {}", dir.display());
+    }
     Ok(())
 }

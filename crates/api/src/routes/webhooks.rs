@@ -47,7 +47,10 @@ pub(crate) struct Doc;
     request_body = CreateWebhook,
     responses(
         (status = 201, description = "The webhook, with its full secret.", body = Webhook,
-            headers(("Location" = String, description = "`/v1/webhooks/{id}`"))),
+            headers(
+                ("Location" = String, description = "`/v1/webhooks/{id}`"),
+                ("Cache-Control" = String, description = "`no-store`: the body holds the secret."),
+            )),
         (status = 400, description = "Not JSON, not an object, or not `application/json`.", body = ErrorBody),
         (status = 401, description = "Missing, malformed or invalid API key.", body = ErrorBody),
         (status = 413, description = "Body larger than the configured limit.", body = ErrorBody),
@@ -83,7 +86,7 @@ pub(crate) async fn create(
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(Webhook::from_store(webhook, Some(&secret))),
+        reveals_secret(Webhook::from_store(webhook, Some(&secret))),
     )
         .into_response())
 }
@@ -164,7 +167,7 @@ pub(crate) async fn read(
     params(("id" = String, Path, description = "The webhook's id (`wh_…`).")),
     request_body = UpdateWebhook,
     responses(
-        (status = 200, description = "The updated webhook; with `secret` when the request set it.", body = Webhook),
+        (status = 200, description = "The updated webhook; with `secret` (and `Cache-Control: no-store`) when the request set it.", body = Webhook),
         (status = 400, description = "Not JSON, not an object, or not `application/json`.", body = ErrorBody),
         (status = 401, description = "Missing, malformed or invalid API key.", body = ErrorBody),
         (status = 404, description = "No such webhook in this workspace.", body = ErrorBody),
@@ -179,7 +182,7 @@ pub(crate) async fn update(
     Authenticated(workspace): Authenticated,
     WebhookPath(id): WebhookPath,
     JsonBody(body): JsonBody<UpdateWebhook>,
-) -> Result<Json<Webhook>, ApiError> {
+) -> Result<Response, ApiError> {
     if body.is_empty() {
         return Err(ApiError::InvalidRequest(
             "nothing to update: give at least one of `url`, `events`, `is_active`, `secret`".into(),
@@ -202,7 +205,11 @@ pub(crate) async fn update(
         .context("updating a webhook")?
         .ok_or_else(ApiError::webhook_not_found)?;
     tracing::info!(%workspace, webhook = %id, is_active = webhook.is_active, "webhook updated");
-    Ok(Json(Webhook::from_store(webhook, new_secret.as_ref())))
+    let body = Webhook::from_store(webhook, new_secret.as_ref());
+    Ok(match new_secret {
+        Some(_) => reveals_secret(body),
+        None => Json(body).into_response(),
+    })
 }
 
 /// Delete a webhook. Its delivery log is no longer reachable through the API.
@@ -235,6 +242,11 @@ pub(crate) async fn delete(
     }
     tracing::info!(%workspace, webhook = %id, "webhook deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A response showing a full secret: no cache along the way may keep it.
+fn reveals_secret(body: Webhook) -> Response {
+    ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }
 
 fn parse_url(url: &str, policy: TargetPolicy) -> Result<WebhookUrl, ApiError> {

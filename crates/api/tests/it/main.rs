@@ -8,4 +8,3 @@ mod helpers;
 mod openapi;
 mod pagination;
 mod webhooks;
-mod scratch;

@@ -36,6 +36,7 @@ async fn the_seed_example_answers_the_seed_response() {
         .to_str()
         .unwrap()
         .to_owned();
+    assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
     let body = json_body(response, StatusCode::CREATED).await;
 
     assert_eq!(
@@ -172,12 +173,11 @@ async fn patch_changes_each_field() {
     assert_eq!(patched["events"], json!(["*", "webhook.ping"]));
     assert_eq!(patched["url"], "http://127.0.0.1:9/elsewhere");
 
-    let patched = json_body(
-        app.patch_json(&path, &json!({"secret": "another-secret-of-length"}))
-            .await,
-        StatusCode::OK,
-    )
-    .await;
+    let response = app
+        .patch_json(&path, &json!({"secret": "another-secret-of-length"}))
+        .await;
+    assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+    let patched = json_body(response, StatusCode::OK).await;
     assert_eq!(patched["secret"], "another-secret-of-length");
     assert_eq!(patched["secret_hint"], "anot\u{2026}");
     let read = json_body(app.get(&path).await, StatusCode::OK).await;

@@ -48,6 +48,10 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 
 impl TestApp {
     pub async fn webhook(&self, url: &str, events: &[&str]) -> Webhook {
+        self.webhook_with_secret(url, events, SECRET).await
+    }
+
+    pub async fn webhook_with_secret(&self, url: &str, events: &[&str], secret: &str) -> Webhook {
         self.store
             .insert_webhook(
                 &self.workspace,
@@ -61,7 +65,7 @@ impl TestApp {
                     )
                     .unwrap(),
                     events: Subscriptions::parse(events).unwrap(),
-                    secret: WebhookSecret::parse(SECRET).unwrap(),
+                    secret: WebhookSecret::parse(secret).unwrap(),
                 },
             )
             .await

@@ -5,3 +5,4 @@ mod delivery;
 mod helpers;
 mod retries;
 mod robustness;
+mod verifiers;

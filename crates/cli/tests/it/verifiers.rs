@@ -1,0 +1,120 @@
+//! The documentation's own verification code (SPEC Part A), run for real: an Express
+//! receiver that checks `JSON.stringify(req.body)` and a Python receiver that checks the
+//! raw body. Both answer 401 to a bad signature, so every logged success is a verified
+//! delivery.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use qr3_store::AttemptStatus;
+use serde_json::json;
+
+use crate::helpers::{spawn_app, SECRET};
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a receiver script and returns it with the port it printed.
+fn start(program: &str, script: &str) -> (Process, u16) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/receivers");
+    assert!(
+        program != "node" || dir.join("node_modules/express").exists(),
+        "express is not installed: run `npm ci` in {} (cargo xtask test does it)",
+        dir.display()
+    );
+    let mut child = Command::new(program)
+        .arg(dir.join(script))
+        .arg(SECRET)
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{script} printed {line:?}, not a port"));
+    (Process(child), port)
+}
+
+#[tokio::test]
+async fn the_documented_express_and_python_verifiers_accept_every_delivery() {
+    let app = spawn_app().await;
+    let (_node, node_port) = start("node", "express_receiver.js");
+    let (_python, python_port) = start("python3", "python_receiver.py");
+    let express = app
+        .webhook(
+            &format!("http://127.0.0.1:{node_port}/webhooks/qr3"),
+            &["*"],
+        )
+        .await;
+    let python = app
+        .webhook(
+            &format!("http://127.0.0.1:{python_port}/webhooks/qr3"),
+            &["*"],
+        )
+        .await;
+    // Control: the same receivers reject a delivery signed with another secret.
+    let forged = app
+        .webhook_with_secret(
+            &format!("http://127.0.0.1:{node_port}/webhooks/qr3"),
+            &["qr.created"],
+            "another-secret-0123456789",
+        )
+        .await;
+
+    let payloads = [
+        json!({"code_id": "qr_abc123", "short_code": "r7f3Kx", "scan_id": "scn_xyz", "country": "AT", "device_type": "mobile", "os": "iOS"}),
+        json!({"city": "Zürich", "name": "東京タワー", "emoji": "😀🎉", "rtl": "שלום", "combining": "e\u{301}"}),
+        json!({"quote": "\"q\"", "backslash": "a\\b", "slash": "a/b</script>", "newline": "a\nb\r\tc", "control": "\u{1}\u{1f}\u{7f}", "separators": "\u{2028}\u{2029}"}),
+        json!({"int": 1, "float": 1.5, "trailing": 2.50, "tiny": 5e-324, "huge": 1.7976931348623157e308, "e21": 1e21, "neg": -0.0, "big": 123456789012345678901u128 as f64, "beyond_2_53": 9007199254740993u64}),
+        json!({"b": 1, "10": "ten", "2": "two", "01": "zero-one", "a": {"1": true, "z": null, "0": []}}),
+        json!({"nested": [[[{"deep": [1, [2, [3, {"x": "y"}]]]}]]], "empty": {}, "list": [], "nothing": null, "yes": true}),
+    ];
+    for data in &payloads {
+        app.publish("qr.scanned", None, data.clone()).await;
+    }
+    // Numbers beyond what serde_json's Value shows: publish raw text too.
+    let raw = format!(
+        r#"{{"type":"qr.updated","workspace_id":"{}","data":{{"n":[1.0,1E2,0.000001,1e-7,-12.50e1,100000000000000000000000,0.1e1]}}}}"#,
+        app.workspace
+    );
+    app.publish_raw("qr.updated", raw.as_bytes()).await;
+
+    let expected = payloads.len() + 1;
+    for hook in [&express, &python] {
+        let log = app.attempts(hook, expected).await;
+        assert_eq!(log.len(), expected, "every event delivered once");
+        for attempt in &log {
+            assert_eq!(
+                (attempt.status, attempt.status_code),
+                (AttemptStatus::Success, Some(200)),
+                "{} rejected a delivery of {}: {attempt:?}",
+                if hook.id == express.id {
+                    "Express"
+                } else {
+                    "Python"
+                },
+                attempt.event_id
+            );
+        }
+    }
+    app.publish("qr.created", None, json!({})).await;
+    let control = app.attempts(&forged, 1).await;
+    assert_eq!(
+        control[0].status_code,
+        Some(401),
+        "the Express verifier rejects a wrong signature"
+    );
+    app.stop().await;
+}

@@ -22,6 +22,8 @@ pub enum Behaviour {
     Hang,
     /// 302 to another URL.
     Redirect,
+    /// Wait this many milliseconds, then answer 200.
+    Delay(u64),
 }
 
 /// One request as the receiver saw it.
@@ -146,6 +148,14 @@ async fn record(
         Behaviour::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             StatusCode::OK.into_response()
+        }
+        Behaviour::Delay(ms) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            (
+                StatusCode::OK,
+                axum::Json(serde_json::json!({ "received": true })),
+            )
+                .into_response()
         }
         Behaviour::Redirect => (
             StatusCode::FOUND,

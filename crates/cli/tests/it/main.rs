@@ -5,4 +5,5 @@ mod delivery;
 mod helpers;
 mod retries;
 mod robustness;
+mod shutdown;
 mod verifiers;

@@ -180,6 +180,8 @@ impl Store {
         let sealed = patch.secret.as_ref().map(|s| self.cipher.seal(id, s));
         let hint = patch.secret.as_ref().map(WebhookSecret::hint);
         let events = patch.events.as_ref().map(Subscriptions::to_strings);
+        // The application's clock, as for created_at, so the two never disagree.
+        let now = Timestamp::now().as_datetime();
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
@@ -191,13 +193,13 @@ impl Store {
                         secret_hint = COALESCE($6, secret_hint),
                         consecutive_failures = CASE WHEN $7 AND NOT is_active THEN 0 ELSE consecutive_failures END,
                         disabled_at = CASE WHEN $7 THEN NULL
-                                           WHEN NOT $7 AND is_active THEN now()
+                                           WHEN NOT $7 AND is_active THEN $9
                                            ELSE disabled_at END,
                         disabled_reason = CASE WHEN $7 THEN NULL
                                                WHEN NOT $7 AND is_active THEN $8
                                                ELSE disabled_reason END,
                         is_active = COALESCE($7, is_active),
-                        updated_at = now()
+                        updated_at = $9
                      WHERE id = $1 AND workspace_id = $2
                      RETURNING {COLUMNS}"
                 ),
@@ -210,6 +212,7 @@ impl Store {
                     &hint,
                     &patch.is_active,
                     &DISABLED_BY_REQUEST,
+                    &now,
                 ],
             )
             .await?;

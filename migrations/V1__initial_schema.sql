@@ -76,7 +76,10 @@ CREATE INDEX delivery_attempts_event ON delivery_attempts (event_id);
 -- Rows whose day has no partition yet land here instead of failing the batch.
 CREATE TABLE delivery_attempts_default PARTITION OF delivery_attempts DEFAULT;
 
--- Creates the daily partitions from `first_day` for `days` days; idempotent.
+-- Creates the daily partitions from `first_day` for `days` days; idempotent. A day
+-- whose rows already sit in the default partition (clock skew, or partitions not made
+-- in time) cannot get its own partition: that day is skipped with a warning instead of
+-- failing start-up, and its rows expire from the default partition.
 CREATE FUNCTION qr3_ensure_delivery_partitions(first_day date, days integer)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
@@ -87,9 +90,13 @@ BEGIN
         d := first_day + i;
         name := 'delivery_attempts_p' || to_char(d, 'YYYYMMDD');
         IF to_regclass(name) IS NULL THEN
-            EXECUTE format(
-                'CREATE TABLE %I PARTITION OF delivery_attempts FOR VALUES FROM (%L) TO (%L)',
-                name, d::timestamp AT TIME ZONE 'UTC', (d + 1)::timestamp AT TIME ZONE 'UTC');
+            BEGIN
+                EXECUTE format(
+                    'CREATE TABLE %I PARTITION OF delivery_attempts FOR VALUES FROM (%L) TO (%L)',
+                    name, d::timestamp AT TIME ZONE 'UTC', (d + 1)::timestamp AT TIME ZONE 'UTC');
+            EXCEPTION WHEN check_violation THEN
+                RAISE WARNING 'delivery_attempts: % has rows for % in the default partition; not partitioned', name, d;
+            END;
         END IF;
     END LOOP;
 END $$;

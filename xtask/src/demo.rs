@@ -189,8 +189,11 @@ fn wait_ready(api: &str) -> anyhow::Result<()> {
     bail!("the API at {api} did not become ready within 30 s")
 }
 
+/// What the demo receiver saw of one request: headers, body, signature valid.
+type Seen = (String, String, bool);
+
 /// A one-thread HTTP/1.1 receiver that verifies each request's signature.
-fn start_receiver() -> anyhow::Result<(String, mpsc::Receiver<(String, String, bool)>)> {
+fn start_receiver() -> anyhow::Result<(String, mpsc::Receiver<Seen>)> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let url = format!("http://{}/webhooks/qr3", listener.local_addr()?);
     let (tx, rx) = mpsc::channel();

@@ -34,6 +34,9 @@ pub(crate) enum ApiError {
     /// 422 about the request as a whole.
     #[error("{0}")]
     InvalidRequest(String),
+    /// 503: a dependency (the broker) is unreachable; try again later.
+    #[error("{0}")]
+    Unavailable(&'static str),
     /// 500: the cause goes to the log, never to the client.
     #[error("unexpected error")]
     Unexpected(#[from] anyhow::Error),
@@ -60,6 +63,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             ApiError::InvalidField { .. } => ErrorCode::InvalidField,
             ApiError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            ApiError::Unavailable(_) => ErrorCode::ServiceUnavailable,
             ApiError::Unexpected(_) => ErrorCode::InternalError,
         }
     }
@@ -72,6 +76,7 @@ impl ApiError {
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::InvalidField | ErrorCode::InvalidRequest => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

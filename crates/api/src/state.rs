@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use qr3_broker::SharedPublisher;
 use qr3_config::Settings;
 use qr3_domain::TargetPolicy;
 use qr3_store::Store;
@@ -32,22 +33,43 @@ impl ApiConfig {
     }
 }
 
+/// Where the ping endpoint publishes its delivery job.
+pub struct PingChannel {
+    pub publisher: SharedPublisher,
+    pub deliveries_queue: String,
+}
+
+impl std::fmt::Debug for PingChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PingChannel")
+            .field("deliveries_queue", &self.deliveries_queue)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The state of the API router. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ApiState {
     pub store: Store,
     pub config: Arc<ApiConfig>,
+    pub ping: Arc<PingChannel>,
 }
 
 impl ApiState {
-    pub fn new(store: Store, config: ApiConfig) -> Self {
+    pub fn new(store: Store, config: ApiConfig, ping: PingChannel) -> Self {
         Self {
             store,
             config: Arc::new(config),
+            ping: Arc::new(ping),
         }
     }
 
+    /// Connects to the broker lazily, on the first ping.
     pub fn from_settings(store: Store, settings: &Settings) -> Self {
-        Self::new(store, ApiConfig::from_settings(settings))
+        let ping = PingChannel {
+            publisher: SharedPublisher::new(settings.amqp.url.expose().clone(), "qr3-api"),
+            deliveries_queue: qr3_broker::Topology::from_settings(settings).deliveries_queue(),
+        };
+        Self::new(store, ApiConfig::from_settings(settings), ping)
     }
 }

@@ -104,6 +104,7 @@ pub struct IngestSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliverySettings {
+    #[serde(deserialize_with = "delays")]
     pub retry_delays_ms: Vec<u64>,
     pub timeout_ms: u64,
     pub disable_after_failures: u32,
@@ -131,6 +132,44 @@ impl DeliverySettings {
             .get(index)
             .map(|ms| Duration::from_millis(*ms))
     }
+}
+
+/// A list of delays: a TOML array, or from the environment a comma-separated string
+/// (`1000,5000`) or a single number (`1000`), which the environment source cannot tell
+/// from a scalar.
+fn delays<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Item {
+        Number(u64),
+        Text(String),
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Delays {
+        List(Vec<Item>),
+        One(Item),
+    }
+    let items = match Delays::deserialize(d)? {
+        Delays::List(items) => items,
+        Delays::One(item) => vec![item],
+    };
+    let mut out = Vec::new();
+    for item in items {
+        match item {
+            Item::Number(ms) => out.push(ms),
+            Item::Text(text) => {
+                for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    out.push(part.parse::<u64>().map_err(|_| {
+                        serde::de::Error::custom(format!(
+                            "delivery.retry_delays_ms: `{part}` is not a number of milliseconds"
+                        ))
+                    })?);
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -40,6 +40,9 @@ struct Inner {
     topology: Topology,
     metrics: Metrics,
     subscriptions: SubscriptionCache,
+    /// Consecutive events that failed for want of the database or broker: the pause
+    /// before requeueing grows with it, so an outage does not spin the queue.
+    failures: std::sync::atomic::AtomicU32,
 }
 
 /// What happened to one event message.
@@ -67,6 +70,7 @@ impl Ingest {
                 topology,
                 metrics,
                 subscriptions,
+                failures: Default::default(),
             }),
         }
     }
@@ -165,6 +169,10 @@ impl Ingest {
         let outcome = self
             .process(publisher, &delivery.data, &delivery.routing_key.to_string())
             .await;
+        let failures = &self.inner.failures;
+        if outcome.is_ok() {
+            failures.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
         let result = match outcome {
             Ok(Outcome::Busy) => {
                 tokio::time::sleep(Duration::from_millis(500)).await;

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use qr3_domain::WorkspaceId;
 use qr3_store::{Store, WebhookSummary};
 
+type Entry = (Instant, Arc<Vec<WebhookSummary>>);
+
 pub struct SubscriptionCache {
     ttl: Duration,
-    entries: Mutex<HashMap<WorkspaceId, (Instant, Arc<Vec<WebhookSummary>>)>>,
+    entries: Mutex<HashMap<WorkspaceId, Entry>>,
 }
 
 impl SubscriptionCache {

@@ -188,7 +188,7 @@ impl Sender {
         writer: &writer::Handle,
         publisher: &Publisher,
     ) {
-        let job = match DeliveryJob::from_message(&delivery.properties, delivery.data) {
+        let job = match DeliveryJob::from_message(&delivery.properties, delivery.data.clone()) {
             Ok(job) => job,
             Err(invalid) => {
                 // Unreadable: park it with the reason rather than retry it forever.
@@ -231,8 +231,8 @@ impl Sender {
                     .await
             }
             Err(error) => {
-                // Could not even look the webhook up (database down): leave the job
-                // unacknowledged; it is redelivered when this channel closes.
+                // Could not even look the webhook up (database down): after a pause,
+                // hand the job back to the broker to be tried again.
                 tracing::error!(error = format!("{error:#}"), webhook_id = %job.webhook_id, "cannot attempt delivery");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let _ = delivery
@@ -306,11 +306,8 @@ impl Sender {
         } else {
             AttemptStatus::Failed
         };
-        let error = match (&outcome.error, outcome.status) {
-            (Some(e), _) => Some(e.clone()),
-            (None, Some(code)) if status == AttemptStatus::Failed => Some(format!("HTTP {code}")),
-            _ => None,
-        };
+        // `error` is for failures without a response; a status code speaks for itself.
+        let error = outcome.error.clone();
         let attempt_label = match job.trigger {
             Trigger::Ping => "ping".to_owned(),
             Trigger::Event => job.attempt.to_string(),

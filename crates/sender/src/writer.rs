@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use lapin::options::BasicAckOptions;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Acker;
 use qr3_broker::{DeliveryJob, Outgoing, Publisher, Trigger};
 use qr3_store::{AttemptRecord, AttemptStatus};
@@ -129,9 +129,18 @@ async fn flush(sender: &Sender, publisher: &Publisher, batch: Vec<Pending>) {
     if !retries.is_empty() {
         let messages: Vec<Outgoing> = retries.iter().map(|(_, m)| m.clone()).collect();
         if let Err(error) = publisher.publish_all(&messages).await {
-            // Without the retry safely queued the jobs must not be acknowledged; they
-            // come back when the channel closes and are attempted again.
-            tracing::error!(%error, "cannot schedule retries; leaving the batch unacknowledged");
+            // Without the retry safely queued the jobs must not be acknowledged: hand
+            // them back to the broker to be attempted again.
+            tracing::error!(%error, "cannot schedule retries; requeueing the batch");
+            for pending in batch {
+                let _ = pending
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
+            }
             return;
         }
         for (delay_ms, _) in &retries {

@@ -69,6 +69,12 @@ pub async fn run_retention(pool: &Pool, retention_days: u32) -> anyhow::Result<(
         .get(0);
     let cutoff = Utc::now() - chrono::Duration::days(i64::from(retention_days));
     tx.execute(
+        "DELETE FROM delivery_attempts_default WHERE created_at < $1",
+        &[&cutoff],
+    )
+    .await
+    .context("cannot expire rows of the default delivery-log partition")?;
+    tx.execute(
         "DELETE FROM ingested_events WHERE claimed_at < $1",
         &[&cutoff],
     )

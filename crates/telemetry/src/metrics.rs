@@ -39,8 +39,8 @@ pub struct Metrics {
     pub http_request_duration_seconds: HistogramVec,
     /// Events accepted by ingest, by event type.
     pub events_ingested_total: IntCounterVec,
-    /// Events dead-lettered by ingest, by reason (`invalid_json`, `missing_field`,
-    /// `unknown_type`, `too_large`, …). A duplicate is not a rejection.
+    /// Events dead-lettered by ingest, by reason (`invalid_json`, `invalid_schema`,
+    /// `invalid_field`, `unknown_type`, `too_large`). A duplicate is not a rejection.
     pub events_rejected_total: IntCounterVec,
     /// Events whose id had already been ingested, so were not fanned out again.
     pub events_duplicate_total: IntCounter,

@@ -2,6 +2,7 @@
 //! their OpenAPI descriptions.
 
 pub(crate) mod deliveries;
+pub(crate) mod ping;
 pub(crate) mod webhooks;
 
 use axum::Router;
@@ -21,9 +22,14 @@ pub(crate) fn v1_resources() -> Router<ApiState> {
     Router::new()
         .merge(webhooks::router())
         .merge(deliveries::router())
+        .merge(ping::router())
 }
 
 /// The OpenAPI paths of every `/v1` resource, merged into the served document.
 pub(crate) fn v1_docs() -> Vec<utoipa::openapi::OpenApi> {
-    vec![webhooks::Doc::openapi(), deliveries::Doc::openapi()]
+    vec![
+        webhooks::Doc::openapi(),
+        deliveries::Doc::openapi(),
+        ping::Doc::openapi(),
+    ]
 }

@@ -40,6 +40,8 @@ pub enum ErrorCode {
     InvalidField,
     /// 422: the request as a whole is invalid (e.g. a PATCH that changes nothing).
     InvalidRequest,
+    /// 503: a dependency (the message broker) is unreachable; retry later.
+    ServiceUnavailable,
     /// 500: something failed on our side; the body says nothing more.
     InternalError,
 }

@@ -16,7 +16,6 @@ pub struct TestApp {
     pub settings: Settings,
     pub store: Store,
     pub workspace: WorkspaceId,
-    #[allow(dead_code)] // for API calls made by future tests
     pub api_key: String,
     pub api: String,
     running: Option<Running>,

@@ -50,9 +50,16 @@ as_root() {
 # --- tools ----------------------------------------------------------------------------
 command -v python3 >/dev/null 2>&1 || { echo "python3 is required" >&2; exit 2; }
 
-if ! python3 -c 'import kubernetes_validate, yaml' >/dev/null 2>&1; then
+python=python3
+if ! "$python" -c 'import kubernetes_validate, yaml' >/dev/null 2>&1; then
   echo "installing kubernetes-validate (pip)"
-  python3 -m pip install --quiet kubernetes-validate pyyaml
+  if ! "$python" -m pip install --quiet kubernetes-validate pyyaml; then
+    # A system Python that refuses pip installs (PEP 668): use a private venv.
+    venv="${XDG_CACHE_HOME:-$HOME/.cache}/qr3-deploy-check/venv"
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    python="$venv/bin/python"
+    "$python" -m pip install --quiet kubernetes-validate pyyaml
+  fi
 fi
 
 if ! command -v promtool >/dev/null 2>&1; then
@@ -86,7 +93,7 @@ fi
 
 # --- manifests against the code ---------------------------------------------------------------
 set +e
-python3 "$here/check_manifests.py" "${rendered[@]}" --promql-out "$work/dashboard-rules.yml" \
+"$python" "$here/check_manifests.py" ${rendered[@]+"${rendered[@]}"} --promql-out "$work/dashboard-rules.yml" \
   | tee "$work/manifests.log" | grep -v '^ok '
 set -e
 summary="$(tail -n 1 "$work/manifests.log")"

@@ -213,9 +213,8 @@ def check_env_value(name: str, value: Any) -> None:
     elif isinstance(default, int):
         assert re.fullmatch(r"\d+", text), f"{name}={text!r}: expected an integer"
     elif isinstance(default, list):
-        # A single value is read as a number, not as a list, and refused.
-        assert re.fullmatch(r"\d+(,\d+)+", text), \
-            f"{name}={text!r}: expected comma-separated integers (at least two)"
+        assert re.fullmatch(r"\d+(,\d+)*", text), \
+            f"{name}={text!r}: expected comma-separated integers"
     if key.endswith(".listen"):
         assert re.fullmatch(r"[0-9.]+:\d+|\[[0-9a-f:]+\]:\d+", text), \
             f"{name}={text!r}: expected ADDRESS:PORT"
@@ -564,8 +563,16 @@ def check_workload(doc: Doc, docs: list[Doc], config_map: dict[str, str], kust_i
             f"{probe} port {port!r} is not the {listen} listener"
     grace_ms = int(effective(config_map, "shutdown.grace_period_ms"))
     tgps = spec.get("terminationGracePeriodSeconds", 30)
-    assert tgps * 1000 > grace_ms, \
-        f"terminationGracePeriodSeconds {tgps}s must exceed shutdown.grace_period_ms {grace_ms}ms"
+    pre_stop = c.get("lifecycle", {}).get("preStop", {})
+    pause = pre_stop.get("sleep", {}).get("seconds", 0)
+    command = pre_stop.get("exec", {}).get("command", [])
+    if command:
+        assert command[0] == "sleep" and len(command) == 2 and str(command[1]).isdigit(), \
+            f"preStop {command}: only a sleep is expected"
+        pause = int(command[1])
+    assert tgps * 1000 > grace_ms + pause * 1000, \
+        f"terminationGracePeriodSeconds {tgps}s must exceed the preStop pause ({pause}s) " \
+        f"plus shutdown.grace_period_ms ({grace_ms}ms)"
     # Whoever scales it must own the replica count.
     scaled = any(d.kind == "HorizontalPodAutoscaler" and d.body["spec"]["scaleTargetRef"]["name"] == doc.name
                  for d in docs) or any(d.kind == "ScaledObject" and d.body["spec"]["scaleTargetRef"]["name"] == doc.name
@@ -614,6 +621,14 @@ def check_set(label: str, docs: list[Doc], kust_images: set[str]) -> None:
         assert not bad, "; ".join(bad)
     R.run(f"[{label}] ConfigMap {NAME}: every QR3__ variable is a real key with a valid value",
           config_map_values)
+
+    def drain_fits() -> None:
+        timeout = int(effective(config_map, "delivery.timeout_ms"))
+        grace = int(effective(config_map, "shutdown.grace_period_ms"))
+        assert timeout < grace, \
+            f"delivery.timeout_ms ({timeout}) must stay below shutdown.grace_period_ms ({grace}) " \
+            "so that a draining sender can finish its attempts"
+    R.run(f"[{label}] an attempt in flight fits in the shutdown grace period", drain_fits)
 
     deployments = {d.body["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component"): d
                    for d in docs if d.kind == "Deployment"}
@@ -821,6 +836,10 @@ def check_alerts() -> None:
     ops = REPO / "docs/operations.md"
     anchors = github_anchors(ops.read_text()) if ops.is_file() else set()
     R.check(ops.is_file(), "docs/operations.md exists")
+    if ops.is_file():
+        links = set(re.findall(r"\]\(#([\w-]+)\)", ops.read_text()))
+        R.check(links <= anchors, f"docs/operations.md: its {len(links)} in-page links lead to sections",
+                f"broken: {sorted(links - anchors)}")
     for r in alerts:
         def rule(r=r) -> None:
             assert re.fullmatch(r"\d+[smh]", str(r.get("for", ""))), "needs a for: duration"

@@ -32,12 +32,31 @@ enum Task {
     },
     /// Run formatting and lint checks and every test against the local services.
     Test,
+    /// The end-to-end benchmark (release build, separate processes, ceilings).
+    Bench {
+        /// About a minute instead of several.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value_t = 1)]
+        senders: usize,
+        #[arg(long, default_value_t = 1)]
+        ingests: usize,
+        /// Also copy the report and plots into docs/benchmarks/.
+        #[arg(long)]
+        docs: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Up { exit, listen } => demo::up(&root(), &listen, exit),
         Task::Test => test(&root()),
+        Task::Bench {
+            quick,
+            senders,
+            ingests,
+            docs,
+        } => bench(&root(), quick, senders, ingests, docs),
     }
 }
 
@@ -93,6 +112,59 @@ fn install_test_receivers(root: &Path) -> anyhow::Result<()> {
         .context("cannot run npm (Node.js is needed by the end-to-end tests)")?;
     if !status.success() {
         bail!("npm ci failed in {}", dir.display());
+    }
+    Ok(())
+}
+
+fn bench(
+    root: &Path,
+    quick: bool,
+    senders: usize,
+    ingests: usize,
+    docs: bool,
+) -> anyhow::Result<()> {
+    cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "qr3-webhooks",
+            "-p",
+            "qr3-bench",
+        ],
+    )?;
+    let out = root.join("target/bench");
+    let mut args = vec![
+        "--bin".to_owned(),
+        root.join("target/release/qr3-webhooks")
+            .display()
+            .to_string(),
+        "--out".to_owned(),
+        out.display().to_string(),
+        "--senders".to_owned(),
+        senders.to_string(),
+        "--ingests".to_owned(),
+        ingests.to_string(),
+    ];
+    if quick {
+        args.push("--quick".to_owned());
+    }
+    let status = Command::new(root.join("target/release/qr3-bench"))
+        .args(&args)
+        .current_dir(root)
+        .status()
+        .context("cannot run qr3-bench")?;
+    if !status.success() {
+        bail!("the benchmark failed");
+    }
+    if docs {
+        let dir = root.join("docs/benchmarks");
+        std::fs::create_dir_all(&dir)?;
+        for file in ["report.json", "throughput.svg", "latency.svg"] {
+            std::fs::copy(out.join(file), dir.join(file))
+                .with_context(|| format!("cannot copy {file}"))?;
+        }
     }
     Ok(())
 }

@@ -87,13 +87,21 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        for queue in [
-            self.ingest_queue(),
-            self.ingest_dead_queue(),
-            self.deliveries_queue(),
-            self.deliveries_dead_queue(),
-        ] {
+        for queue in [self.ingest_dead_queue(), self.deliveries_dead_queue()] {
             declare_quorum(channel, &queue, FieldTable::default()).await?;
+        }
+        // A message the broker itself gives up on (a delivery limit, as RabbitMQ 4
+        // sets by default on quorum queues) is dead-lettered, never dropped.
+        for (queue, dead) in [
+            (self.ingest_queue(), self.ingest_dead_queue()),
+            (self.deliveries_queue(), self.deliveries_dead_queue()),
+        ] {
+            let mut args = FieldTable::default();
+            args.insert("x-dead-letter-exchange".into(), text(""));
+            args.insert("x-dead-letter-routing-key".into(), text(&dead));
+            args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+            args.insert("x-overflow".into(), text("reject-publish"));
+            declare_quorum(channel, &queue, args).await?;
         }
         channel
             .queue_bind(

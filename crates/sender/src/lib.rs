@@ -207,7 +207,7 @@ impl Sender {
                     properties: BasicProperties::default()
                         .with_delivery_mode(2)
                         .with_headers(headers),
-                    body: Vec::new(),
+                    body: delivery.data.clone(),
                 };
                 tracing::warn!(error = %invalid, "delivery job dead-lettered");
                 if publisher

@@ -16,7 +16,7 @@ mod workspaces;
 
 pub use attempts::{AttemptFilter, AttemptRecord, AttemptStatus, AttemptTrigger, RecordedBatch};
 pub use crypto::SecretCipher;
-pub use events::ClaimOutcome;
+pub use events::{ClaimOutcome, EventKey};
 pub use migrate::{migrate, run_retention};
 pub use pool::{connect, create_database_if_missing, database_name};
 pub use webhooks::{DeliveryTarget, NewWebhook, Webhook, WebhookPatch, WebhookSummary};

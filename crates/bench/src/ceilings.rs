@@ -1,0 +1,150 @@
+//! Ceilings measured in the same run, each with nothing of ours in the way: the broker
+//! alone, the receiver alone, and Postgres alone on the attempt-log write path.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::BasicProperties;
+use qr3_broker::{Outgoing, Publisher};
+use qr3_domain::{DeliveryId, EventId, EventType, Timestamp, WebhookId, WorkspaceId};
+use qr3_store::{AttemptRecord, AttemptStatus, AttemptTrigger, Store};
+
+/// Persistent messages of `size` bytes through one quorum queue: published with
+/// pipelined confirms (batches of 500) while one consumer with prefetch 512 acks each.
+/// Messages per second, first publish to last ack.
+pub async fn broker(url: &str, queue: &str, messages: usize, size: usize) -> anyhow::Result<f64> {
+    let connection = qr3_broker::connect(url, "qr3-bench-ceiling").await?;
+    let channel = connection.create_channel().await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+    channel.basic_qos(512, BasicQosOptions::default()).await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let consumed = tokio::spawn(async move {
+        let mut n = 0;
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            n += 1;
+            if n == messages {
+                break;
+            }
+        }
+        Instant::now()
+    });
+    let publisher = Publisher::open(&connection).await?;
+    let message = Outgoing {
+        exchange: String::new(),
+        routing_key: queue.to_owned(),
+        properties: BasicProperties::default().with_delivery_mode(2),
+        body: vec![b'x'; size],
+    };
+    let batch = vec![message; 500];
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < messages {
+        let n = (messages - sent).min(batch.len());
+        publisher.publish_all(&batch[..n]).await?;
+        sent += n;
+    }
+    let finished = tokio::time::timeout(Duration::from_secs(300), consumed).await??;
+    let _ = channel.queue_delete(queue.into(), Default::default()).await;
+    let _ = connection.close(200, "done".into()).await;
+    Ok(messages as f64 / (finished - started).as_secs_f64())
+}
+
+/// POSTs of `body` to `url` from `concurrency` keep-alive clients. Requests per second.
+pub async fn receiver(
+    url: &str,
+    requests: usize,
+    concurrency: usize,
+    body: Bytes,
+) -> anyhow::Result<f64> {
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(concurrency)
+            .build_http();
+    let remaining = Arc::new(AtomicUsize::new(requests));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, remaining, body, url) = (
+            client.clone(),
+            remaining.clone(),
+            body.clone(),
+            url.to_owned(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while remaining
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                let request = hyper::Request::post(&url)
+                    .header("content-type", "application/json")
+                    .body(Full::new(body.clone()))
+                    .expect("valid request");
+                if let Ok(response) = client.request(request).await {
+                    let _ = response.into_body().collect().await;
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    Ok(requests as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Attempt-log rows written through the store's batch path, one writer, `batch` rows
+/// per transaction, as one sender writes them. Rows per second.
+pub async fn postgres(store: &Store, rows: usize, batch: usize) -> anyhow::Result<f64> {
+    let workspace = WorkspaceId::generate();
+    let webhooks: Vec<WebhookId> = (0..10).map(|_| WebhookId::generate()).collect();
+    let make = |i: usize| AttemptRecord {
+        id: DeliveryId::generate(),
+        webhook_id: webhooks[i % webhooks.len()].clone(),
+        workspace_id: workspace.clone(),
+        event_id: EventId::generate(),
+        event_type: EventType::QrScanned,
+        status: AttemptStatus::Success,
+        status_code: Some(200),
+        response_time_ms: 3,
+        attempt: 1,
+        trigger: AttemptTrigger::Event,
+        error: None,
+        created_at: Timestamp::now(),
+    };
+    let started = Instant::now();
+    let mut written = 0;
+    while written < rows {
+        let n = (rows - written).min(batch);
+        let records: Vec<AttemptRecord> = (written..written + n).map(make).collect();
+        store.record_attempts(&records, 10).await?;
+        written += n;
+    }
+    Ok(rows as f64 / started.elapsed().as_secs_f64())
+}

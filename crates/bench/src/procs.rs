@@ -1,0 +1,94 @@
+//! The system under test as separate processes, as production runs it, with their
+//! resident memory sampled from /proc.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context};
+
+/// Where to find things and how to configure every process of one run.
+#[derive(Clone)]
+pub struct Env {
+    pub bin: PathBuf,
+    pub logs: PathBuf,
+    pub vars: Vec<(String, String)>,
+}
+
+impl Env {
+    pub fn with(&self, key: &str, value: &str) -> Env {
+        let mut env = self.clone();
+        env.vars.retain(|(k, _)| k != key);
+        env.vars.push((key.to_owned(), value.to_owned()));
+        env
+    }
+
+    /// Runs a one-shot subcommand and returns its stdout.
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(&self.bin)
+            .args(args)
+            .envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stderr(Stdio::inherit())
+            .output()
+            .with_context(|| format!("cannot run qr3-webhooks {}", args.join(" ")))?;
+        if !out.status.success() {
+            bail!("qr3-webhooks {} failed", args.join(" "));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Starts a long-running role; its logs go to `<logs>/<name>.log`.
+    pub fn spawn(&self, role: &str, name: &str) -> anyhow::Result<Proc> {
+        std::fs::create_dir_all(&self.logs)?;
+        let log = std::fs::File::create(self.logs.join(format!("{name}.log")))?;
+        let child = Command::new(&self.bin)
+            .arg(role)
+            .envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start qr3-webhooks {role}"))?;
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+        })
+    }
+}
+
+/// A running role; killed when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Current resident set size in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        status_field(self.pid(), "VmRSS:")
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn status_field(pid: u32, field: &str) -> Option<u64> {
+    let text =
+        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

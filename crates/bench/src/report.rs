@@ -1,0 +1,281 @@
+//! The benchmark's report: a table on stdout, `report.json`, and two SVG plots.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct Ceilings {
+    pub broker_msgs_per_s: f64,
+    pub receiver_req_per_s: f64,
+    pub postgres_rows_per_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Throughput {
+    pub events: usize,
+    pub expected_deliveries: usize,
+    pub delivered: usize,
+    pub duplicates: usize,
+    pub seconds: f64,
+    pub deliveries_per_s: f64,
+    pub publish_seconds: f64,
+    #[serde(skip)]
+    pub timeline_per_s: Vec<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    pub rate_per_s: usize,
+    pub seconds: u64,
+    pub delivered: usize,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    #[serde(skip)]
+    pub samples_ms: Vec<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Memory {
+    pub phase: String,
+    pub process: String,
+    pub peak_rss_mib: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub quick: bool,
+    pub senders: usize,
+    pub ingests: usize,
+    pub machine: String,
+    pub ceilings: Ceilings,
+    pub w1: Throughput,
+    pub w2: Throughput,
+    pub w3: Latency,
+    pub w4: Throughput,
+    pub memory: Vec<Memory>,
+    pub signatures_checked: u64,
+}
+
+/// One target line: the figure, the target, and whether it is met.
+struct Check {
+    name: &'static str,
+    value: String,
+    target: &'static str,
+    met: bool,
+}
+
+fn checks(r: &Report) -> Vec<Check> {
+    let w1_ratio = r.w1.deliveries_per_s / r.ceilings.broker_msgs_per_s;
+    let w4_ratio = r.w4.deliveries_per_s / r.w2.deliveries_per_s;
+    let sender_inflight = r
+        .memory
+        .iter()
+        .find(|m| m.phase.starts_with("W5"))
+        .map(|m| m.peak_rss_mib)
+        .unwrap_or(f64::NAN);
+    vec![
+        Check {
+            name: "W1 deliveries/s",
+            value: format!("{:.0}", r.w1.deliveries_per_s),
+            target: ">= 4000",
+            met: r.w1.deliveries_per_s >= 4000.0,
+        },
+        Check {
+            name: "W1 / RabbitMQ-alone",
+            value: format!("{:.0} %", w1_ratio * 100.0),
+            target: ">= 50 %",
+            met: w1_ratio >= 0.5,
+        },
+        Check {
+            name: "W2 deliveries/s",
+            value: format!("{:.0}", r.w2.deliveries_per_s),
+            target: ">= 12000",
+            met: r.w2.deliveries_per_s >= 12000.0,
+        },
+        Check {
+            name: "W3 p99 latency",
+            value: format!("{:.1} ms", r.w3.p99_ms),
+            target: "<= 20 ms",
+            met: r.w3.p99_ms <= 20.0,
+        },
+        Check {
+            name: "W4 healthy / W2",
+            value: format!("{:.0} %", w4_ratio * 100.0),
+            target: ">= 90 %",
+            met: w4_ratio >= 0.9,
+        },
+        Check {
+            name: "W5 sender RSS, 1,000 in flight",
+            value: format!("{sender_inflight:.1} MiB"),
+            target: "<= 64 MiB",
+            met: sender_inflight <= 64.0,
+        },
+        Check {
+            name: "exactly once (W1, W2)",
+            value: format!(
+                "{} missing, {} duplicates",
+                (r.w1.expected_deliveries - r.w1.delivered)
+                    + (r.w2.expected_deliveries - r.w2.delivered),
+                r.w1.duplicates + r.w2.duplicates
+            ),
+            target: "0 and 0",
+            met: r.w1.delivered == r.w1.expected_deliveries
+                && r.w2.delivered == r.w2.expected_deliveries
+                && r.w1.duplicates + r.w2.duplicates == 0,
+        },
+    ]
+}
+
+pub fn print(r: &Report) {
+    let c = &r.ceilings;
+    println!(
+        "\nqr3-bench on {} ({} sender(s), {} ingest(s){})",
+        r.machine,
+        r.senders,
+        r.ingests,
+        if r.quick { ", quick" } else { "" }
+    );
+    println!("\nCeilings measured in this run");
+    println!(
+        "  RabbitMQ alone (persistent, confirms, acks)   {:>10.0} msg/s",
+        c.broker_msgs_per_s
+    );
+    println!(
+        "  receiver alone (512 keep-alive clients)       {:>10.0} req/s",
+        c.receiver_req_per_s
+    );
+    println!(
+        "  Postgres alone (attempt log, batches of 256)  {:>10.0} rows/s",
+        c.postgres_rows_per_s
+    );
+    println!("\nWorkloads                       deliveries/s   of broker  of receiver  of postgres   delivered   dup");
+    for (name, t) in [
+        ("W1 single webhook", &r.w1),
+        ("W2 fan-out x10", &r.w2),
+        ("W4 one of ten hanging", &r.w4),
+    ] {
+        println!(
+            "  {name:<28} {:>12.0} {:>10.0} % {:>10.1} % {:>10.0} % {:>8}/{:<8} {}",
+            t.deliveries_per_s,
+            t.deliveries_per_s / c.broker_msgs_per_s * 100.0,
+            t.deliveries_per_s / c.receiver_req_per_s * 100.0,
+            t.deliveries_per_s / c.postgres_rows_per_s * 100.0,
+            t.delivered,
+            t.expected_deliveries,
+            t.duplicates
+        );
+    }
+    let l = &r.w3;
+    println!("\nW3 latency at {}/s for {} s: p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} delivered)", l.rate_per_s, l.seconds, l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms, l.delivered);
+    println!("\nPeak RSS");
+    for m in &r.memory {
+        println!(
+            "  {:<24} {:<16} {:>8.1} MiB",
+            m.phase, m.process, m.peak_rss_mib
+        );
+    }
+    println!("\nTargets");
+    for check in checks(r) {
+        println!(
+            "  {:<34} {:>28}  target {:<10} {}",
+            check.name,
+            check.value,
+            check.target,
+            if check.met { "met" } else { "NOT MET" }
+        );
+    }
+    println!("\nSampled signatures verified: {}", r.signatures_checked);
+}
+
+pub fn write(dir: &Path, r: &Report) -> anyhow::Result<()> {
+    let targets: Vec<serde_json::Value> = checks(r)
+        .into_iter()
+        .map(|c| serde_json::json!({"name": c.name, "value": c.value, "target": c.target, "met": c.met}))
+        .collect();
+    let mut json = serde_json::to_value(r)?;
+    json["targets"] = serde_json::Value::Array(targets);
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    plot_throughput(&dir.join("throughput.svg"), r)?;
+    plot_latency(&dir.join("latency.svg"), &r.w3)?;
+    Ok(())
+}
+
+fn plot_throughput(path: &Path, r: &Report) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (800, 400)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let series = [
+        ("W1 single", &r.w1.timeline_per_s, RED),
+        ("W2 fan-out x10", &r.w2.timeline_per_s, BLUE),
+        ("W4 healthy nine", &r.w4.timeline_per_s, GREEN),
+    ];
+    let max_x = series.iter().map(|(_, s, _)| s.len()).max().unwrap_or(1) as f64 * 0.25;
+    let max_y = series
+        .iter()
+        .flat_map(|(_, s, _)| s.iter().copied())
+        .fold(1.0, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Deliveries per second over time", ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..max_x, 0.0..max_y)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since first publish")
+        .y_desc("deliveries/s")
+        .draw()?;
+    for (name, s, color) in series {
+        chart
+            .draw_series(LineSeries::new(
+                s.iter().enumerate().map(|(i, v)| (i as f64 * 0.25, *v)),
+                color,
+            ))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn plot_latency(path: &Path, l: &Latency) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (800, 400)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max_x = l.samples_ms.last().copied().unwrap_or(1.0).max(1.0) * 1.05;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("W3: publish-to-receipt latency at {}/s (CDF)", l.rate_per_s),
+            ("sans-serif", 20),
+        )
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..max_x, 0.0..100.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("milliseconds")
+        .y_desc("% of deliveries")
+        .draw()?;
+    let n = l.samples_ms.len().max(1) as f64;
+    chart.draw_series(LineSeries::new(
+        l.samples_ms
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (*v, (i + 1) as f64 / n * 100.0)),
+        BLUE,
+    ))?;
+    root.present()?;
+    Ok(())
+}

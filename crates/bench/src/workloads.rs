@@ -1,0 +1,522 @@
+//! The workloads W1–W5 against the running processes, and the ceilings around them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use lapin::BasicProperties;
+use qr3_broker::{Outgoing, Publisher};
+use serde_json::json;
+
+use crate::procs::{Env, Proc};
+use crate::receiver::Receiver;
+use crate::report::{Ceilings, Latency, Memory, Report, Throughput};
+use crate::{ceilings, Args, Sizes};
+
+const SECRET: &str = "bench-secret-0123456789abcdef";
+/// The sender's concurrency in production settings (delivery.concurrency).
+const SENDER_CONCURRENCY: usize = 512;
+
+struct Workspace {
+    id: String,
+    key: String,
+}
+
+/// Peak RSS per process, per phase.
+#[derive(Default)]
+struct Sampler {
+    phase: Mutex<String>,
+    peaks: Mutex<HashMap<(String, String), u64>>,
+}
+
+pub async fn run_all(
+    args: &Args,
+    sizes: Sizes,
+    env: &Env,
+    db_url: &str,
+    api_port: u16,
+) -> anyhow::Result<Report> {
+    // Ceilings first, while nothing else runs.
+    let prefix = env
+        .vars
+        .iter()
+        .find(|(k, _)| k == "QR3__AMQP__PREFIX")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let payload_size = 260;
+    println!(
+        "ceiling: RabbitMQ alone ({} persistent {payload_size}-byte messages)…",
+        sizes.ceiling_messages
+    );
+    let broker = ceilings::broker(
+        &args.amqp,
+        &format!("{prefix}.ceiling"),
+        sizes.ceiling_messages,
+        payload_size,
+    )
+    .await?;
+    let receiver = Receiver::start(SECRET).await?;
+    println!("ceiling: receiver alone ({SENDER_CONCURRENCY} keep-alive clients)…");
+    let body = bytes::Bytes::from(vec![b'x'; payload_size]);
+    let receiver_alone = ceilings::receiver(
+        &receiver.url(999),
+        sizes.ceiling_messages * 2,
+        SENDER_CONCURRENCY,
+        body,
+    )
+    .await?;
+    let store = {
+        let pool = qr3_store::connect(db_url, 4)?;
+        let mut settings = qr3_config::Settings::defaults();
+        settings.secrets.allow_insecure_dev_key = true;
+        qr3_store::Store::new(
+            pool,
+            qr3_store::SecretCipher::new(&settings.encryption_key()?),
+        )
+    };
+    println!("ceiling: Postgres alone (attempt-log batches of 256)…");
+    let postgres = ceilings::postgres(&store, sizes.ceiling_messages, 256).await?;
+    receiver.log.reset();
+    let ceilings = Ceilings {
+        broker_msgs_per_s: broker,
+        receiver_req_per_s: receiver_alone,
+        postgres_rows_per_s: postgres,
+    };
+
+    // The system under test.
+    let mut procs: Vec<Proc> = Vec::new();
+    for i in 0..args.ingests {
+        procs.push(env.spawn("ingest", &format!("ingest-{i}"))?);
+    }
+    for i in 0..args.senders {
+        procs.push(env.spawn("sender", &format!("sender-{i}"))?);
+    }
+    procs.push(env.spawn("api", "api")?);
+    let api = format!("http://127.0.0.1:{api_port}");
+    wait_ready(&api).await?;
+    let sampler = Arc::new(Sampler::default());
+    let pids: Vec<(String, u32)> = procs.iter().map(|p| (p.name.clone(), p.pid())).collect();
+    let sampling = tokio::spawn(sample(sampler.clone(), pids));
+
+    let ws1 = workspace(env)?;
+    let ws2 = workspace(env)?;
+    let ws3 = workspace(env)?;
+    create_webhook(&api, &ws1, &receiver.url(0), &["qr.scanned"]).await?;
+    for i in 0..10 {
+        create_webhook(&api, &ws2, &receiver.url(10 + i), &["*"]).await?;
+        create_webhook(&api, &ws3, &receiver.url(20 + i), &["*"]).await?;
+    }
+    // Subscriptions are cached for up to 2 s by ingest.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let connection = qr3_broker::connect(&args.amqp, "qr3-bench-publisher").await?;
+    let publisher = Publisher::open(&connection).await?;
+    let exchange = format!("{prefix}.events");
+
+    // W1: one webhook, as fast as possible.
+    set_phase(&sampler, "W1");
+    println!("W1: {} events to 1 webhook…", sizes.w1_events);
+    let w1 = throughput(
+        &receiver,
+        &publisher,
+        &exchange,
+        &ws1,
+        "w1",
+        sizes.w1_events,
+        |i| (0..1).contains(&i),
+        1,
+    )
+    .await?;
+
+    // W2: fan-out to ten webhooks.
+    set_phase(&sampler, "W2");
+    println!("W2: {} events to 10 webhooks…", sizes.w2_events);
+    let w2 = throughput(
+        &receiver,
+        &publisher,
+        &exchange,
+        &ws2,
+        "w2",
+        sizes.w2_events,
+        |i| (10..20).contains(&i),
+        10,
+    )
+    .await?;
+
+    // W3: steady rate, latency.
+    set_phase(&sampler, "W3");
+    println!("W3: {} events/s for {} s…", sizes.w3_rate, sizes.w3_seconds);
+    let w3 = latency(&receiver, &publisher, &exchange, &ws1, sizes).await?;
+
+    // W4: W2 with one receiver hanging past the timeout.
+    set_phase(&sampler, "W4");
+    println!("W4: W2 with one of the ten receivers hanging…");
+    *receiver.log.hang.lock().expect("lock") = Some(29);
+    let w4 = throughput(
+        &receiver,
+        &publisher,
+        &exchange,
+        &ws3,
+        "w4",
+        sizes.w2_events,
+        |i| (20..29).contains(&i),
+        9,
+    )
+    .await?;
+    *receiver.log.hang.lock().expect("lock") = None;
+
+    // W5: memory with 1,000 deliveries in flight.
+    set_phase(&sampler, "W5");
+    println!("W5: 1,000 deliveries in flight…");
+    let in_flight_rss = in_flight(env, &mut procs, &receiver, &publisher, &exchange, &ws1).await?;
+
+    sampling.abort();
+    let signatures_checked = receiver
+        .log
+        .checked_signatures
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let bad_signatures = receiver
+        .log
+        .bad_signatures
+        .load(std::sync::atomic::Ordering::Relaxed);
+    for p in procs {
+        p.terminate();
+    }
+    let peaks = sampler.peaks.lock().expect("lock").clone();
+    let mut memory: Vec<Memory> = peaks
+        .into_iter()
+        .map(|((phase, process), kib)| Memory {
+            phase,
+            process,
+            peak_rss_mib: kib as f64 / 1024.0,
+        })
+        .collect();
+    memory.push(Memory {
+        phase: "W5 (1,000 in flight)".into(),
+        process: "sender".into(),
+        peak_rss_mib: in_flight_rss,
+    });
+    memory.sort_by(|a, b| (&a.phase, &a.process).cmp(&(&b.phase, &b.process)));
+    if bad_signatures > 0 {
+        bail!("{bad_signatures} of {signatures_checked} sampled signatures did not verify");
+    }
+    Ok(Report {
+        quick: args.quick,
+        senders: args.senders,
+        ingests: args.ingests,
+        machine: machine(),
+        ceilings,
+        w1,
+        w2,
+        w3,
+        w4,
+        memory,
+        signatures_checked,
+    })
+}
+
+fn set_phase(sampler: &Sampler, phase: &str) {
+    *sampler.phase.lock().expect("lock") = phase.to_owned();
+}
+
+async fn sample(sampler: Arc<Sampler>, pids: Vec<(String, u32)>) {
+    loop {
+        let phase = sampler.phase.lock().expect("lock").clone();
+        for (name, pid) in &pids {
+            let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("VmRSS:"))
+                        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                });
+            if let Some(kib) = rss {
+                let mut peaks = sampler.peaks.lock().expect("lock");
+                let peak = peaks.entry((phase.clone(), name.clone())).or_default();
+                *peak = (*peak).max(kib);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn workspace(env: &Env) -> anyhow::Result<Workspace> {
+    let out: serde_json::Value =
+        serde_json::from_str(&env.run(&["workspace", "create", "bench"])?)?;
+    Ok(Workspace {
+        id: out["workspace_id"]
+            .as_str()
+            .context("workspace_id")?
+            .to_owned(),
+        key: out["api_key"].as_str().context("api_key")?.to_owned(),
+    })
+}
+
+async fn create_webhook(
+    api: &str,
+    ws: &Workspace,
+    url: &str,
+    events: &[&str],
+) -> anyhow::Result<()> {
+    let response = reqwest::Client::new()
+        .post(format!("{api}/v1/webhooks"))
+        .bearer_auth(&ws.key)
+        .json(&json!({"url": url, "events": events, "secret": SECRET}))
+        .send()
+        .await?;
+    if response.status() != 201 {
+        bail!(
+            "creating a webhook answered {}: {}",
+            response.status(),
+            response.text().await?
+        );
+    }
+    Ok(())
+}
+
+async fn wait_ready(api: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if reqwest::get(format!("{api}/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the API did not become ready")
+}
+
+fn event(exchange: &str, ws: &Workspace, id: &str) -> Outgoing {
+    let body = json!({
+        "id": id,
+        "type": "qr.scanned",
+        "workspace_id": ws.id,
+        "created": qr3_domain::Timestamp::now(),
+        "data": {"code_id": "qr_abc123", "short_code": "r7f3Kx", "scan_id": "scn_xyz", "country": "AT", "device_type": "mobile", "os": "iOS"},
+    });
+    Outgoing {
+        exchange: exchange.to_owned(),
+        routing_key: "qr.scanned".into(),
+        properties: BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into()),
+        body: body.to_string().into_bytes(),
+    }
+}
+
+/// Publishes `events` as fast as the broker confirms them and waits for the deliveries
+/// to the receivers `counted` selects (`per_event` of them per event).
+#[allow(clippy::too_many_arguments)]
+async fn throughput(
+    receiver: &Receiver,
+    publisher: &Publisher,
+    exchange: &str,
+    ws: &Workspace,
+    tag: &str,
+    events: usize,
+    counted: impl Fn(usize) -> bool,
+    per_event: usize,
+) -> anyhow::Result<Throughput> {
+    let start_index = receiver.log.count();
+    let expected = events * per_event;
+    let messages: Vec<Outgoing> = (0..events)
+        .map(|i| event(exchange, ws, &format!("evt_{tag}_{i}")))
+        .collect();
+    let started = Instant::now();
+    for chunk in messages.chunks(500) {
+        publisher.publish_all(chunk).await?;
+    }
+    let published_s = started.elapsed().as_secs_f64();
+    let count_now = || {
+        receiver.log.arrivals.lock().expect("lock")[start_index..]
+            .iter()
+            .filter(|(i, _, _)| counted(*i))
+            .count()
+    };
+    let mut last = (0, Instant::now());
+    loop {
+        let n = count_now();
+        if n >= expected {
+            break;
+        }
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(30) {
+            println!("  stalled at {n} of {expected}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let arrivals: Vec<(usize, String, Instant)> = receiver.log.arrivals.lock().expect("lock")
+        [start_index..]
+        .iter()
+        .filter(|(i, _, _)| counted(*i))
+        .cloned()
+        .collect();
+    let distinct: HashSet<(usize, &str)> = arrivals
+        .iter()
+        .map(|(i, id, _)| (*i, id.as_str()))
+        .collect();
+    let end = arrivals
+        .iter()
+        .map(|(_, _, at)| *at)
+        .max()
+        .unwrap_or(started);
+    let seconds = (end - started).as_secs_f64();
+    // Deliveries per 250 ms bin, for the throughput plot.
+    let mut timeline = vec![0usize; (seconds / 0.25).ceil() as usize + 1];
+    for (_, _, at) in &arrivals {
+        timeline[((*at - started).as_secs_f64() / 0.25) as usize] += 1;
+    }
+    Ok(Throughput {
+        events,
+        expected_deliveries: expected,
+        delivered: distinct.len(),
+        duplicates: arrivals.len() - distinct.len(),
+        seconds,
+        deliveries_per_s: distinct.len() as f64 / seconds,
+        publish_seconds: published_s,
+        timeline_per_s: timeline.into_iter().map(|n| n as f64 * 4.0).collect(),
+    })
+}
+
+/// `w3_rate` events per second for `w3_seconds` to the one-webhook workspace: the
+/// latency from each publish to its arrival.
+async fn latency(
+    receiver: &Receiver,
+    publisher: &Publisher,
+    exchange: &str,
+    ws: &Workspace,
+    sizes: Sizes,
+) -> anyhow::Result<Latency> {
+    let start_index = receiver.log.count();
+    let total = sizes.w3_rate * sizes.w3_seconds as usize;
+    let per_tick = sizes.w3_rate / 100;
+    let mut published: HashMap<String, Instant> = HashMap::with_capacity(total);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut i = 0;
+    while i < total {
+        tick.tick().await;
+        let batch: Vec<Outgoing> = (i..(i + per_tick).min(total))
+            .map(|n| event(exchange, ws, &format!("evt_w3_{n}")))
+            .collect();
+        let now = Instant::now();
+        for n in i..(i + batch.len()) {
+            published.insert(format!("evt_w3_{n}"), now);
+        }
+        i += batch.len();
+        publisher.publish_all(&batch).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver.log.arrivals.lock().expect("lock")[start_index..]
+        .iter()
+        .filter(|(w, _, _)| *w == 0)
+        .count()
+        < total
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut latencies: Vec<f64> = receiver.log.arrivals.lock().expect("lock")[start_index..]
+        .iter()
+        .filter_map(|(_, id, at)| published.get(id).map(|p| (*at - *p).as_secs_f64() * 1000.0))
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Ok(Latency {
+        rate_per_s: sizes.w3_rate,
+        seconds: sizes.w3_seconds,
+        delivered: latencies.len(),
+        p50_ms: pct(0.50),
+        p95_ms: pct(0.95),
+        p99_ms: pct(0.99),
+        max_ms: latencies.last().copied().unwrap_or(f64::NAN),
+        samples_ms: latencies,
+    })
+}
+
+/// Replaces the senders with one whose concurrency is 1,000, holds 1,000 deliveries at
+/// a slow receiver, and returns the sender's peak RSS in MiB meanwhile.
+async fn in_flight(
+    env: &Env,
+    procs: &mut Vec<Proc>,
+    receiver: &Receiver,
+    publisher: &Publisher,
+    exchange: &str,
+    ws: &Workspace,
+) -> anyhow::Result<f64> {
+    let senders: Vec<usize> = procs
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.name.starts_with("sender"))
+        .map(|(i, _)| i)
+        .collect();
+    for i in senders.into_iter().rev() {
+        procs.remove(i).terminate();
+    }
+    let sender = env
+        .with("QR3__DELIVERY__CONCURRENCY", "1000")
+        .spawn("sender", "sender-inflight")?;
+    receiver
+        .log
+        .delay_ms
+        .store(3000, std::sync::atomic::Ordering::Relaxed);
+    let start_index = receiver.log.count();
+    let messages: Vec<Outgoing> = (0..1000)
+        .map(|i| event(exchange, ws, &format!("evt_w5_{i}")))
+        .collect();
+    for chunk in messages.chunks(500) {
+        publisher.publish_all(chunk).await?;
+    }
+    let mut peak = 0u64;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        peak = peak.max(sender.rss_kib().unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held = receiver.log.arrivals.lock().expect("lock")[start_index..]
+        .iter()
+        .filter(|(w, _, _)| *w == 0)
+        .count();
+    println!("  {held} requests reached the slow receiver at once");
+    receiver
+        .log
+        .delay_ms
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    procs.push(sender);
+    Ok(peak as f64 / 1024.0)
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    format!(
+        "{cpus} CPUs ({model}), {:.0} GiB",
+        mem as f64 / 1024.0 / 1024.0
+    )
+}

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod ceilings;
+mod cpu;
 mod procs;
 mod receiver;
 mod report;

@@ -23,6 +23,8 @@ pub struct Throughput {
     pub publish_seconds: f64,
     #[serde(skip)]
     pub timeline_per_s: Vec<f64>,
+    /// Cores used by each group of processes during the workload.
+    pub cpu_cores: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -74,7 +76,7 @@ fn checks(r: &Report) -> Vec<Check> {
     let sender_inflight = r
         .memory
         .iter()
-        .find(|m| m.phase.starts_with("W5"))
+        .find(|m| m.phase.starts_with("W5 ("))
         .map(|m| m.peak_rss_mib)
         .unwrap_or(f64::NAN);
     vec![
@@ -168,6 +170,15 @@ pub fn print(r: &Report) {
             t.expected_deliveries,
             t.duplicates
         );
+    }
+    println!("\nCPU cores used during each workload (2 cores on this machine)");
+    for (name, t) in [("W1", &r.w1), ("W2", &r.w2), ("W4", &r.w4)] {
+        let parts: Vec<String> = t
+            .cpu_cores
+            .iter()
+            .map(|(g, c)| format!("{g} {c:.2}"))
+            .collect();
+        println!("  {name}: {}", parts.join(", "));
     }
     let l = &r.w3;
     println!("\nW3 latency at {}/s for {} s: p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} delivered)", l.rate_per_s, l.seconds, l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms, l.delivered);

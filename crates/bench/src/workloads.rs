@@ -97,7 +97,7 @@ pub async fn run_all(
     wait_ready(&api).await?;
     let sampler = Arc::new(Sampler::default());
     let pids: Vec<(String, u32)> = procs.iter().map(|p| (p.name.clone(), p.pid())).collect();
-    let sampling = tokio::spawn(sample(sampler.clone(), pids));
+    let sampling = tokio::spawn(sample(sampler.clone(), pids.clone()));
 
     let ws1 = workspace(env)?;
     let ws2 = workspace(env)?;
@@ -117,6 +117,7 @@ pub async fn run_all(
     set_phase(&sampler, "W1");
     println!("W1: {} events to 1 webhook…", sizes.w1_events);
     let w1 = throughput(
+        &pids,
         &receiver,
         &publisher,
         &exchange,
@@ -132,6 +133,7 @@ pub async fn run_all(
     set_phase(&sampler, "W2");
     println!("W2: {} events to 10 webhooks…", sizes.w2_events);
     let w2 = throughput(
+        &pids,
         &receiver,
         &publisher,
         &exchange,
@@ -153,6 +155,7 @@ pub async fn run_all(
     println!("W4: W2 with one of the ten receivers hanging…");
     *receiver.log.hang.lock().expect("lock") = Some(29);
     let w4 = throughput(
+        &pids,
         &receiver,
         &publisher,
         &exchange,
@@ -310,6 +313,7 @@ fn event(exchange: &str, ws: &Workspace, id: &str) -> Outgoing {
 /// to the receivers `counted` selects (`per_event` of them per event).
 #[allow(clippy::too_many_arguments)]
 async fn throughput(
+    pids: &[(String, u32)],
     receiver: &Receiver,
     publisher: &Publisher,
     exchange: &str,
@@ -324,6 +328,7 @@ async fn throughput(
     let messages: Vec<Outgoing> = (0..events)
         .map(|i| event(exchange, ws, &format!("evt_{tag}_{i}")))
         .collect();
+    let cpu_before = crate::cpu::snapshot(pids);
     let started = Instant::now();
     for chunk in messages.chunks(500) {
         publisher.publish_all(chunk).await?;
@@ -349,6 +354,11 @@ async fn throughput(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let cpu_cores = crate::cpu::cores(
+        &cpu_before,
+        &crate::cpu::snapshot(pids),
+        started.elapsed().as_secs_f64(),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let arrivals: Vec<(usize, String, Instant)> = receiver.log.arrivals.lock().expect("lock")
         [start_index..]
@@ -380,6 +390,7 @@ async fn throughput(
         deliveries_per_s: distinct.len() as f64 / seconds,
         publish_seconds: published_s,
         timeline_per_s: timeline.into_iter().map(|n| n as f64 * 4.0).collect(),
+        cpu_cores,
     })
 }
 

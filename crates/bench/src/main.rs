@@ -150,6 +150,7 @@ async fn cleanup(args: &Args, prefix: &str, base: &str, run: &str) {
                 format!("{prefix}.ceiling"),
             ];
             names.extend([60_000, 300_000].map(|d| format!("{prefix}.retry.{d}ms")));
+            names.push(format!("{prefix}.defer.1000ms"));
             for name in names {
                 let _ = channel.queue_delete(name.into(), Default::default()).await;
             }

@@ -6,6 +6,8 @@
 //! - `<prefix>.ingest.dead`: events that could not be ingested, with the reason.
 //! - `<prefix>.deliveries`: one message per (event, webhook) job; senders consume.
 //! - `<prefix>.deliveries.dead`: jobs that could not be read.
+//! - `<prefix>.defer.<ms>ms`: where a job waits when its webhook already has
+//!   `delivery.max_in_flight_per_webhook` deliveries in flight; back after the TTL.
 //! - `<prefix>.retry.<ms>ms`: one delay queue per configured retry delay; a message
 //!   expires after its queue's TTL and is dead-lettered back to `<prefix>.deliveries`.
 //!   The delay is in the name because RabbitMQ refuses to redeclare a queue with other
@@ -27,6 +29,8 @@ pub struct Topology {
     pub events_exchange: String,
     pub prefix: String,
     pub retry_delays_ms: Vec<u64>,
+    /// How long a job deferred by the per-webhook in-flight cap waits.
+    pub defer_ms: u64,
 }
 
 fn text(s: &str) -> AMQPValue {
@@ -39,6 +43,7 @@ impl Topology {
             events_exchange: settings.amqp.events_exchange.clone(),
             prefix: settings.amqp.prefix.clone(),
             retry_delays_ms: settings.delivery.retry_delays_ms.clone(),
+            defer_ms: settings.delivery.defer_ms,
         }
     }
 
@@ -62,6 +67,22 @@ impl Topology {
         format!("{}.retry.{delay_ms}ms", self.prefix)
     }
 
+    /// Where a job waits when its webhook is at its in-flight cap.
+    pub fn defer_queue(&self) -> String {
+        format!("{}.defer.{}ms", self.prefix, self.defer_ms)
+    }
+
+    /// Every delay queue with its delay: the retry delays and the defer delay.
+    fn delay_queues(&self) -> Vec<(String, u64)> {
+        let mut queues: Vec<(String, u64)> = self
+            .retry_delays_ms
+            .iter()
+            .map(|d| (self.retry_queue(*d), *d))
+            .collect();
+        queues.push((self.defer_queue(), self.defer_ms));
+        queues
+    }
+
     /// Every queue name, for cleanup in tests and for operators.
     pub fn queues(&self) -> Vec<String> {
         let mut names = vec![
@@ -70,7 +91,7 @@ impl Topology {
             self.deliveries_queue(),
             self.deliveries_dead_queue(),
         ];
-        names.extend(self.retry_delays_ms.iter().map(|d| self.retry_queue(*d)));
+        names.extend(self.delay_queues().into_iter().map(|(name, _)| name));
         names
     }
 
@@ -112,12 +133,9 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        for delay in &self.retry_delays_ms {
+        for (name, delay) in self.delay_queues() {
             let mut args = FieldTable::default();
-            args.insert(
-                "x-message-ttl".into(),
-                AMQPValue::LongLongInt(*delay as i64),
-            );
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(delay as i64));
             // The default exchange routes by queue name: expired messages go back to
             // the delivery queue.
             args.insert("x-dead-letter-exchange".into(), text(""));
@@ -127,7 +145,7 @@ impl Topology {
             );
             args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
             args.insert("x-overflow".into(), text("reject-publish"));
-            declare_quorum(channel, &self.retry_queue(*delay), args).await?;
+            declare_quorum(channel, &name, args).await?;
         }
         Ok(())
     }

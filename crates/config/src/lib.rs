@@ -109,6 +109,8 @@ pub struct DeliverySettings {
     pub timeout_ms: u64,
     pub disable_after_failures: u32,
     pub concurrency: usize,
+    pub max_in_flight_per_webhook: usize,
+    pub defer_ms: u64,
     pub allow_private_targets: bool,
     pub webhook_cache_ms: u64,
     pub log_batch_size: usize,
@@ -291,6 +293,11 @@ impl Settings {
         }
         if self.delivery.concurrency == 0 || self.delivery.concurrency > usize::from(u16::MAX) {
             return invalid("delivery.concurrency must be between 1 and 65535");
+        }
+        if self.delivery.max_in_flight_per_webhook == 0 || self.delivery.defer_ms == 0 {
+            return invalid(
+                "delivery.max_in_flight_per_webhook and delivery.defer_ms must be positive",
+            );
         }
         if self.delivery.log_batch_size == 0 {
             return invalid("delivery.log_batch_size must be at least 1");

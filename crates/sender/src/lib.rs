@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod fairness;
 pub mod http;
 mod targets;
 mod writer;
@@ -42,6 +43,7 @@ struct Inner {
     metrics: Metrics,
     targets: TargetCache,
     http: HttpClient,
+    limiter: fairness::InFlightLimiter,
 }
 
 /// What became of one job before logging.
@@ -63,6 +65,7 @@ static SIGNATURE: HeaderName = HeaderName::from_static("x-qr3-signature");
 impl Sender {
     pub fn new(store: Store, settings: Settings, metrics: Metrics) -> anyhow::Result<Self> {
         let topology = Topology::from_settings(&settings);
+        let settings_cap = settings.delivery.max_in_flight_per_webhook;
         let targets = TargetCache::new(Duration::from_millis(settings.delivery.webhook_cache_ms));
         let http = HttpClient::new(
             settings.delivery.timeout(),
@@ -76,6 +79,7 @@ impl Sender {
                 metrics,
                 targets,
                 http,
+                limiter: fairness::InFlightLimiter::new(settings_cap),
             }),
         })
     }
@@ -220,7 +224,15 @@ impl Sender {
                 return;
             }
         };
-        match self.attempt(&job).await {
+        // Fair sharing: a webhook already at its cap does not get another slot; its job
+        // waits in the defer queue so the slot goes to another webhook.
+        let Some(permit) = self.inner.limiter.try_acquire(&job.webhook_id) else {
+            self.defer(delivery, &job, publisher).await;
+            return;
+        };
+        let attempted = self.attempt(&job).await;
+        drop(permit);
+        match attempted {
             Ok(attempted) => {
                 writer
                     .submit(writer::Pending {
@@ -235,6 +247,37 @@ impl Sender {
                 // hand the job back to the broker to be tried again.
                 tracing::error!(error = format!("{error:#}"), webhook_id = %job.webhook_id, "cannot attempt delivery");
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = delivery
+                    .acker
+                    .nack(lapin::options::BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// Parks `job` in the defer queue and acknowledges it once the broker confirms.
+    async fn defer(
+        &self,
+        delivery: lapin::message::Delivery,
+        job: &DeliveryJob,
+        publisher: &Publisher,
+    ) {
+        let message = Outgoing {
+            exchange: String::new(),
+            routing_key: self.inner.topology.defer_queue(),
+            properties: delivery.properties.clone(),
+            body: job.body.clone(),
+        };
+        match publisher.publish_all(std::slice::from_ref(&message)).await {
+            Ok(()) => {
+                self.inner.metrics.deliveries_deferred_total.inc();
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, webhook_id = %job.webhook_id, "cannot defer a job; requeueing it");
                 let _ = delivery
                     .acker
                     .nack(lapin::options::BasicNackOptions {

@@ -60,6 +60,9 @@ pub struct Metrics {
     /// Delivery jobs dropped without an attempt, by reason (`webhook_deleted`,
     /// `webhook_disabled`).
     pub deliveries_skipped_total: IntCounterVec,
+    /// Delivery jobs parked in the defer queue because their webhook was at its
+    /// in-flight cap (`delivery.max_in_flight_per_webhook`).
+    pub deliveries_deferred_total: IntCounter,
     /// Webhooks disabled after too many consecutive failures.
     pub webhooks_disabled_total: IntCounter,
     /// Deliveries being attempted right now.
@@ -187,6 +190,13 @@ impl Metrics {
                         "Delivery jobs dropped without an attempt, by reason.",
                     ),
                     &["reason"],
+                )?,
+            )?,
+            deliveries_deferred_total: register(
+                &registry,
+                IntCounter::new(
+                    "qr3_deliveries_deferred_total",
+                    "Delivery jobs parked because their webhook was at its in-flight cap.",
                 )?,
             )?,
             webhooks_disabled_total: register(
@@ -341,6 +351,7 @@ mod tests {
             "qr3_delivery_lag_seconds",
             "qr3_retries_scheduled_total",
             "qr3_deliveries_skipped_total",
+            "qr3_deliveries_deferred_total",
             "qr3_webhooks_disabled_total",
             "qr3_deliveries_in_flight",
             "qr3_log_batch_size",

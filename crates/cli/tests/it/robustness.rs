@@ -84,3 +84,39 @@ async fn invalid_events_go_to_the_dead_letter_queue_with_their_reason() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_hanging_receiver_does_not_stall_healthy_webhooks() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.delivery.concurrency = 8;
+        s.delivery.max_in_flight_per_webhook = 2;
+        s.delivery.defer_ms = 200;
+        s.delivery.timeout_ms = 3000;
+    })
+    .await;
+    let hanging = Receiver::start(Behaviour::Hang).await;
+    let healthy = Receiver::start(Behaviour::Status(200)).await;
+    app.webhook(&hanging.url(), &["*"]).await;
+    app.webhook(&healthy.url(), &["*"]).await;
+    for _ in 0..30 {
+        app.publish("qr.scanned", None, json!({})).await;
+    }
+    // With 8 slots and no cap, the hanging receiver's 30 jobs would hold every slot
+    // for the whole 3 s timeout; with a cap of 2 it holds two.
+    let got = healthy.wait_for(30, Duration::from_millis(2500)).await;
+    assert_eq!(
+        got.len(),
+        30,
+        "healthy deliveries flowed while the other receiver hung"
+    );
+    assert!(
+        hanging.received().len() <= 4,
+        "the hanging receiver never had more than its cap"
+    );
+    let metrics = app.metrics_text().await;
+    assert!(
+        !metrics.contains("qr3_deliveries_deferred_total 0"),
+        "jobs were deferred: {metrics}"
+    );
+    app.stop().await;
+}

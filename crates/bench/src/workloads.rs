@@ -475,6 +475,7 @@ async fn in_flight(
     }
     let sender = env
         .with("QR3__DELIVERY__CONCURRENCY", "1000")
+        .with("QR3__DELIVERY__MAX_IN_FLIGHT_PER_WEBHOOK", "1000")
         .spawn("sender", "sender-inflight")?;
     receiver
         .log

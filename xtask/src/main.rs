@@ -95,6 +95,14 @@ fn test(root: &Path) -> anyhow::Result<()> {
         ],
     )?;
     cargo(root, &["test", "--workspace"])?;
+    // Kubernetes manifests, alert rules and the dashboard, validated offline.
+    let status = Command::new("bash")
+        .arg(root.join("deploy/check.sh"))
+        .status()
+        .context("cannot run deploy/check.sh")?;
+    if !status.success() {
+        bail!("deploy/check.sh failed");
+    }
     Ok(())
 }
 

@@ -83,6 +83,8 @@ pub struct Running {
     pub metrics: Metrics,
     pub store: Store,
     shutdown: CancellationToken,
+    ops_shutdown: CancellationToken,
+    ops_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     grace: Duration,
     tasks: JoinSet<anyhow::Result<()>>,
 }
@@ -93,6 +95,8 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
     let store = open_store(&settings).await?;
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();
+    let ops_shutdown = CancellationToken::new();
+    let mut ops_task = None;
     let mut tasks = JoinSet::new();
     let (mut api_addr, mut ops_addr) = (None, None);
 
@@ -113,10 +117,9 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
                         return Err("broker: not connected".into());
                     }
                 } else {
-                    publisher
-                        .check()
-                        .await
-                        .map_err(|e| format!("broker: {e}"))?;
+                    let broker = publisher.check().await;
+                    metrics.broker_connected.set(i64::from(broker.is_ok()));
+                    broker.map_err(|e| format!("broker: {e}"))?;
                 }
                 Ok(())
             }
@@ -144,7 +147,13 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
             .with_context(|| format!("cannot listen on {}", settings.metrics.listen))?;
         ops_addr = Some(listener.local_addr()?);
         tracing::info!(addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
-        tasks.spawn(qr3_telemetry::serve(listener, ops, shutdown.clone()));
+        // The ops endpoints outlive the roles' shutdown: while the workers drain,
+        // /readyz answers 503 "draining" and /metrics can still be scraped.
+        ops_task = Some(tokio::spawn(qr3_telemetry::serve(
+            listener,
+            ops,
+            ops_shutdown.clone(),
+        )));
     }
     if roles.ingest {
         let ingest = qr3_ingest::Ingest::new(store.clone(), settings.clone(), metrics.clone());
@@ -160,6 +169,8 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
         metrics,
         store,
         shutdown,
+        ops_shutdown,
+        ops_task,
         grace: Duration::from_millis(settings.shutdown.grace_period_ms),
         tasks,
     })
@@ -188,6 +199,10 @@ impl Running {
             first_error
         })
         .await;
+        self.ops_shutdown.cancel();
+        if let Some(ops) = self.ops_task.take() {
+            let _ = ops.await;
+        }
         match drained {
             Ok(None) => Ok(()),
             Ok(Some(error)) => Err(error),

@@ -199,7 +199,7 @@ impl Ingest {
         match self.process(publisher, &views).await {
             Ok(outcomes) => {
                 failures.store(0, Ordering::Relaxed);
-                let busy = outcomes.iter().any(|o| *o == Outcome::Busy);
+                let busy = outcomes.contains(&Outcome::Busy);
                 if busy {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }

@@ -89,6 +89,27 @@ impl TestApp {
             .expect("publish")
     }
 
+    /// Publishes `ids.len()` events of one type in one confirmed burst.
+    pub async fn publish_burst(&self, event_type: &str, ids: &[String]) {
+        let messages: Vec<qr3_broker::Outgoing> = ids
+            .iter()
+            .map(|id| qr3_broker::Outgoing {
+                exchange: self.settings.amqp.events_exchange.clone(),
+                routing_key: event_type.to_owned(),
+                properties: lapin::BasicProperties::default().with_delivery_mode(2),
+                body: serde_json::json!({"id": id, "type": event_type, "workspace_id": self.workspace, "data": {}})
+                    .to_string()
+                    .into_bytes(),
+            })
+            .collect();
+        let publisher =
+            qr3_broker::SharedPublisher::new(self.settings.amqp.url.expose().clone(), "test");
+        publisher
+            .publish_all(&messages)
+            .await
+            .expect("burst publish");
+    }
+
     /// Publishes raw bytes to the events exchange.
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
         let message = qr3_broker::Outgoing {

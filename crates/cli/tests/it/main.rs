@@ -4,6 +4,7 @@
 mod cli;
 mod delivery;
 mod helpers;
+mod metrics;
 mod ping;
 mod retries;
 mod robustness;

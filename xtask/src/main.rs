@@ -32,6 +32,15 @@ enum Task {
     },
     /// Run formatting and lint checks and every test against the local services.
     Test,
+    /// Fault injection: kills, dropped connections, database outages, bad receivers.
+    Chaos {
+        /// A smaller stream per scenario, as CI runs it.
+        #[arg(long)]
+        quick: bool,
+        /// Build and run release binaries (default: debug, as the tests build them).
+        #[arg(long)]
+        release: bool,
+    },
     /// The end-to-end benchmark (release build, separate processes, ceilings).
     Bench {
         /// About a minute instead of several.
@@ -51,6 +60,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Up { exit, listen } => demo::up(&root(), &listen, exit),
         Task::Test => test(&root()),
+        Task::Chaos { quick, release } => chaos(&root(), quick, release),
         Task::Bench {
             quick,
             senders,
@@ -95,6 +105,8 @@ fn test(root: &Path) -> anyhow::Result<()> {
         ],
     )?;
     cargo(root, &["test", "--workspace"])?;
+    // The fault-injection suite, at CI size.
+    chaos(root, true, false)?;
     // Kubernetes manifests, alert rules and the dashboard, validated offline.
     let status = Command::new("bash")
         .arg(root.join("deploy/check.sh"))
@@ -144,6 +156,7 @@ fn bench(
     )?;
     let out = root.join("target/bench");
     let mut args = vec![
+        "bench".to_owned(),
         "--bin".to_owned(),
         root.join("target/release/qr3-webhooks")
             .display()
@@ -173,6 +186,35 @@ fn bench(
             std::fs::copy(out.join(file), dir.join(file))
                 .with_context(|| format!("cannot copy {file}"))?;
         }
+    }
+    Ok(())
+}
+
+fn chaos(root: &Path, quick: bool, release: bool) -> anyhow::Result<()> {
+    let profile = if release { "release" } else { "debug" };
+    let mut build = vec!["build", "-p", "qr3-webhooks", "-p", "qr3-bench"];
+    if release {
+        build.push("--release");
+    }
+    cargo(root, &build)?;
+    let target = root.join("target").join(profile);
+    let mut args = vec![
+        "chaos".to_owned(),
+        "--bin".to_owned(),
+        target.join("qr3-webhooks").display().to_string(),
+        "--out".to_owned(),
+        root.join("target/chaos").display().to_string(),
+    ];
+    if quick {
+        args.push("--quick".to_owned());
+    }
+    let status = Command::new(target.join("qr3-bench"))
+        .args(&args)
+        .current_dir(root)
+        .status()
+        .context("cannot run qr3-bench chaos")?;
+    if !status.success() {
+        bail!("the fault-injection suite found lost deliveries or failed");
     }
     Ok(())
 }

@@ -1,11 +1,13 @@
-//! `qr3-bench` (run through `cargo xtask bench`): starts ingest, sender and api as
-//! separate release processes with production settings on a fresh database and broker
-//! prefix, drives the workloads W1–W5 through the real broker to a local receiver, and
-//! reports each figure next to the ceiling measured in the same run.
+//! `qr3-bench` (run through `cargo xtask bench` and `cargo xtask chaos`): starts the
+//! roles as separate processes on a fresh database and broker prefix, then either
+//! drives the benchmark workloads W1–W5 against ceilings measured in the same run, or
+//! injects faults under a steady event stream and checks that nothing was lost.
 
 #![forbid(unsafe_code)]
 
 mod ceilings;
+mod chaos;
+mod chaos_receiver;
 mod cpu;
 mod procs;
 mod receiver;
@@ -17,24 +19,33 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use base64::Engine;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use rand::RngCore;
 
 use procs::Env;
 
-#[derive(Parser, Clone)]
-#[command(name = "qr3-bench", about = "qr3 webhooks end-to-end benchmark")]
-pub struct Args {
-    /// About a minute: smaller workloads.
-    #[arg(long)]
-    pub quick: bool,
-    /// Sender processes.
-    #[arg(long, default_value_t = 1)]
-    pub senders: usize,
-    /// Ingest processes.
-    #[arg(long, default_value_t = 1)]
-    pub ingests: usize,
-    /// The qr3-webhooks binary to run (release build).
+#[derive(Parser)]
+#[command(
+    name = "qr3-bench",
+    about = "qr3 webhooks benchmark and fault-injection harness"
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Throughput, latency, isolation and memory against measured ceilings.
+    Bench(Args),
+    /// Fault injection under a steady stream: kills, connection drops, bad receivers.
+    Chaos(chaos::ChaosArgs),
+}
+
+/// What every run needs to find the system and its services.
+#[derive(clap::Args, Clone)]
+pub struct Common {
+    /// The qr3-webhooks binary to run.
     #[arg(long)]
     pub bin: PathBuf,
     /// Where the report, plots and logs go.
@@ -47,7 +58,22 @@ pub struct Args {
     pub amqp: String,
 }
 
-/// Sizes of one run.
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: Common,
+    /// About a minute: smaller workloads.
+    #[arg(long)]
+    pub quick: bool,
+    /// Sender processes.
+    #[arg(long, default_value_t = 1)]
+    pub senders: usize,
+    /// Ingest processes.
+    #[arg(long, default_value_t = 1)]
+    pub ingests: usize,
+}
+
+/// Sizes of one benchmark run.
 #[derive(Clone, Copy)]
 pub struct Sizes {
     pub w1_events: usize,
@@ -57,9 +83,131 @@ pub struct Sizes {
     pub ceiling_messages: usize,
 }
 
+/// A run's own database and broker namespace, and the environment pointing at them.
+pub struct Run {
+    pub id: String,
+    pub prefix: String,
+    pub db_url: String,
+    pub db_server_base: String,
+    pub api_port: u16,
+    pub env: Env,
+}
+
+impl Run {
+    pub fn new(kind: &str, common: &Common) -> anyhow::Result<Self> {
+        if !common.bin.exists() {
+            bail!("{} does not exist: build it first", common.bin.display());
+        }
+        std::fs::create_dir_all(&common.out)?;
+        let id = ulid::Ulid::new().to_string().to_ascii_lowercase();
+        let prefix = format!("{kind}_{id}");
+        let base = common
+            .database
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_owned())
+            .unwrap_or_else(|| common.database.clone());
+        let db_url = format!("{base}/qr3_{kind}_{id}");
+        let mut key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        let api_port = free_port()?;
+        let env = Env {
+            bin: common.bin.clone(),
+            logs: common.out.join("logs"),
+            vars: vec![
+                ("QR3__DATABASE__URL".into(), db_url.clone()),
+                ("QR3__AMQP__URL".into(), common.amqp.clone()),
+                ("QR3__AMQP__PREFIX".into(), prefix.clone()),
+                (
+                    "QR3__AMQP__EVENTS_EXCHANGE".into(),
+                    format!("{prefix}.events"),
+                ),
+                (
+                    "QR3__SECRETS__ENCRYPTION_KEY".into(),
+                    base64::engine::general_purpose::STANDARD.encode(key),
+                ),
+                // Only so the receivers may live on 127.0.0.1; everything else is production.
+                ("QR3__DELIVERY__ALLOW_PRIVATE_TARGETS".into(), "true".into()),
+                ("QR3__API__REQUIRE_HTTPS".into(), "false".into()),
+                ("QR3__API__LISTEN".into(), format!("127.0.0.1:{api_port}")),
+                ("QR3__METRICS__LISTEN".into(), "127.0.0.1:0".into()),
+                ("QR3__LOG__LEVEL".into(), "warn".into()),
+            ],
+        };
+        Ok(Self {
+            id,
+            prefix,
+            db_url,
+            db_server_base: base,
+            api_port,
+            env,
+        })
+    }
+
+    /// Deletes the run's queues, exchange and database.
+    pub async fn cleanup(&self, amqp: &str) {
+        if let Ok(connection) = qr3_broker::connect(amqp, "qr3-bench-cleanup").await {
+            if let Ok(channel) = connection.create_channel().await {
+                let prefix = &self.prefix;
+                let mut names = vec![
+                    format!("{prefix}.ingest"),
+                    format!("{prefix}.ingest.dead"),
+                    format!("{prefix}.deliveries"),
+                    format!("{prefix}.deliveries.dead"),
+                    format!("{prefix}.ceiling"),
+                ];
+                for (key, value) in &self.env.vars {
+                    if key == "QR3__DELIVERY__RETRY_DELAYS_MS" {
+                        names.extend(
+                            value
+                                .split(',')
+                                .map(|d| format!("{prefix}.retry.{}ms", d.trim())),
+                        );
+                    }
+                }
+                names.extend([60_000, 300_000].map(|d| format!("{prefix}.retry.{d}ms")));
+                names.push(format!("{prefix}.defer.1000ms"));
+                for name in names {
+                    let _ = channel.queue_delete(name.into(), Default::default()).await;
+                }
+                let _ = channel
+                    .exchange_delete(format!("{prefix}.events").into(), Default::default())
+                    .await;
+            }
+        }
+        if let Ok((client, conn)) = tokio_postgres::connect(
+            &format!("{}/postgres", self.db_server_base),
+            tokio_postgres::NoTls,
+        )
+        .await
+        {
+            let task = tokio::spawn(conn);
+            let name = self
+                .db_url
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let _ = client
+                .batch_execute(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true"))
+                .await;
+            let _ = client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await;
+            drop(client);
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    match Cli::parse().mode {
+        Mode::Bench(args) => bench(args).await,
+        Mode::Chaos(args) => chaos::run(args).await,
+    }
+}
+
+async fn bench(args: Args) -> anyhow::Result<()> {
     let sizes = if args.quick {
         Sizes {
             w1_events: 5_000,
@@ -77,58 +225,19 @@ async fn main() -> anyhow::Result<()> {
             ceiling_messages: 40_000,
         }
     };
-    if !args.bin.exists() {
-        bail!(
-            "{} does not exist: build it with `cargo build --release -p qr3-webhooks`",
-            args.bin.display()
-        );
-    }
-    std::fs::create_dir_all(&args.out)?;
-    let run = ulid::Ulid::new().to_string().to_ascii_lowercase();
-    let prefix = format!("bench_{run}");
-    let base = args
-        .database
-        .rsplit_once('/')
-        .map(|(b, _)| b.to_owned())
-        .unwrap_or_else(|| args.database.clone());
-    let db_url = format!("{base}/qr3_bench_{run}");
-    let mut key = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut key);
-    let api_port = free_port()?;
-    let env = Env {
-        bin: args.bin.clone(),
-        logs: args.out.join("logs"),
-        vars: vec![
-            ("QR3__DATABASE__URL".into(), db_url.clone()),
-            ("QR3__AMQP__URL".into(), args.amqp.clone()),
-            ("QR3__AMQP__PREFIX".into(), prefix.clone()),
-            (
-                "QR3__AMQP__EVENTS_EXCHANGE".into(),
-                format!("{prefix}.events"),
-            ),
-            (
-                "QR3__SECRETS__ENCRYPTION_KEY".into(),
-                base64::engine::general_purpose::STANDARD.encode(key),
-            ),
-            // Only so the receiver may live on 127.0.0.1; everything else is production.
-            ("QR3__DELIVERY__ALLOW_PRIVATE_TARGETS".into(), "true".into()),
-            ("QR3__API__REQUIRE_HTTPS".into(), "false".into()),
-            ("QR3__API__LISTEN".into(), format!("127.0.0.1:{api_port}")),
-            ("QR3__METRICS__LISTEN".into(), "127.0.0.1:0".into()),
-            ("QR3__LOG__LEVEL".into(), "warn".into()),
-        ],
-    };
+    let run = Run::new("bench", &args.common)?;
     println!(
-        "qr3-bench: run {run} ({}), {} sender(s), {} ingest(s)",
+        "qr3-bench: run {} ({}), {} sender(s), {} ingest(s)",
+        run.id,
         if args.quick { "quick" } else { "full" },
         args.senders,
         args.ingests
     );
-    env.run(&["migrate"]).context("migrate")?;
-    let result = workloads::run_all(&args, sizes, &env, &db_url, api_port).await;
-    cleanup(&args, &prefix, &base, &run).await;
+    run.env.run(&["migrate"]).context("migrate")?;
+    let result = workloads::run_all(&args, sizes, &run.env, &run.db_url, run.api_port).await;
+    run.cleanup(&args.common.amqp).await;
     let report = result?;
-    report::write(&args.out, &report)?;
+    report::write(&args.common.out, &report)?;
     report::print(&report);
     Ok(())
 }
@@ -137,48 +246,4 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-async fn cleanup(args: &Args, prefix: &str, base: &str, run: &str) {
-    if let Ok(connection) = qr3_broker::connect(&args.amqp, "qr3-bench-cleanup").await {
-        if let Ok(channel) = connection.create_channel().await {
-            let mut names = vec![
-                format!("{prefix}.ingest"),
-                format!("{prefix}.ingest.dead"),
-                format!("{prefix}.deliveries"),
-                format!("{prefix}.deliveries.dead"),
-                format!("{prefix}.ceiling"),
-            ];
-            names.extend([60_000, 300_000].map(|d| format!("{prefix}.retry.{d}ms")));
-            names.push(format!("{prefix}.defer.1000ms"));
-            for name in names {
-                let _ = channel.queue_delete(name.into(), Default::default()).await;
-            }
-            let _ = channel
-                .exchange_delete(format!("{prefix}.events").into(), Default::default())
-                .await;
-        }
-    }
-    if let Ok((client, conn)) = tokio_postgres_connect(&format!("{base}/postgres")).await {
-        let task = tokio::spawn(conn);
-        let _ = client
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS qr3_bench_{run} WITH (FORCE)"
-            ))
-            .await;
-        drop(client);
-        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
-    }
-}
-
-async fn tokio_postgres_connect(
-    url: &str,
-) -> Result<
-    (
-        tokio_postgres::Client,
-        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
-    ),
-    tokio_postgres::Error,
-> {
-    tokio_postgres::connect(url, tokio_postgres::NoTls).await
 }

@@ -50,7 +50,7 @@ pub async fn run_all(
         sizes.ceiling_messages
     );
     let broker = ceilings::broker(
-        &args.amqp,
+        &args.common.amqp,
         &format!("{prefix}.ceiling"),
         sizes.ceiling_messages,
         payload_size,
@@ -109,7 +109,7 @@ pub async fn run_all(
     }
     // Subscriptions are cached for up to 2 s by ingest.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let connection = qr3_broker::connect(&args.amqp, "qr3-bench-publisher").await?;
+    let connection = qr3_broker::connect(&args.common.amqp, "qr3-bench-publisher").await?;
     let publisher = Publisher::open(&connection).await?;
     let exchange = format!("{prefix}.events");
 

@@ -94,8 +94,12 @@ impl Ingest {
         let inner = &self.inner;
         let url = inner.settings.amqp.url.expose().clone();
         while !shutdown.is_cancelled() {
-            let Some(connection) =
-                qr3_broker::connect_with_retry(&url, "qr3-ingest", &shutdown).await
+            let Some(connection) = qr3_broker::connect_with_retry(
+                &url,
+                &format!("qr3-ingest/{}", inner.settings.amqp.prefix),
+                &shutdown,
+            )
+            .await
             else {
                 break;
             };

@@ -61,6 +61,12 @@ static DELIVERY_ID: HeaderName = HeaderName::from_static("x-qr3-delivery-id");
 static ATTEMPT: HeaderName = HeaderName::from_static("x-qr3-delivery-attempt");
 static TIMESTAMP: HeaderName = HeaderName::from_static("x-qr3-timestamp");
 static SIGNATURE: HeaderName = HeaderName::from_static("x-qr3-signature");
+// Standard Webhooks (https://www.standardwebhooks.com): `webhook-id` is the event id, the
+// same on every attempt and duplicate; `webhook-timestamp` is this attempt's Unix
+// seconds; `webhook-signature` has one `v1,<base64>` per valid secret, newest first.
+static WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+static WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+static WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
 impl Sender {
     pub fn new(store: Store, settings: Settings, metrics: Metrics) -> anyhow::Result<Self> {
@@ -96,8 +102,12 @@ impl Sender {
             shutdown.clone(),
         ));
         while !shutdown.is_cancelled() {
-            let Some(connection) =
-                qr3_broker::connect_with_retry(&url, "qr3-sender", &shutdown).await
+            let Some(connection) = qr3_broker::connect_with_retry(
+                &url,
+                &format!("qr3-sender/{}", inner.settings.amqp.prefix),
+                &shutdown,
+            )
+            .await
             else {
                 break;
             };
@@ -332,6 +342,20 @@ impl Sender {
                         SIGNATURE.clone(),
                         header_value(&signature::sign(&target.secret, &job.body)),
                     ),
+                    (WEBHOOK_ID.clone(), header_value(job.event_id.as_str())),
+                    (
+                        WEBHOOK_TIMESTAMP.clone(),
+                        HeaderValue::from(now.unix_seconds()),
+                    ),
+                    (
+                        WEBHOOK_SIGNATURE.clone(),
+                        header_value(&signature::standard_webhooks::header(
+                            target.signing_secrets(now),
+                            job.event_id.as_str(),
+                            now.unix_seconds(),
+                            &job.body,
+                        )),
+                    ),
                 ];
                 inner
                     .http
@@ -389,7 +413,7 @@ impl Sender {
 }
 
 fn header_value(s: &str) -> HeaderValue {
-    // Ids and hex signatures are ASCII by construction.
+    // Ids and hex or base64 signatures are ASCII by construction.
     HeaderValue::from_str(s).expect("ids and signatures are valid header values")
 }
 

@@ -1,0 +1,479 @@
+//! `cargo xtask chaos`: the pipeline under a steady event stream to real receivers on
+//! 127.0.0.1 while processes are killed, connections dropped, the database taken away
+//! and receivers misbehave. Each scenario ends by comparing what every receiver got
+//! with what was published and with the delivery log.
+
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use lapin::BasicProperties;
+use qr3_broker::{Outgoing, Publisher};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::chaos_receiver::{ChaosReceiver, Mode};
+use crate::procs::Proc;
+use crate::{Common, Run};
+
+#[derive(clap::Args, Clone)]
+pub struct ChaosArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// A smaller stream per scenario (for CI).
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// The fault a scenario injects.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    KillSender { times: usize },
+    KillIngest { times: usize },
+    DropBrokerConnections,
+    TerminateDatabaseConnections,
+    RefuseDatabase { millis: u64 },
+    Receiver(Mode),
+}
+
+#[derive(Debug, Serialize)]
+struct Outcome {
+    scenario: String,
+    events: usize,
+    expected: usize,
+    delivered: usize,
+    lost: usize,
+    duplicates: usize,
+    attempts_not_logged: usize,
+    recovery_ms: u64,
+}
+
+const RETRY_DELAYS: &str = "500,1500";
+const WEBHOOKS: usize = 3;
+
+pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
+    let run = Run::new("chaos", &args.common)?;
+    // Short retry delays and timeout so a scenario ends in seconds; disabling is not
+    // what is under test here.
+    let mut env = run.env.clone();
+    for (key, value) in [
+        ("QR3__DELIVERY__RETRY_DELAYS_MS", RETRY_DELAYS),
+        ("QR3__DELIVERY__TIMEOUT_MS", "1000"),
+        ("QR3__DELIVERY__DISABLE_AFTER_FAILURES", "1000000"),
+        ("QR3__DELIVERY__WEBHOOK_CACHE_MS", "200"),
+        ("QR3__DELIVERY__DEFER_MS", "1000"),
+        ("QR3__INGEST__SUBSCRIPTION_CACHE_MS", "200"),
+        ("QR3__SHUTDOWN__GRACE_PERIOD_MS", "5000"),
+    ] {
+        env = env.with(key, value);
+    }
+    let run = Run { env, ..run };
+    run.env.run(&["migrate"]).context("migrate")?;
+    let result = scenarios(&args, &run).await;
+    run.cleanup(&args.common.amqp).await;
+    let outcomes = result?;
+
+    println!(
+        "\n{:<34} {:>7} {:>9} {:>7} {:>5} {:>10} {:>10} {:>13}",
+        "scenario",
+        "events",
+        "expected",
+        "deliv.",
+        "lost",
+        "duplicates",
+        "not logged",
+        "recovery (ms)"
+    );
+    for o in &outcomes {
+        println!(
+            "{:<34} {:>7} {:>9} {:>7} {:>5} {:>10} {:>10} {:>13}",
+            o.scenario,
+            o.events,
+            o.expected,
+            o.delivered,
+            o.lost,
+            o.duplicates,
+            o.attempts_not_logged,
+            o.recovery_ms
+        );
+    }
+    std::fs::write(
+        args.common.out.join("chaos.json"),
+        serde_json::to_string_pretty(&outcomes)?,
+    )?;
+    let lost: usize = outcomes
+        .iter()
+        .map(|o| o.lost + o.attempts_not_logged)
+        .sum();
+    let passed = outcomes
+        .iter()
+        .filter(|o| o.lost == 0 && o.attempts_not_logged == 0)
+        .count();
+    println!(
+        "\nchaos: {passed} passed, {} failed",
+        outcomes.len() - passed
+    );
+    if lost > 0 {
+        bail!("deliveries were lost or attempts went unlogged");
+    }
+    Ok(())
+}
+
+async fn scenarios(args: &ChaosArgs, run: &Run) -> anyhow::Result<Vec<Outcome>> {
+    let mut procs = vec![
+        run.env.spawn("ingest", "chaos-ingest")?,
+        run.env.spawn("sender", "chaos-sender")?,
+        run.env.spawn("api", "chaos-api")?,
+    ];
+    let api = format!("http://127.0.0.1:{}", run.api_port);
+    wait_ready(&api).await?;
+    let connection = qr3_broker::connect(&args.common.amqp, "qr3-chaos-publisher").await?;
+    let publisher = Publisher::open(&connection).await?;
+    let store = {
+        let pool = qr3_store::connect(&run.db_url, 2)?;
+        let mut settings = qr3_config::Settings::defaults();
+        settings.secrets.allow_insecure_dev_key = true;
+        qr3_store::Store::new(
+            pool,
+            qr3_store::SecretCipher::new(&settings.encryption_key()?),
+        )
+    };
+    let (events, rate) = if args.quick { (300, 150) } else { (1500, 300) };
+    let kill_times = if args.quick { 2 } else { 3 };
+    let list: Vec<(&str, Fault)> = vec![
+        (
+            "sender SIGKILL mid-burst",
+            Fault::KillSender { times: kill_times },
+        ),
+        (
+            "ingest SIGKILL mid-fan-out",
+            Fault::KillIngest { times: kill_times },
+        ),
+        ("broker connections dropped", Fault::DropBrokerConnections),
+        (
+            "database connections terminated",
+            Fault::TerminateDatabaseConnections,
+        ),
+        (
+            "database refuses connections 2 s",
+            Fault::RefuseDatabase { millis: 2000 },
+        ),
+        ("receiver answers 500", Fault::Receiver(Mode::Status500)),
+        (
+            "receiver hangs past the timeout",
+            Fault::Receiver(Mode::Hang),
+        ),
+        (
+            "receiver closes mid-response",
+            Fault::Receiver(Mode::CloseMidResponse),
+        ),
+        (
+            "receiver answers a 32 MiB body",
+            Fault::Receiver(Mode::HugeBody),
+        ),
+        ("receiver redirects", Fault::Receiver(Mode::Redirect)),
+    ];
+    let mut outcomes = Vec::new();
+    for (index, (name, fault)) in list.into_iter().enumerate() {
+        println!("chaos: {name}…");
+        let outcome = scenario(
+            run, &api, &publisher, &store, &mut procs, index, name, fault, events, rate,
+        )
+        .await?;
+        outcomes.push(outcome);
+    }
+    for p in procs {
+        p.terminate();
+    }
+    Ok(outcomes)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn scenario(
+    run: &Run,
+    api: &str,
+    publisher: &Publisher,
+    store: &qr3_store::Store,
+    procs: &mut Vec<Proc>,
+    index: usize,
+    name: &str,
+    fault: Fault,
+    events: usize,
+    rate: usize,
+) -> anyhow::Result<Outcome> {
+    let workspace: serde_json::Value =
+        serde_json::from_str(&run.env.run(&["workspace", "create", name])?)?;
+    let workspace_id = workspace["workspace_id"]
+        .as_str()
+        .context("workspace_id")?
+        .to_owned();
+    let key = workspace["api_key"].as_str().context("api_key")?.to_owned();
+    let mut receivers = Vec::new();
+    let mut webhook_ids = Vec::new();
+    for _ in 0..WEBHOOKS {
+        let receiver = ChaosReceiver::start().await?;
+        let created: serde_json::Value = reqwest::Client::new()
+            .post(format!("{api}/v1/webhooks"))
+            .bearer_auth(&key)
+            .json(&json!({"url": receiver.url(), "events": ["*"], "secret": "chaos-secret-0123456789"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        webhook_ids.push(created["id"].as_str().context("webhook id")?.to_owned());
+        receivers.push(receiver);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await; // subscription cache
+
+    // The steady stream, in the background.
+    let exchange = format!("{}.events", run.prefix);
+    let ids: Vec<String> = (0..events).map(|i| format!("evt_s{index}_{i}")).collect();
+    let stream = {
+        let (publisher, ids, exchange, workspace_id) = (
+            publisher.clone(),
+            ids.clone(),
+            exchange.clone(),
+            workspace_id.clone(),
+        );
+        tokio::spawn(async move {
+            let per_tick = (rate / 20).max(1);
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            for chunk in ids.chunks(per_tick) {
+                tick.tick().await;
+                let messages: Vec<Outgoing> = chunk
+                    .iter()
+                    .map(|id| Outgoing {
+                        exchange: exchange.clone(),
+                        routing_key: "qr.scanned".into(),
+                        properties: BasicProperties::default().with_delivery_mode(2),
+                        body: json!({"id": id, "type": "qr.scanned", "workspace_id": workspace_id, "data": {"n": id}})
+                            .to_string()
+                            .into_bytes(),
+                    })
+                    .collect();
+                // The publisher side is not under test: retry until confirmed.
+                while publisher.publish_all(&messages).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        })
+    };
+
+    let stream_ms = (events * 1000 / rate) as u64;
+    tokio::time::sleep(Duration::from_millis(stream_ms / 4)).await;
+    let mut recovered_from = Vec::new();
+    match fault {
+        Fault::KillSender { times } | Fault::KillIngest { times } => {
+            let role = if matches!(fault, Fault::KillSender { .. }) {
+                "sender"
+            } else {
+                "ingest"
+            };
+            for round in 0..times {
+                let at = procs
+                    .iter()
+                    .position(|p| p.name.contains(role))
+                    .context("role process")?;
+                drop(procs.remove(at)); // SIGKILL
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                procs.push(
+                    run.env
+                        .spawn(role, &format!("chaos-{role}-{index}-{round}"))?,
+                );
+                recovered_from.push(Instant::now());
+                tokio::time::sleep(Duration::from_millis(stream_ms / 4)).await;
+            }
+        }
+        Fault::DropBrokerConnections => {
+            close_connections(&run.prefix)?;
+            recovered_from.push(Instant::now());
+        }
+        Fault::TerminateDatabaseConnections => {
+            database(run, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()").await?;
+            recovered_from.push(Instant::now());
+        }
+        Fault::RefuseDatabase { millis } => {
+            let name = run.db_url.rsplit('/').next().unwrap_or_default().to_owned();
+            admin(
+                run,
+                &format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false"),
+            )
+            .await?;
+            admin(run, &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")).await?;
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+            admin(
+                run,
+                &format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true"),
+            )
+            .await?;
+            recovered_from.push(Instant::now());
+        }
+        Fault::Receiver(mode) => {
+            // Every receiver misbehaves for 1.2 s; the retries (0.5 s and 1.5 s later)
+            // reach it once it is well again.
+            for r in &receivers {
+                r.set(mode);
+            }
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            for r in &receivers {
+                r.set(Mode::Ok);
+            }
+            recovered_from.push(Instant::now());
+        }
+    }
+    stream.await?;
+
+    // Wait until every receiver has every event, or nothing moves for 20 s.
+    let expected = events * WEBHOOKS;
+    let delivered_now = |receivers: &[ChaosReceiver]| -> usize {
+        receivers
+            .iter()
+            .map(|r| {
+                r.arrivals()
+                    .iter()
+                    .filter(|a| a.ok)
+                    .map(|a| a.event_id.clone())
+                    .collect::<HashSet<_>>()
+                    .len()
+            })
+            .sum()
+    };
+    let mut last = (0, Instant::now());
+    loop {
+        let n = delivered_now(&receivers);
+        if n >= expected {
+            break;
+        }
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Compare with what was published and with the log.
+    let logged: HashSet<(String, String, i16)> = {
+        let pool = store.pool().get().await?;
+        pool.query(
+            "SELECT event_id, webhook_id, attempt FROM delivery_attempts WHERE workspace_id = $1",
+            &[&workspace_id],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+    };
+    let published: HashSet<&String> = ids.iter().collect();
+    let (mut delivered, mut duplicates, mut not_logged) = (0, 0, 0);
+    let mut first_ok_after: HashMap<usize, Instant> = HashMap::new();
+    for (receiver, webhook) in receivers.iter().zip(&webhook_ids) {
+        let arrivals = receiver.arrivals();
+        let mut seen = HashSet::new();
+        for a in &arrivals {
+            if !logged.contains(&(a.event_id.clone(), webhook.clone(), a.attempt as i16)) && a.ok {
+                not_logged += 1;
+            }
+            if a.ok && published.contains(&a.event_id) {
+                if !seen.insert(a.event_id.clone()) {
+                    duplicates += 1;
+                }
+                for (i, from) in recovered_from.iter().enumerate() {
+                    if a.at >= *from {
+                        let e = first_ok_after.entry(i).or_insert(a.at);
+                        if a.at < *e {
+                            *e = a.at;
+                        }
+                    }
+                }
+            }
+        }
+        delivered += seen.len();
+    }
+    let recovery_ms = recovered_from
+        .iter()
+        .enumerate()
+        .filter_map(|(i, from)| {
+            first_ok_after
+                .get(&i)
+                .map(|at| (*at - *from).as_millis() as u64)
+        })
+        .max()
+        .unwrap_or(0);
+    Ok(Outcome {
+        scenario: name.to_owned(),
+        events,
+        expected,
+        delivered,
+        lost: expected - delivered.min(expected),
+        duplicates,
+        attempts_not_logged: not_logged,
+        recovery_ms,
+    })
+}
+
+/// Closes this run's broker connections (and only those: their names carry the prefix).
+fn close_connections(prefix: &str) -> anyhow::Result<()> {
+    let out = Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties", "-q"])
+        .output()
+        .context("rabbitmqctl")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut closed = 0;
+    for line in text.lines() {
+        let ours = [
+            format!("\"qr3-sender/{prefix}\""),
+            format!("\"qr3-ingest/{prefix}\""),
+        ];
+        if ours.iter().any(|name| line.contains(name.as_str())) {
+            if let Some(pid) = line.split('\t').next() {
+                let status = Command::new("rabbitmqctl")
+                    .args(["close_connection", pid, "chaos: connection dropped", "-q"])
+                    .status()?;
+                closed += usize::from(status.success());
+            }
+        }
+    }
+    if closed == 0 {
+        bail!("found no connection of this run to close");
+    }
+    Ok(())
+}
+
+async fn database(run: &Run, sql: &str) -> anyhow::Result<()> {
+    let (client, conn) = tokio_postgres::connect(&run.db_url, tokio_postgres::NoTls).await?;
+    let task = tokio::spawn(conn);
+    client.batch_execute(sql).await?;
+    drop(client);
+    let _ = task.await;
+    Ok(())
+}
+
+async fn admin(run: &Run, sql: &str) -> anyhow::Result<()> {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("{}/postgres", run.db_server_base),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    let task = tokio::spawn(conn);
+    client.batch_execute(sql).await?;
+    drop(client);
+    let _ = task.await;
+    Ok(())
+}
+
+async fn wait_ready(api: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if reqwest::get(format!("{api}/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the API did not become ready")
+}

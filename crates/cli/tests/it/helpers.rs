@@ -152,18 +152,45 @@ impl TestApp {
         if let Some(running) = self.running.take() {
             running.stop().await.expect("clean shutdown");
         }
-        let connection = qr3_broker::connect(self.settings.amqp.url.expose(), "test-cleanup")
-            .await
-            .expect("broker");
-        let channel = connection.create_channel().await.expect("channel");
-        for queue in self.topology().queues() {
-            let _ = channel
-                .queue_delete(queue.into(), QueueDeleteOptions::default())
-                .await;
+        delete_broker_objects(&self.settings).await;
+    }
+}
+
+/// A test that panicked before `stop()` still removes its queues.
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if self.running.take().is_some() {
+            let settings = self.settings.clone();
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(delete_broker_objects(&settings));
+                Some(())
+            })
+            .join();
         }
+    }
+}
+
+async fn delete_broker_objects(settings: &Settings) {
+    let Ok(connection) = qr3_broker::connect(settings.amqp.url.expose(), "test-cleanup").await
+    else {
+        return;
+    };
+    let Ok(channel) = connection.create_channel().await else {
+        return;
+    };
+    for queue in Topology::from_settings(settings).queues() {
+        let _ = channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+    }
+    {
         let _ = channel
             .exchange_delete(
-                self.settings.amqp.events_exchange.as_str().into(),
+                settings.amqp.events_exchange.as_str().into(),
                 ExchangeDeleteOptions::default(),
             )
             .await;

@@ -3,8 +3,13 @@
 //! - `up`: bring the whole system up on this machine (Postgres and RabbitMQ running),
 //!   show one signed delivery end to end, and keep running until ctrl-c.
 //! - `test`: the full test suite, as CI runs it.
+//! - `fuzz`: Schemathesis against the served OpenAPI document.
+//! - `load`: the API under `wrk`, and the sender's memory with a large backlog.
 
 mod demo;
+mod fuzz;
+mod load;
+mod sandbox;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,6 +37,29 @@ enum Task {
     },
     /// Run formatting and lint checks and every test against the local services.
     Test,
+    /// Fuzz the API with Schemathesis from its OpenAPI document.
+    Fuzz {
+        /// Test cases per API operation.
+        #[arg(long, default_value_t = 25)]
+        examples: u32,
+        /// Seed, to reproduce a run; random by default.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Measure the API under wrk and the sender's memory with a large backlog.
+    Load {
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+        /// Latency target: p99 of each route, in milliseconds.
+        #[arg(long, default_value_t = 100.0)]
+        p99_ms: f64,
+        /// Delivery jobs queued for the sender.
+        #[arg(long, default_value_t = 50_000)]
+        backlog: usize,
+    },
     /// Fault injection: kills, dropped connections, database outages, bad receivers.
     Chaos {
         /// A smaller stream per scenario, as CI runs it.
@@ -60,6 +88,21 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Up { exit, listen } => demo::up(&root(), &listen, exit),
         Task::Test => test(&root()),
+        Task::Fuzz { examples, seed } => fuzz::fuzz(&root(), examples, seed),
+        Task::Load {
+            seconds,
+            connections,
+            p99_ms,
+            backlog,
+        } => load::load(
+            &root(),
+            load::LoadOptions {
+                seconds,
+                connections,
+                p99_ms,
+                backlog,
+            },
+        ),
         Task::Chaos { quick, release } => chaos(&root(), quick, release),
         Task::Bench {
             quick,
@@ -105,6 +148,7 @@ fn test(root: &Path) -> anyhow::Result<()> {
         ],
     )?;
     cargo(root, &["test", "--workspace"])?;
+    fuzz::fuzz(root, 10, None)?;
     // The fault-injection suite, at CI size.
     chaos(root, true, false)?;
     // Kubernetes manifests, alert rules and the dashboard, validated offline.
@@ -118,20 +162,36 @@ fn test(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The end-to-end tests run the documentation's Express receiver: install its packages
-/// (from the lock file) when they are missing.
+/// The end-to-end tests run the documentation's Express receiver and receivers using the
+/// `standardwebhooks` libraries: install their npm packages (from the lock file) and the
+/// PyPI package when they are missing.
 fn install_test_receivers(root: &Path) -> anyhow::Result<()> {
     let dir = root.join("crates/cli/tests/receivers");
-    if dir.join("node_modules/express").exists() {
-        return Ok(());
+    if !["express", "standardwebhooks"]
+        .iter()
+        .all(|package| dir.join("node_modules").join(package).exists())
+    {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .context("cannot run npm (Node.js is needed by the end-to-end tests)")?;
+        if !status.success() {
+            bail!("npm ci failed in {}", dir.display());
+        }
     }
-    let status = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
+    let installed = Command::new("python3")
+        .args(["-c", "import standardwebhooks"])
         .status()
-        .context("cannot run npm (Node.js is needed by the end-to-end tests)")?;
-    if !status.success() {
-        bail!("npm ci failed in {}", dir.display());
+        .is_ok_and(|s| s.success());
+    if !installed {
+        let status = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "standardwebhooks==1.1.0"])
+            .status()
+            .context("cannot run python3 -m pip (Python is needed by the end-to-end tests)")?;
+        if !status.success() {
+            bail!("pip could not install standardwebhooks");
+        }
     }
     Ok(())
 }

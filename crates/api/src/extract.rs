@@ -20,8 +20,9 @@ use crate::{error::ApiError, state::ApiState};
 /// A JSON object body of type `T`, sent as `application/json`.
 ///
 /// 400 when the body is not JSON, not an object or has another content type; 413 when
-/// it is larger than `api.max_body_bytes`; 422 naming the field when it does not fit
-/// `T` (wrong type, unknown, missing or duplicated field).
+/// it is, or its `Content-Length` says it is, larger than `api.max_body_bytes`; 422
+/// naming the field when it does not fit `T` (wrong type, unknown, missing or
+/// duplicated field).
 #[derive(Debug)]
 pub(crate) struct JsonBody<T>(pub T);
 
@@ -33,6 +34,16 @@ impl<T: DeserializeOwned> FromRequest<ApiState> for JsonBody<T> {
             return Err(ApiError::Malformed(
                 "Content-Type must be application/json".into(),
             ));
+        }
+        // A declared length over the limit is refused before reading a byte of it.
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let limit = state.config.max_body_bytes;
+        if declared.is_some_and(|len| len > limit as u64) {
+            return Err(ApiError::PayloadTooLarge { limit });
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {

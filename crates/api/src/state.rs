@@ -18,6 +18,8 @@ pub struct ApiConfig {
     pub target_policy: TargetPolicy,
     /// How long `POST /v1/webhooks/{id}/ping` waits for the attempt (`api.ping_wait_ms`).
     pub ping_wait: Duration,
+    /// How long a rotated-out secret keeps signing (`secrets.rotation_grace_ms`).
+    pub secret_rotation_grace: Duration,
 }
 
 impl ApiConfig {
@@ -29,6 +31,7 @@ impl ApiConfig {
                 allow_private: settings.delivery.allow_private_targets,
             },
             ping_wait: Duration::from_millis(settings.api.ping_wait_ms),
+            secret_rotation_grace: settings.secrets.rotation_grace(),
         }
     }
 }

@@ -186,6 +186,17 @@ pub struct SecretsSettings {
     #[serde(default)]
     pub encryption_key: Option<Redacted<String>>,
     pub allow_insecure_dev_key: bool,
+    pub rotation_grace_ms: u64,
+}
+
+impl SecretsSettings {
+    /// The longest `secrets.rotation_grace_ms` accepted: 365 days.
+    pub const MAX_ROTATION_GRACE_MS: u64 = 365 * 24 * 3600 * 1000;
+
+    /// How long a rotated-out secret keeps signing `webhook-signature`.
+    pub fn rotation_grace(&self) -> Duration {
+        Duration::from_millis(self.rotation_grace_ms)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -308,6 +319,11 @@ impl Settings {
         if self.retention.delivery_log_days == 0 {
             return invalid("retention.delivery_log_days must be at least 1");
         }
+        if !(1..=SecretsSettings::MAX_ROTATION_GRACE_MS).contains(&self.secrets.rotation_grace_ms) {
+            return invalid(
+                "secrets.rotation_grace_ms must be between 1 and 31536000000 (365 days)",
+            );
+        }
         self.encryption_key()?;
         Ok(())
     }
@@ -372,6 +388,23 @@ mod tests {
         assert_eq!(s.delivery.delay_before(2), Some(Duration::from_secs(60)));
         assert_eq!(s.delivery.delay_before(3), Some(Duration::from_secs(300)));
         assert_eq!(s.delivery.delay_before(4), None);
+        assert_eq!(s.secrets.rotation_grace(), Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn rotation_grace_must_be_positive_and_at_most_a_year() {
+        let mut s = Settings::defaults();
+        s.secrets.allow_insecure_dev_key = true;
+        assert!(s.validate().is_ok());
+        for bad in [0, SecretsSettings::MAX_ROTATION_GRACE_MS + 1] {
+            s.secrets.rotation_grace_ms = bad;
+            assert!(
+                matches!(s.validate(), Err(ConfigError::Invalid(m)) if m.contains("rotation_grace_ms")),
+                "{bad}"
+            );
+        }
+        s.secrets.rotation_grace_ms = 300;
+        assert!(s.validate().is_ok());
     }
 
     #[test]

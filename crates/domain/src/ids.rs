@@ -48,7 +48,7 @@ macro_rules! ulid_id {
             pub fn parse(s: &str) -> Result<Self, InvalidId> {
                 match s.strip_prefix($prefix) {
                     Some(rest) if is_ulid_suffix(rest) => Ok(Self(s.to_owned())),
-                    _ => Err(InvalidId { kind: $kind, prefix: $prefix, value: s.to_owned() }),
+                    _ => Err(InvalidId { kind: $kind, prefix: $prefix, value: truncate(s, 120) }),
                 }
             }
 

@@ -156,3 +156,134 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Property tests of the encoder over arbitrary JSON: its output is JSON that reads
+    //! back to the input (numbers as the doubles JavaScript sees), it is a fixed point of
+    //! parse-then-encode, and the payload around `data` reads back field by field.
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{EventId, EventType, Payload, Timestamp};
+
+    /// Object keys, with a good share that look like array indices (or almost do),
+    /// since those are the keys the encoder reorders.
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            2 => any::<String>(),
+            1 => "(0|[1-9][0-9]{0,10})",
+            1 => "-?0[0-9]{1,3}|[0-9]{1,3}\\.[0-9]",
+        ]
+    }
+
+    fn number() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_filter_map("finite", |f| Number::from_f64(f).map(Value::Number)),
+            (-1e6f64..1e6).prop_map(|f| Value::from((f * 1000.0).round() / 1000.0)),
+            Just(Value::from(-0.0)),
+        ]
+    }
+
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            number(),
+            any::<String>().prop_map(Value::String),
+            // Control characters, quotes, backslashes, line separators, astral planes.
+            "[\\x00-\\x1f\"\\\\/\u{7f}\u{2028}\u{2029}\u{e9}\u{1F600}a]{0,12}"
+                .prop_map(Value::String),
+        ];
+        leaf.prop_recursive(5, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                prop::collection::vec((key(), inner), 0..8)
+                    .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Equal as JavaScript would see them: numbers compared as doubles, objects as maps.
+    fn same(a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+            (Value::Array(x), Value::Array(y)) => {
+                x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
+            }
+            (Value::Object(x), Value::Object(y)) => {
+                x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+            }
+            _ => a == b,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn output_is_json_that_reads_back_to_the_input(value in any_json()) {
+            let encoded = to_js_string(&value);
+            let parsed: Value = serde_json::from_str(&encoded).expect("the encoder writes JSON");
+            prop_assert!(same(&value, &parsed), "{} read back as {}", value, parsed);
+        }
+
+        #[test]
+        fn encoding_is_idempotent(value in any_json()) {
+            let once = to_js_string(&value);
+            let twice = to_js_string(&serde_json::from_str(&once).unwrap());
+            prop_assert_eq!(once, twice);
+        }
+
+        #[test]
+        fn output_is_compact_and_escapes_every_control_character(value in any_json()) {
+            let encoded = to_js_string(&value);
+            prop_assert!(!encoded.chars().any(|c| c < ' '), "{}", encoded);
+            // Insignificant whitespace is gone: only strings may hold spaces.
+            prop_assert!(!outside_strings(&encoded).contains(char::is_whitespace), "{}", encoded);
+        }
+
+        #[test]
+        fn the_payload_reads_back_field_by_field(
+            data in prop::collection::vec((key(), any_json()), 0..8),
+            kind in prop::sample::select(EventType::ALL.to_vec()),
+            ms in 0i64..253_402_300_799_999,
+        ) {
+            let data: Map<String, Value> = data.into_iter().collect();
+            let id = EventId::generate();
+            let created = Timestamp::from_datetime(
+                chrono::DateTime::from_timestamp_millis(ms).expect("in range"),
+            );
+            let body = Payload { id: &id, event_type: kind, created, data: &data }.encode();
+            let parsed: Value = serde_json::from_str(&body).expect("the payload is JSON");
+            let object = parsed.as_object().expect("an object");
+            prop_assert_eq!(
+                object.keys().map(String::as_str).collect::<Vec<_>>(),
+                vec!["id", "type", "created", "data"]
+            );
+            prop_assert_eq!(object["id"].as_str(), Some(id.as_str()));
+            prop_assert_eq!(object["type"].as_str(), Some(kind.as_str()));
+            let shown = created.to_string();
+            prop_assert_eq!(object["created"].as_str(), Some(shown.as_str()));
+            prop_assert!(same(&object["data"], &Value::Object(data.clone())));
+            prop_assert_eq!(to_js_string(&parsed), body, "the payload is a fixed point too");
+        }
+    }
+
+    /// The characters of a JSON text that are not inside a string.
+    fn outside_strings(json: &str) -> String {
+        let (mut out, mut in_string, mut escaped) = (String::new(), false, false);
+        for c in json.chars() {
+            match (in_string, escaped, c) {
+                (true, true, _) => escaped = false,
+                (true, false, '\\') => escaped = true,
+                (true, false, '"') => in_string = false,
+                (true, false, _) => {}
+                (false, _, '"') => in_string = true,
+                (false, _, c) => out.push(c),
+            }
+        }
+        out
+    }
+}

@@ -5,9 +5,19 @@ use std::fmt;
 use base64::Engine;
 use rand::RngCore;
 
-/// A webhook's signing secret. `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
+/// A webhook's signing secret. `Debug` and `Display` never show it, and equality is
+/// decided in constant time.
+#[derive(Clone)]
 pub struct WebhookSecret(String);
+
+impl PartialEq for WebhookSecret {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+    }
+}
+
+impl Eq for WebhookSecret {}
 
 /// Why a secret was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +77,16 @@ impl WebhookSecret {
     pub fn as_bytes(&self) -> &[u8] {
         self.0.as_bytes()
     }
+
+    /// The secret in the form the Standard Webhooks libraries take: `whsec_` + standard
+    /// base64 (with padding) of its UTF-8 bytes. They decode it back to the same key, so
+    /// it verifies `webhook-signature` exactly as the plain secret verifies
+    /// `X-QR3-Signature`.
+    pub fn whsec(&self) -> String {
+        let mut out = String::from("whsec_");
+        base64::engine::general_purpose::STANDARD.encode_string(self.0.as_bytes(), &mut out);
+        out
+    }
 }
 
 impl fmt::Debug for WebhookSecret {
@@ -96,6 +116,17 @@ mod tests {
         assert!(WebhookSecret::parse("0123456789abcdef").is_ok());
         // 8 two-byte characters are 16 bytes but only 8 characters.
         assert!(WebhookSecret::parse("éééééééé").is_err());
+    }
+
+    // Computed independently: "whsec_" + base64.b64encode(secret.encode()).decode()
+    #[test]
+    fn whsec_is_base64_of_the_utf8_bytes() {
+        let s = WebhookSecret::parse("my-secret-key-min-16-chars").unwrap();
+        assert_eq!(s.whsec(), "whsec_bXktc2VjcmV0LWtleS1taW4tMTYtY2hhcnM=");
+        let s = WebhookSecret::parse("äöü-non-ascii-secret").unwrap();
+        assert_eq!(s.whsec(), "whsec_w6TDtsO8LW5vbi1hc2NpaS1zZWNyZXQ=");
+        let s = WebhookSecret::parse("a-newer-secret-0123456789").unwrap();
+        assert_eq!(s.whsec(), "whsec_YS1uZXdlci1zZWNyZXQtMDEyMzQ1Njc4OQ==");
     }
 
     #[test]

@@ -119,8 +119,10 @@ fn is_forbidden_host(host: &Host<&str>) -> bool {
 
 /// Whether a webhook may never connect to `ip` (unless private targets are allowed):
 /// unspecified, loopback, private, shared (CGNAT), link-local (including cloud metadata
-/// at 169.254.169.254), benchmarking, documentation, reserved, broadcast and multicast
-/// ranges, and IPv6 forms that embed such an IPv4 address.
+/// at 169.254.169.254 and fd00:ec2::254), benchmarking, documentation, reserved,
+/// broadcast and multicast ranges, unique-local and site-local IPv6, the IETF-reserved
+/// `::/8` and `2001::/23`, and IPv6 forms that embed a forbidden IPv4 address
+/// (IPv4-mapped, NAT64, 6to4).
 pub fn is_forbidden_ip(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_forbidden_v4(v4),
@@ -151,32 +153,26 @@ fn is_forbidden_v6(ip: Ipv6Addr) -> bool {
         return is_forbidden_v4(v4);
     }
     let seg = ip.segments();
-    // IPv4-compatible (deprecated) ::a.b.c.d, including :: and ::1.
-    if seg[..6].iter().all(|&s| s == 0) {
-        return true;
-    }
+    let embedded =
+        |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
     // NAT64 64:ff9b::/96 and 6to4 2002::/16 embed an IPv4 address.
     if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6].iter().all(|&s| s == 0) {
-        return is_forbidden_v4(Ipv4Addr::new(
-            (seg[6] >> 8) as u8,
-            seg[6] as u8,
-            (seg[7] >> 8) as u8,
-            seg[7] as u8,
-        ));
+        return is_forbidden_v4(embedded(seg[6], seg[7]));
     }
     if seg[0] == 0x2002 {
-        return is_forbidden_v4(Ipv4Addr::new(
-            (seg[1] >> 8) as u8,
-            seg[1] as u8,
-            (seg[2] >> 8) as u8,
-            seg[2] as u8,
-        ));
+        return is_forbidden_v4(embedded(seg[1], seg[2]));
+    }
+    // The rest of the reserved ::/8: ::, ::1, IPv4-compatible ::a.b.c.d,
+    // IPv4-translated ::ffff:0:a.b.c.d and local-use NAT64 64:ff9b:1::/48.
+    if seg[0] & 0xff00 == 0 {
+        return true;
     }
     (seg[0] & 0xfe00) == 0xfc00            // unique local fc00::/7 (AWS metadata fd00:ec2::254)
         || (seg[0] & 0xffc0) == 0xfe80     // link-local fe80::/10
         || (seg[0] & 0xffc0) == 0xfec0     // site-local fec0::/10 (deprecated)
         || (seg[0] & 0xff00) == 0xff00     // multicast
         || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
+        || (seg[0] == 0x2001 && seg[1] < 0x0200) // IETF protocol assignments 2001::/23 (Teredo, benchmarking, ORCHID)
         || (seg[0] == 0x0100 && seg[1..4].iter().all(|&s| s == 0)) // discard-only 100::/64
 }
 
@@ -244,6 +240,20 @@ mod tests {
             "https://[64:ff9b::a00:1]/",
             "https://[2002:c0a8:101::1]/",
             "https://metadata.google.internal/",
+            "https://127.1/",  // short form of 127.0.0.1
+            "https://0/",      // 0.0.0.0
+            "https://0x7f.1/", // hex short form
+            "https://LOCALHOST./",
+            "https://%6c%6f%63alhost/",         // percent-encoded host
+            "https://\u{ff4c}\u{ff4f}calhost/", // full-width letters, IDNA-mapped
+            "https://255.255.255.255/",
+            "https://[0:0:0:0:0:ffff:7f00:1]/",
+            "https://[::ffff:0:7f00:1]/", // IPv4-translated
+            "https://[::127.0.0.1]/",     // IPv4-compatible
+            "https://[64:ff9b:1::a]/",    // local-use NAT64
+            "https://[2001::1]/",         // Teredo
+            "https://[ff02::1]/",
+            "https://[fc00::1]/",
         ] {
             assert_eq!(
                 WebhookUrl::parse(url, STRICT),
@@ -269,5 +279,13 @@ mod tests {
             "2606:2800:220:1:248:1893:25c8:1946".parse().unwrap()
         ));
         assert!(!is_forbidden_ip("::ffff:93.184.216.34".parse().unwrap()));
+        for ip in [
+            "8.8.8.8",
+            "2001:4860:4860::8888",
+            "64:ff9b::5db8:d822", // NAT64 of a public address
+            "2002:5db8:d822::1",  // 6to4 of a public address
+        ] {
+            assert!(!is_forbidden_ip(ip.parse().unwrap()), "{ip}");
+        }
     }
 }

@@ -1,10 +1,12 @@
 //! The outbound HTTP client: hyper with rustls (HTTP/1.1 and HTTP/2 by ALPN), pooled
-//! keep-alive connections, no redirects followed, a timeout per attempt, and a resolver
-//! that refuses internal addresses after DNS resolution (so DNS rebinding cannot reach
-//! them) unless `delivery.allow_private_targets` is set.
+//! keep-alive connections, no redirects followed, a timeout per attempt, and an address
+//! guard at connection time, unless `delivery.allow_private_targets` is set: the
+//! resolver drops internal addresses after DNS resolution (so DNS rebinding cannot
+//! reach them), and the connector refuses an internal IP literal, which never goes
+//! through the resolver.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
-use hyper::{Method, Request};
+use hyper::{Method, Request, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -56,6 +58,50 @@ impl tower::Service<Name> for GuardedResolver {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The TCP connector with the address rule applied to IP literals as well: hyper's
+/// `HttpConnector` connects to `http://10.0.0.1/` directly, without asking the resolver.
+#[derive(Clone)]
+pub struct GuardedConnector {
+    inner: HttpConnector<GuardedResolver>,
+    allow_private: bool,
+}
+
+impl tower::Service<Uri> for GuardedConnector {
+    type Response = <HttpConnector<GuardedResolver> as tower::Service<Uri>>::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        if !self.allow_private {
+            if let Some(ip) = literal_ip(&uri).filter(|ip| is_forbidden_ip(*ip)) {
+                let refused = std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("{ip} is an address webhooks may not target"),
+                );
+                return Box::pin(std::future::ready(Err(refused.into())));
+            }
+        }
+        let connecting = self.inner.call(uri);
+        Box::pin(async move { connecting.await.map_err(Into::into) })
+    }
+}
+
+/// The host of `uri` when it is an IP address (IPv6 without its brackets).
+fn literal_ip(uri: &Uri) -> Option<IpAddr> {
+    let host = uri.host()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.parse().ok()
+}
+
 /// What one POST produced.
 #[derive(Debug, Clone)]
 pub struct HttpOutcome {
@@ -75,7 +121,7 @@ impl HttpOutcome {
 
 #[derive(Clone)]
 pub struct HttpClient {
-    client: Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>,
+    client: Client<HttpsConnector<GuardedConnector>, Full<Bytes>>,
     timeout: Duration,
 }
 
@@ -85,12 +131,16 @@ impl HttpClient {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(timeout));
+        let guarded = GuardedConnector {
+            inner: http,
+            allow_private,
+        };
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .wrap_connector(http);
+            .wrap_connector(guarded);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
@@ -168,4 +218,124 @@ fn describe(error: &hyper_util::client::legacy::Error) -> String {
         source = cause.source();
     }
     text.chars().take(500).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The connection-time guard, through the real system resolver and real loopback
+    //! receivers: nothing is sent to an internal address unless private targets are
+    //! allowed, whatever the URL's spelling.
+
+    use std::str::FromStr;
+
+    use qr3_testkit::{Behaviour, Receiver};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_millis(2000);
+
+    async fn resolve(allow_private: bool, host: &str) -> std::io::Result<Vec<SocketAddr>> {
+        let name = Name::from_str(host).expect("a valid host name");
+        GuardedResolver { allow_private }
+            .oneshot(name)
+            .await
+            .map(Iterator::collect)
+    }
+
+    async fn post(allow_private: bool, url: &str) -> HttpOutcome {
+        HttpClient::new(TIMEOUT, allow_private)
+            .expect("client")
+            .post(url, &[], Bytes::from_static(b"{}"))
+            .await
+    }
+
+    #[tokio::test]
+    async fn the_resolver_drops_internal_addresses_after_resolution() {
+        // Names and numeric spellings the system resolver turns into 127.0.0.1.
+        for host in [
+            "localhost",
+            "2130706433",
+            "0x7f000001",
+            "0177.0.0.1",
+            "127.1",
+        ] {
+            let refused = resolve(false, host).await.expect_err(host);
+            assert_eq!(
+                refused.kind(),
+                std::io::ErrorKind::PermissionDenied,
+                "{host}"
+            );
+            let allowed = resolve(true, host).await.expect(host);
+            assert!(allowed.iter().any(|a| a.ip().is_loopback()), "{host}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_resolving_to_loopback_is_refused_at_connection_time() {
+        let receiver = Receiver::start(Behaviour::Status(200)).await;
+        let port = receiver.addr.port();
+        // What a row written before the rule, or a DNS answer changed after
+        // registration (rebinding), would give the sender.
+        for host in ["localhost", "2130706433", "0x7f000001"] {
+            let url = format!("http://{host}:{port}/webhooks/qr3");
+            let outcome = post(false, &url).await;
+            assert_eq!(outcome.status, None, "{url}");
+            let error = outcome.error.unwrap_or_default();
+            assert!(
+                error.contains("host resolves to no address webhooks may target"),
+                "{url}: {error}"
+            );
+        }
+        assert!(
+            receiver.received().is_empty(),
+            "nothing reached the receiver"
+        );
+
+        let outcome = post(true, &format!("http://localhost:{port}/webhooks/qr3")).await;
+        assert_eq!(outcome.status, Some(200), "{:?}", outcome.error);
+        assert_eq!(receiver.received().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_internal_ip_literal_is_refused_without_connecting() {
+        let receiver = Receiver::start(Behaviour::Status(200)).await;
+        let port = receiver.addr.port();
+        for host in ["127.0.0.1", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]"] {
+            let url = format!("http://{host}:{port}/webhooks/qr3");
+            let outcome = post(false, &url).await;
+            assert_eq!(outcome.status, None, "{url}");
+            let error = outcome.error.unwrap_or_default();
+            assert!(
+                error.contains("is an address webhooks may not target"),
+                "{url}: {error}"
+            );
+        }
+        // https takes the same path through the connector.
+        let outcome = post(false, &format!("https://127.0.0.1:{port}/")).await;
+        assert!(outcome
+            .error
+            .unwrap_or_default()
+            .contains("is an address webhooks may not target"),);
+        assert!(
+            receiver.received().is_empty(),
+            "nothing reached the receiver"
+        );
+
+        let outcome = post(true, &format!("http://127.0.0.1:{port}/webhooks/qr3")).await;
+        assert_eq!(outcome.status, Some(200), "{:?}", outcome.error);
+        assert_eq!(receiver.received().len(), 1);
+    }
+
+    #[test]
+    fn literal_ips_are_read_from_the_uri() {
+        let ip = |s: &str| literal_ip(&s.parse::<Uri>().unwrap());
+        assert_eq!(
+            ip("http://10.1.2.3:80/x"),
+            Some("10.1.2.3".parse().unwrap())
+        );
+        assert_eq!(ip("http://[fe80::1]/"), Some("fe80::1".parse().unwrap()));
+        assert_eq!(ip("https://example.com/"), None);
+        assert_eq!(ip("http://2130706433/"), None, "left to the resolver");
+    }
 }

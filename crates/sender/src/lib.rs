@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod acks;
 mod fairness;
 pub mod http;
 mod targets;
@@ -16,7 +17,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use hyper::header::{HeaderName, HeaderValue};
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use qr3_broker::{DeliveryJob, Outgoing, Publisher, Topology, Trigger};
@@ -166,6 +167,7 @@ impl Sender {
         tracing::info!(queue = %inner.topology.deliveries_queue(), prefetch, "sender consuming");
 
         let (writer, writer_task) = writer::spawn(self.clone(), publisher.clone());
+        let acks = acks::AckTracker::new(channel.clone());
         let tracker = TaskTracker::new();
         let mut consumer = std::pin::pin!(consumer.take_until(shutdown.cancelled()));
         let mut failure = None;
@@ -177,12 +179,13 @@ impl Sender {
                     break;
                 }
             };
+            let settle = acks.received(delivery.delivery_tag).await;
             let this = self.clone();
             let writer = writer.clone();
             let publisher = publisher.clone();
             tracker.spawn(async move {
                 this.inner.metrics.deliveries_in_flight.inc();
-                this.handle(delivery, &writer, &publisher).await;
+                this.handle(delivery, settle, &writer, &publisher).await;
                 this.inner.metrics.deliveries_in_flight.dec();
             });
         }
@@ -196,9 +199,12 @@ impl Sender {
         }
     }
 
+    /// Every path through here settles the job exactly once (ack, or requeue): an
+    /// unsettled job would hold back the acknowledgement of every later one.
     async fn handle(
         &self,
         delivery: lapin::message::Delivery,
+        settle: acks::Settlement,
         writer: &writer::Handle,
         publisher: &Publisher,
     ) {
@@ -229,7 +235,9 @@ impl Sender {
                     .await
                     .is_ok()
                 {
-                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                    settle.ack().await;
+                } else {
+                    settle.requeue().await;
                 }
                 return;
             }
@@ -237,7 +245,7 @@ impl Sender {
         // Fair sharing: a webhook already at its cap does not get another slot; its job
         // waits in the defer queue so the slot goes to another webhook.
         let Some(permit) = self.inner.limiter.try_acquire(&job.webhook_id) else {
-            self.defer(delivery, &job, publisher).await;
+            self.defer(&delivery, settle, &job, publisher).await;
             return;
         };
         let attempted = self.attempt(&job).await;
@@ -248,7 +256,7 @@ impl Sender {
                     .submit(writer::Pending {
                         job,
                         attempted,
-                        acker: delivery.acker,
+                        settle,
                     })
                     .await
             }
@@ -257,13 +265,7 @@ impl Sender {
                 // hand the job back to the broker to be tried again.
                 tracing::error!(error = format!("{error:#}"), webhook_id = %job.webhook_id, "cannot attempt delivery");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = delivery
-                    .acker
-                    .nack(lapin::options::BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
+                settle.requeue().await;
             }
         }
     }
@@ -271,7 +273,8 @@ impl Sender {
     /// Parks `job` in the defer queue and acknowledges it once the broker confirms.
     async fn defer(
         &self,
-        delivery: lapin::message::Delivery,
+        delivery: &lapin::message::Delivery,
+        settle: acks::Settlement,
         job: &DeliveryJob,
         publisher: &Publisher,
     ) {
@@ -284,17 +287,11 @@ impl Sender {
         match publisher.publish_all(std::slice::from_ref(&message)).await {
             Ok(()) => {
                 self.inner.metrics.deliveries_deferred_total.inc();
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                settle.ack().await;
             }
             Err(error) => {
                 tracing::warn!(%error, webhook_id = %job.webhook_id, "cannot defer a job; requeueing it");
-                let _ = delivery
-                    .acker
-                    .nack(lapin::options::BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
+                settle.requeue().await;
             }
         }
     }

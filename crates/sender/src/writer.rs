@@ -6,20 +6,19 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::Acker;
 use qr3_broker::{DeliveryJob, Outgoing, Publisher, Trigger};
 use qr3_store::{AttemptRecord, AttemptStatus};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::acks::Settlement;
 use crate::{Attempted, Sender};
 
 /// One job whose attempt is done and waits to be made durable.
 pub struct Pending {
     pub job: DeliveryJob,
     pub attempted: Attempted,
-    pub acker: Acker,
+    pub settle: Settlement,
 }
 
 #[derive(Clone)]
@@ -133,13 +132,7 @@ async fn flush(sender: &Sender, publisher: &Publisher, batch: Vec<Pending>) {
             // them back to the broker to be attempted again.
             tracing::error!(%error, "cannot schedule retries; requeueing the batch");
             for pending in batch {
-                let _ = pending
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
+                pending.settle.requeue().await;
             }
             return;
         }
@@ -151,9 +144,10 @@ async fn flush(sender: &Sender, publisher: &Publisher, batch: Vec<Pending>) {
                 .inc();
         }
     }
-    for pending in batch {
-        if let Err(error) = pending.acker.ack(BasicAckOptions::default()).await {
-            tracing::warn!(%error, "cannot acknowledge a delivery job; it will be redelivered");
-        }
+    // One writer per consuming channel, so every job of the batch has the same
+    // tracker: one call, usually one multiple ack.
+    if let Some(first) = batch.first() {
+        let tracker = first.settle.tracker().clone();
+        tracker.ack(batch.iter().map(|p| p.settle.tag)).await;
     }
 }

@@ -19,7 +19,10 @@ pub use crypto::SecretCipher;
 pub use events::{ClaimOutcome, EventKey};
 pub use migrate::{migrate, run_retention};
 pub use pool::{connect, create_database_if_missing, database_name};
-pub use webhooks::{DeliveryTarget, NewWebhook, Webhook, WebhookPatch, WebhookSummary};
+pub use webhooks::{
+    DeliveryTarget, NewWebhook, RotatedSecret, SigningSecret, Webhook, WebhookPatch,
+    WebhookSummary, MAX_PREVIOUS_SECRETS,
+};
 pub use workspaces::{ApiKey, CreatedWorkspace};
 
 use deadpool_postgres::Pool;

@@ -41,8 +41,9 @@ pub async fn migrate(pool: &Pool, retention_days: u32) -> anyhow::Result<()> {
 }
 
 /// Keeps the delivery log's partitions in shape: creates the next week's daily
-/// partitions and drops those older than `retention_days`, and forgets ingest claims
-/// older than that. Idempotent; the workers call it periodically.
+/// partitions and drops those older than `retention_days`, forgets ingest claims older
+/// than that, and forgets rotated-out secrets whose grace period is over. Idempotent;
+/// the workers call it periodically.
 pub async fn run_retention(pool: &Pool, retention_days: u32) -> anyhow::Result<()> {
     let mut client = pool.get().await.context("cannot connect to the database")?;
     let tx = client
@@ -80,6 +81,12 @@ pub async fn run_retention(pool: &Pool, retention_days: u32) -> anyhow::Result<(
     )
     .await
     .context("cannot expire ingest claims")?;
+    tx.execute(
+        "DELETE FROM webhook_previous_secrets WHERE expires_at <= $1",
+        &[&Utc::now()],
+    )
+    .await
+    .context("cannot forget expired rotated-out secrets")?;
     tx.commit().await.context("cannot commit retention")?;
     if dropped > 0 {
         tracing::info!(dropped, "dropped expired delivery-log partitions");

@@ -1,4 +1,7 @@
-//! Webhooks: registration, reads scoped to a workspace, and what the workers need.
+//! Webhooks: registration, reads scoped to a workspace, secret rotation, and what the
+//! workers need.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use qr3_domain::{
@@ -48,9 +51,46 @@ pub struct DeliveryTarget {
     pub id: WebhookId,
     pub workspace_id: WorkspaceId,
     pub url: String,
+    /// The current (newest) secret: it signs `X-QR3-Signature`.
     pub secret: WebhookSecret,
+    /// Every secret that signs `webhook-signature`, newest first: the current one, then
+    /// the rotated-out ones that had not expired when the target was read.
+    pub secrets: Vec<SigningSecret>,
     pub is_active: bool,
 }
+
+impl DeliveryTarget {
+    /// The secrets to sign `webhook-signature` with at `now`, newest first. A cached
+    /// target drops here the rotated-out secrets that expired since it was read.
+    pub fn signing_secrets(&self, now: Timestamp) -> impl Iterator<Item = &WebhookSecret> {
+        self.secrets
+            .iter()
+            .filter(move |s| s.expires_at.is_none_or(|at| now < at))
+            .map(|s| &s.secret)
+    }
+}
+
+/// A secret that signs `webhook-signature`: the current one (`expires_at` is `None`),
+/// or a rotated-out one until `expires_at`.
+#[derive(Debug, Clone)]
+pub struct SigningSecret {
+    pub secret: WebhookSecret,
+    pub expires_at: Option<Timestamp>,
+}
+
+/// The outcome of a secret rotation.
+#[derive(Debug, Clone)]
+pub struct RotatedSecret {
+    /// The webhook, whose current secret is now the new one.
+    pub webhook: Webhook,
+    /// Until when the previous secret keeps signing `webhook-signature`.
+    pub previous_expires_at: Timestamp,
+}
+
+/// Rotated-out secrets kept per webhook at most (besides the current one): a rotation
+/// beyond that forgets the oldest at once, which bounds the size of
+/// `webhook-signature`.
+pub const MAX_PREVIOUS_SECRETS: i64 = 4;
 
 /// An active webhook's subscriptions, for fan-out.
 #[derive(Debug, Clone)]
@@ -182,8 +222,9 @@ impl Store {
         let events = patch.events.as_ref().map(Subscriptions::to_strings);
         // The application's clock, as for created_at, so the two never disagree.
         let now = Timestamp::now().as_datetime();
-        let client = self.pool.get().await?;
-        let row = client
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
             .query_opt(
                 &format!(
                     "UPDATE webhooks SET
@@ -216,7 +257,86 @@ impl Store {
                 ],
             )
             .await?;
+        if row.is_some() && sealed.is_some() {
+            // A secret set this way replaces the old ones at once, ending any rotation's
+            // grace period: the way out when a secret has leaked.
+            tx.execute(
+                "DELETE FROM webhook_previous_secrets WHERE webhook_id = $1",
+                &[&id.as_str()],
+            )
+            .await?;
+        }
+        tx.commit().await?;
         row.as_ref().map(webhook_from_row).transpose()
+    }
+
+    /// Makes `new` the webhook's secret and keeps the previous one signing
+    /// `webhook-signature` for `grace`; `None` when the webhook does not exist in this
+    /// workspace. Expired previous secrets, and all but the newest
+    /// [`MAX_PREVIOUS_SECRETS`], are forgotten.
+    pub async fn rotate_webhook_secret(
+        &self,
+        workspace: &WorkspaceId,
+        id: &WebhookId,
+        new: &WebhookSecret,
+        grace: Duration,
+    ) -> Result<Option<RotatedSecret>> {
+        let now = Timestamp::now();
+        // Configuration bounds the grace period (a year at most); saturate regardless.
+        let expires_at = Timestamp::from(
+            chrono::Duration::from_std(grace)
+                .ok()
+                .and_then(|grace| now.as_datetime().checked_add_signed(grace))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        );
+        let sealed = self.cipher.seal(id, new);
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // The row lock orders concurrent rotations and secret changes of one webhook.
+        let Some(current) = tx
+            .query_opt(
+                "SELECT secret_ciphertext FROM webhooks WHERE id = $1 AND workspace_id = $2 FOR UPDATE",
+                &[&id.as_str(), &workspace.as_str()],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        // The ciphertext moves as it is: its associated data is the webhook id, which
+        // does not change.
+        let previous: Vec<u8> = current.get(0);
+        tx.execute(
+            "INSERT INTO webhook_previous_secrets (webhook_id, secret_ciphertext, rotated_at, expires_at) \
+             VALUES ($1, $2, $3, $4)",
+            &[&id.as_str(), &previous, &now.as_datetime(), &expires_at.as_datetime()],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM webhook_previous_secrets WHERE webhook_id = $1 AND (expires_at <= $2 OR id NOT IN \
+             (SELECT id FROM webhook_previous_secrets WHERE webhook_id = $1 ORDER BY id DESC LIMIT $3))",
+            &[&id.as_str(), &now.as_datetime(), &MAX_PREVIOUS_SECRETS],
+        )
+        .await?;
+        let row = tx
+            .query_one(
+                &format!(
+                    "UPDATE webhooks SET secret_ciphertext = $3, secret_hint = $4, updated_at = $5 \
+                     WHERE id = $1 AND workspace_id = $2 RETURNING {COLUMNS}"
+                ),
+                &[
+                    &id.as_str(),
+                    &workspace.as_str(),
+                    &sealed,
+                    &new.hint(),
+                    &now.as_datetime(),
+                ],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(Some(RotatedSecret {
+            webhook: webhook_from_row(&row)?,
+            previous_expires_at: expires_at,
+        }))
     }
 
     /// Deletes a webhook; `false` when it does not exist in this workspace. Its log rows
@@ -248,18 +368,45 @@ impl Store {
         row.map(|r| self.cipher.open(id, r.get(0))).transpose()
     }
 
-    /// URL, secret and active flag of a webhook, whatever its workspace (sender side).
+    /// URL, secrets and active flag of a webhook, whatever its workspace (sender side).
     pub async fn delivery_target(&self, id: &WebhookId) -> Result<Option<DeliveryTarget>> {
+        let now = Timestamp::now();
         let client = self.pool.get().await?;
-        let stmt = client.prepare_cached("SELECT workspace_id, url, secret_ciphertext, is_active FROM webhooks WHERE id = $1").await?;
-        let Some(row) = client.query_opt(&stmt, &[&id.as_str()]).await? else {
+        let stmt = client
+            .prepare_cached(
+                "SELECT w.workspace_id, w.url, w.secret_ciphertext, w.is_active, \
+                 ARRAY(SELECT p.secret_ciphertext FROM webhook_previous_secrets p \
+                       WHERE p.webhook_id = w.id AND p.expires_at > $2 ORDER BY p.id DESC), \
+                 ARRAY(SELECT p.expires_at FROM webhook_previous_secrets p \
+                       WHERE p.webhook_id = w.id AND p.expires_at > $2 ORDER BY p.id DESC) \
+                 FROM webhooks w WHERE w.id = $1",
+            )
+            .await?;
+        let Some(row) = client
+            .query_opt(&stmt, &[&id.as_str(), &now.as_datetime()])
+            .await?
+        else {
             return Ok(None);
         };
+        let secret = self.cipher.open(id, row.get(2))?;
+        let previous: Vec<Vec<u8>> = row.get(4);
+        let expiries: Vec<DateTime<Utc>> = row.get(5);
+        let mut secrets = vec![SigningSecret {
+            secret: secret.clone(),
+            expires_at: None,
+        }];
+        for (sealed, expires_at) in previous.iter().zip(expiries) {
+            secrets.push(SigningSecret {
+                secret: self.cipher.open(id, sealed)?,
+                expires_at: Some(Timestamp::from(expires_at)),
+            });
+        }
         Ok(Some(DeliveryTarget {
             id: id.clone(),
             workspace_id: WorkspaceId::parse(row.get(0)).map_err(corrupt)?,
             url: row.get(1),
-            secret: self.cipher.open(id, row.get(2))?,
+            secret,
+            secrets,
             is_active: row.get(3),
         }))
     }

@@ -3,6 +3,7 @@
 
 pub(crate) mod deliveries;
 pub(crate) mod ping;
+pub(crate) mod rotate;
 pub(crate) mod webhooks;
 
 use axum::Router;
@@ -23,6 +24,7 @@ pub(crate) fn v1_resources() -> Router<ApiState> {
         .merge(webhooks::router())
         .merge(deliveries::router())
         .merge(ping::router())
+        .merge(rotate::router())
 }
 
 /// The OpenAPI paths of every `/v1` resource, merged into the served document.
@@ -31,5 +33,6 @@ pub(crate) fn v1_docs() -> Vec<utoipa::openapi::OpenApi> {
         webhooks::Doc::openapi(),
         deliveries::Doc::openapi(),
         ping::Doc::openapi(),
+        rotate::Doc::openapi(),
     ]
 }

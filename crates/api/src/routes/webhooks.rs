@@ -38,7 +38,8 @@ pub(crate) struct Doc;
 /// Register a webhook.
 ///
 /// Without `secret`, a strong one is generated. The response is the only one that
-/// shows the full secret (later reads show `secret_hint`).
+/// shows the full secret, as `secret` and as `secret_whsec` for the Standard Webhooks
+/// libraries (later reads show `secret_hint`).
 #[utoipa::path(
     post,
     path = "/v1/webhooks",
@@ -158,7 +159,9 @@ pub(crate) async fn read(
 ///
 /// `is_active: false` disables the webhook (`disabled_at` and `disabled_reason` are
 /// set); `is_active: true` re-enables it, clears them and resets its consecutive
-/// failure count. A response to a PATCH that sets `secret` shows the new secret.
+/// failure count. A response to a PATCH that sets `secret` shows the new secret; the
+/// old one stops signing at once (also ending the grace period of earlier rotations).
+/// To change secrets without downtime, use `rotate-secret` instead.
 #[utoipa::path(
     patch,
     path = "/v1/webhooks/{id}",
@@ -245,7 +248,7 @@ pub(crate) async fn delete(
 }
 
 /// A response showing a full secret: no cache along the way may keep it.
-fn reveals_secret(body: Webhook) -> Response {
+pub(crate) fn reveals_secret(body: Webhook) -> Response {
     ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }
 

@@ -69,7 +69,8 @@ pub type WebhookPage = super::page::Page<Webhook>;
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({"id": "wh_01kmnd4e2x7r4h1v3f5s8q0c9b",
     "url": "https://example.com/webhooks/qr3", "events": ["qr.scanned", "qr.created"],
-    "is_active": true, "secret": "my-secret-key-min-16-chars", "secret_hint": "my-s…",
+    "is_active": true, "secret": "my-secret-key-min-16-chars",
+    "secret_whsec": "whsec_bXktc2VjcmV0LWtleS1taW4tMTYtY2hhcnM=", "secret_hint": "my-s…",
     "created_at": "2026-03-15T10:00:00.000Z", "updated_at": "2026-03-15T10:00:00.000Z",
     "disabled_at": null, "disabled_reason": null}))]
 pub struct Webhook {
@@ -80,11 +81,17 @@ pub struct Webhook {
     pub events: Vec<String>,
     /// `false` once disabled, through the API or after too many consecutive failures.
     pub is_active: bool,
-    /// The full signing secret: only in the response that set it (create, or a PATCH of
-    /// `secret`).
+    /// The full signing secret: only in the response that set it (create, a PATCH of
+    /// `secret`, or a rotation). It keys `X-QR3-Signature`.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = String)]
     pub secret: Option<String>,
+    /// The same secret in the form the Standard Webhooks libraries take: `whsec_` +
+    /// base64 of its UTF-8 bytes. It verifies `webhook-signature`. Shown with `secret`,
+    /// and only then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, example = "whsec_bXktc2VjcmV0LWtleS1taW4tMTYtY2hhcnM=")]
+    pub secret_whsec: Option<String>,
     /// The secret's first four characters followed by `…` (U+2026).
     pub secret_hint: String,
     #[schema(format = DateTime, example = "2026-03-15T10:00:00.000Z")]
@@ -97,11 +104,16 @@ pub struct Webhook {
     /// Why it was disabled; `null` while it is active.
     #[schema(required = true)]
     pub disabled_reason: Option<String>,
+    /// Only in the response of `rotate-secret`: until when the previous secret keeps
+    /// signing `webhook-signature` beside the new one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, format = DateTime, example = "2026-03-16T10:00:00.000Z")]
+    pub previous_secret_expires_at: Option<String>,
 }
 
 impl Webhook {
     /// The wire form of a stored webhook; `secret` is given only by the responses that
-    /// reveal it.
+    /// reveal it (and shows as `secret` and `secret_whsec`).
     pub fn from_store(webhook: qr3_store::Webhook, secret: Option<&WebhookSecret>) -> Self {
         Self {
             id: webhook.id.to_string(),
@@ -109,11 +121,13 @@ impl Webhook {
             events: webhook.events,
             is_active: webhook.is_active,
             secret: secret.map(|s| s.expose().to_owned()),
+            secret_whsec: secret.map(WebhookSecret::whsec),
             secret_hint: webhook.secret_hint,
             created_at: webhook.created_at.to_string(),
             updated_at: webhook.updated_at.to_string(),
             disabled_at: webhook.disabled_at.map(|t| t.to_string()),
             disabled_reason: webhook.disabled_reason,
+            previous_secret_expires_at: None,
         }
     }
 }

@@ -56,6 +56,8 @@ async fn the_document_describes_every_route_and_the_bearer_scheme() {
         ("/v1/webhooks", &["get", "post"][..]),
         ("/v1/webhooks/{id}", &["get", "patch", "delete"][..]),
         ("/v1/webhooks/{id}/deliveries", &["get"][..]),
+        ("/v1/webhooks/{id}/ping", &["post"][..]),
+        ("/v1/webhooks/{id}/rotate-secret", &["post"][..]),
         ("/v1/openapi.json", &["get"][..]),
     ] {
         for method in methods {
@@ -92,7 +94,7 @@ async fn the_document_describes_every_route_and_the_bearer_scheme() {
             "updated_at",
             "url"
         ],
-        "every field but `secret` is always present"
+        "every field but `secret`, `secret_whsec` and `previous_secret_expires_at` is always present"
     );
     assert_eq!(schemas["CreateWebhook"]["additionalProperties"], false);
     let events = &schemas["EventSubscription"]["enum"];

@@ -50,6 +50,7 @@ async fn the_seed_example_answers_the_seed_response() {
             "is_active",
             "secret",
             "secret_hint",
+            "secret_whsec",
             "updated_at",
             "url"
         ]
@@ -62,6 +63,11 @@ async fn the_seed_example_answers_the_seed_response() {
     assert_eq!(body["events"], json!(["qr.scanned", "qr.created"]));
     assert_eq!(body["is_active"], true);
     assert_eq!(body["secret"], "my-secret-key-min-16-chars");
+    // base64.b64encode(b"my-secret-key-min-16-chars"), for the Standard Webhooks libraries.
+    assert_eq!(
+        body["secret_whsec"],
+        "whsec_bXktc2VjcmV0LWtleS1taW4tMTYtY2hhcnM="
+    );
     assert_eq!(body["secret_hint"], "my-s\u{2026}");
     let created_at = body["created_at"].as_str().unwrap();
     assert!(is_timestamp(created_at), "{created_at}");
@@ -131,14 +137,20 @@ async fn reads_never_show_the_secret() {
 
     let read = json_body(app.get(&format!("/v1/webhooks/{id}")).await, StatusCode::OK).await;
     assert!(read.get("secret").is_none(), "{read}");
+    assert!(read.get("secret_whsec").is_none(), "{read}");
     assert_eq!(read["secret_hint"], "my-s\u{2026}");
     let mut without_secret = created.clone();
     without_secret.as_object_mut().unwrap().remove("secret");
+    without_secret
+        .as_object_mut()
+        .unwrap()
+        .remove("secret_whsec");
     assert_eq!(read, without_secret, "a read shows what the create showed");
 
     let list = json_body(app.get("/v1/webhooks").await, StatusCode::OK).await;
     assert_eq!(list["data"], json!([without_secret]));
     assert!(!list.to_string().contains("my-secret-key"), "{list}");
+    assert!(!list.to_string().contains("whsec_"), "{list}");
 }
 
 #[tokio::test]
@@ -161,6 +173,7 @@ async fn patch_changes_each_field() {
         "other fields unchanged"
     );
     assert!(patched.get("secret").is_none(), "secret not set, not shown");
+    assert!(patched.get("secret_whsec").is_none());
     assert!(patched["updated_at"].as_str() >= created["updated_at"].as_str());
     assert_eq!(patched["created_at"], created["created_at"]);
 
@@ -179,9 +192,14 @@ async fn patch_changes_each_field() {
     assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
     let patched = json_body(response, StatusCode::OK).await;
     assert_eq!(patched["secret"], "another-secret-of-length");
+    assert_eq!(
+        patched["secret_whsec"],
+        "whsec_YW5vdGhlci1zZWNyZXQtb2YtbGVuZ3Ro"
+    );
     assert_eq!(patched["secret_hint"], "anot\u{2026}");
     let read = json_body(app.get(&path).await, StatusCode::OK).await;
     assert!(read.get("secret").is_none());
+    assert!(read.get("secret_whsec").is_none());
     assert_eq!(read["secret_hint"], "anot\u{2026}");
     let id = WebhookId::parse(created["id"].as_str().unwrap()).unwrap();
     let stored = app

@@ -1,12 +1,17 @@
 //! End-to-end tests of the whole pipeline: the real binary's roles in-process, the real
 //! RabbitMQ and Postgres, real HTTP receivers on 127.0.0.1, millisecond retry delays.
 
+mod backlog;
 mod cli;
 mod delivery;
 mod helpers;
+mod hostile;
 mod metrics;
 mod ping;
 mod retries;
 mod robustness;
+mod secrets;
 mod shutdown;
+mod ssrf;
+mod standard_webhooks;
 mod verifiers;

@@ -2,4 +2,5 @@
 
 mod attempts;
 mod migrations;
+mod rotation;
 mod workspaces;

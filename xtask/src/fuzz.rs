@@ -1,0 +1,134 @@
+//! `cargo xtask fuzz`: Schemathesis against the served OpenAPI document.
+//!
+//! Starts `qr3-webhooks api` in a sandbox (fresh database, own broker namespace,
+//! production target rules: private addresses refused, no sender running so nothing is
+//! ever delivered anywhere), creates a workspace, and lets Schemathesis generate valid
+//! and invalid requests for every operation from `/v1/openapi.json`. The run fails on
+//! any 5xx, any response that breaks the document (status, content type, headers,
+//! body schema), any accepted invalid request, and any API key in the API's log.
+//!
+//! One check is left out: `positive_data_acceptance` expects every request that fits
+//! the schema to succeed, but some rules cannot be written in JSON Schema (a `cursor`
+//! is opaque and only valid as the server issued it; a `url` must not reach an
+//! internal address), so schema-valid requests are rightly refused with 422 there.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+
+use crate::sandbox::Sandbox;
+
+/// Schemathesis 4's command line is what the arguments below are written for.
+const SCHEMATHESIS: &str = "schemathesis>=4,<5";
+
+pub fn fuzz(root: &Path, examples: u32, seed: Option<u64>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    ensure_schemathesis()?;
+    crate::cargo(root, &["build", "--quiet", "-p", "qr3-webhooks"])?;
+    let logs = root.join("target/fuzz");
+    let mut sandbox = Sandbox::new(
+        &root.join("target/debug/qr3-webhooks"),
+        "fuzz",
+        &logs,
+        &[
+            // Production rules for targets; no sender runs, so nothing is delivered.
+            ("QR3__DELIVERY__ALLOW_PRIVATE_TARGETS", "false"),
+            // The ping endpoint waits for an attempt no sender will make.
+            ("QR3__API__PING_WAIT_MS", "20"),
+            ("QR3__LOG__LEVEL", "info"),
+        ],
+    )?;
+    sandbox.start_api()?;
+    let (_, api_key) = sandbox.create_workspace("fuzz")?;
+
+    let schema = format!("http://{}/v1/openapi.json", sandbox.api_addr);
+    let authorization = format!("Authorization: Bearer {api_key}");
+    let examples = examples.to_string();
+    let mut args = vec![
+        "-m",
+        "schemathesis.cli",
+        "run",
+        &schema,
+        "--header",
+        &authorization,
+        "--checks",
+        "all",
+        "--exclude-checks",
+        "positive_data_acceptance",
+        "--max-examples",
+        &examples,
+        "--request-timeout",
+        "10",
+        "--max-failures",
+        "10",
+    ];
+    let seed = seed.map(|s| s.to_string());
+    if let Some(seed) = &seed {
+        args.extend(["--seed", seed]);
+    }
+    println!("==> schemathesis run {schema} ({examples} examples per operation)");
+    let status = Command::new("python3")
+        .args(&args)
+        .current_dir(&logs)
+        .env("NO_COLOR", "1")
+        .status()
+        .context("cannot run schemathesis")?;
+    let api_log = std::fs::read_to_string(sandbox.log_path("api")).unwrap_or_default();
+    if sandbox.exited("api").is_some() {
+        bail!("the API died during the fuzz run:\n{api_log}");
+    }
+    if !status.success() {
+        bail!(
+            "schemathesis found problems (API log: {})",
+            sandbox.log_path("api").display()
+        );
+    }
+    // The key went out with every request; it must never come back in a log line.
+    let key_secret = api_key.rsplit('_').next().unwrap_or(&api_key);
+    if api_log.contains(key_secret) {
+        bail!("the API key appeared in the API's log");
+    }
+    if api_log.contains("panicked") {
+        bail!("the API panicked:\n{api_log}");
+    }
+    println!(
+        "==> fuzz: no server error and no response outside the document ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Installs Schemathesis 4 with pip unless it is already there.
+fn ensure_schemathesis() -> anyhow::Result<()> {
+    let installed = Command::new("python3")
+        .args([
+            "-c",
+            "import schemathesis, sys; sys.exit(0 if schemathesis.__version__.startswith('4.') else 1)",
+        ])
+        .output()
+        .context("cannot run python3 (the fuzz run needs Python 3 and pip)")?
+        .status
+        .success();
+    if installed {
+        return Ok(());
+    }
+    println!("==> python3 -m pip install {SCHEMATHESIS}");
+    let status = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            SCHEMATHESIS,
+        ])
+        .env("PIP_ROOT_USER_ACTION", "ignore")
+        .status()
+        .context("cannot run pip")?;
+    if !status.success() {
+        bail!("pip could not install {SCHEMATHESIS}");
+    }
+    Ok(())
+}

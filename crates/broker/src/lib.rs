@@ -6,12 +6,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acks;
 pub mod connect;
 pub mod job;
 pub mod message;
 pub mod publish;
 pub mod topology;
 
+pub use acks::{AckTracker, Settlement};
 pub use connect::{connect, connect_with_retry};
 pub use job::{DeliveryJob, InvalidJob, Trigger};
 pub use message::{EventMessage, IncomingEvent, Rejection};

@@ -18,10 +18,13 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
-use qr3_broker::{DeliveryJob, IncomingEvent, Outgoing, Publisher, Rejection, Topology, Trigger};
+use qr3_broker::{
+    AckTracker, DeliveryJob, IncomingEvent, Outgoing, Publisher, Rejection, Settlement, Topology,
+    Trigger,
+};
 use qr3_config::Settings;
 use qr3_domain::Payload;
 use qr3_store::{ClaimOutcome, EventKey, Store};
@@ -157,24 +160,35 @@ impl Ingest {
         tracing::info!(queue = %inner.topology.ingest_queue(), "ingest consuming");
         let failed = CancellationToken::new();
         let batch_size = usize::from(inner.settings.amqp.prefetch).max(1);
+        let acks = AckTracker::new(channel.clone());
         consumer
             .take_until(shutdown.cancelled())
             .take_until(failed.cancelled())
             .ready_chunks(batch_size)
-            .for_each_concurrent(inner.settings.ingest.concurrency, |results| {
-                let publisher = publisher.clone();
-                let failed = failed.clone();
+            // Registered in delivery order, before any batch can be acknowledged: a
+            // multiple ack must never cover an event not yet processed.
+            .then(|results| {
+                let (acks, failed) = (acks.clone(), failed.clone());
                 async move {
                     let mut batch = Vec::with_capacity(results.len());
                     for result in results {
                         match result {
-                            Ok(delivery) => batch.push(delivery),
+                            Ok(delivery) => {
+                                let settle = acks.received(delivery.delivery_tag).await;
+                                batch.push((delivery, settle));
+                            }
                             Err(error) => {
                                 tracing::warn!(%error, "ingest consumer failed");
                                 failed.cancel();
                             }
                         }
                     }
+                    batch
+                }
+            })
+            .for_each_concurrent(inner.settings.ingest.concurrency, |batch| {
+                let publisher = publisher.clone();
+                async move {
                     if !batch.is_empty() {
                         self.handle(&publisher, batch).await;
                     }
@@ -187,10 +201,11 @@ impl Ingest {
         Ok(())
     }
 
-    async fn handle(&self, publisher: &Publisher, batch: Vec<Delivery>) {
+    /// Processes one batch and settles every message of it (ack, or requeue).
+    async fn handle(&self, publisher: &Publisher, batch: Vec<(Delivery, Settlement)>) {
         let messages: Vec<(String, &Delivery)> = batch
             .iter()
-            .map(|d| (d.routing_key.to_string(), d))
+            .map(|(d, _)| (d.routing_key.to_string(), d))
             .collect();
         let views: Vec<Message<'_>> = messages
             .iter()
@@ -207,21 +222,18 @@ impl Ingest {
                 if busy {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                for (delivery, outcome) in batch.iter().zip(outcomes) {
-                    let result = if outcome == Outcome::Busy {
-                        delivery
-                            .acker
-                            .nack(BasicNackOptions {
-                                requeue: true,
-                                ..Default::default()
-                            })
-                            .await
+                let mut done = Vec::with_capacity(batch.len());
+                let mut tracker = None;
+                for ((_, settle), outcome) in batch.into_iter().zip(outcomes) {
+                    if outcome == Outcome::Busy {
+                        settle.requeue().await;
                     } else {
-                        delivery.acker.ack(BasicAckOptions::default()).await
-                    };
-                    if let Err(error) = result {
-                        tracing::warn!(%error, "cannot acknowledge an event; the broker will redeliver it");
+                        done.push(settle.tag);
+                        tracker.get_or_insert_with(|| settle.tracker().clone());
                     }
+                }
+                if let Some(tracker) = tracker {
+                    tracker.ack(done).await;
                 }
             }
             Err(error) => {
@@ -236,14 +248,8 @@ impl Ingest {
                     "cannot ingest events; requeueing"
                 );
                 tokio::time::sleep(pause).await;
-                for delivery in &batch {
-                    let _ = delivery
-                        .acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await;
+                for (_, settle) in batch {
+                    settle.requeue().await;
                 }
             }
         }

@@ -327,6 +327,32 @@ mod tests {
         assert_eq!(receiver.received().len(), 1);
     }
 
+    #[tokio::test]
+    async fn an_endless_response_body_is_cut_off() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A receiver that answers 200 and then streams a body that never ends.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+            if socket.write_all(head).await.is_err() {
+                return;
+            }
+            let chunk = format!("4000\r\n{}\r\n", "x".repeat(0x4000));
+            while socket.write_all(chunk.as_bytes()).await.is_ok() {}
+        });
+        let started = Instant::now();
+        let outcome = post(true, &format!("http://127.0.0.1:{port}/")).await;
+        assert_eq!(outcome.status, Some(200));
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "the attempt ends once {MAX_RESPONSE_BODY} bytes are read, not at the timeout"
+        );
+    }
+
     #[test]
     fn literal_ips_are_read_from_the_uri() {
         let ip = |s: &str| literal_ip(&s.parse::<Uri>().unwrap());

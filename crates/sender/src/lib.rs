@@ -4,7 +4,6 @@
 
 #![forbid(unsafe_code)]
 
-mod acks;
 mod fairness;
 pub mod http;
 mod targets;
@@ -167,7 +166,7 @@ impl Sender {
         tracing::info!(queue = %inner.topology.deliveries_queue(), prefetch, "sender consuming");
 
         let (writer, writer_task) = writer::spawn(self.clone(), publisher.clone());
-        let acks = acks::AckTracker::new(channel.clone());
+        let acks = qr3_broker::AckTracker::new(channel.clone());
         let tracker = TaskTracker::new();
         let mut consumer = std::pin::pin!(consumer.take_until(shutdown.cancelled()));
         let mut failure = None;
@@ -204,7 +203,7 @@ impl Sender {
     async fn handle(
         &self,
         delivery: lapin::message::Delivery,
-        settle: acks::Settlement,
+        settle: qr3_broker::Settlement,
         writer: &writer::Handle,
         publisher: &Publisher,
     ) {
@@ -274,7 +273,7 @@ impl Sender {
     async fn defer(
         &self,
         delivery: &lapin::message::Delivery,
-        settle: acks::Settlement,
+        settle: qr3_broker::Settlement,
         job: &DeliveryJob,
         publisher: &Publisher,
     ) {

@@ -11,8 +11,8 @@ use qr3_store::{AttemptRecord, AttemptStatus};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::acks::Settlement;
 use crate::{Attempted, Sender};
+use qr3_broker::Settlement;
 
 /// One job whose attempt is done and waits to be made durable.
 pub struct Pending {

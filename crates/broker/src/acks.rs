@@ -1,4 +1,4 @@
-//! Acknowledging delivery jobs with as few frames as possible.
+//! Acknowledging consumed messages with as few frames as possible.
 //!
 //! A log batch finishes many jobs at once. Those below the oldest job still in flight
 //! are settled by one `basic.ack` with `multiple`; those above it (they overtook a slow

@@ -48,6 +48,16 @@ impl Publisher {
     /// Messages are `mandatory`, so one that no queue would take is an error rather
     /// than silently dropped.
     pub async fn publish_all(&self, messages: &[Outgoing]) -> Result<(), PublishError> {
+        self.publish(messages, true).await
+    }
+
+    /// Publishes notifications that may legitimately have no listener (not
+    /// `mandatory`): confirmed by the broker, dropped if no queue is bound.
+    pub async fn publish_notifications(&self, messages: &[Outgoing]) -> Result<(), PublishError> {
+        self.publish(messages, false).await
+    }
+
+    async fn publish(&self, messages: &[Outgoing], mandatory: bool) -> Result<(), PublishError> {
         let mut confirms = Vec::with_capacity(messages.len());
         for m in messages {
             let confirm = self
@@ -56,7 +66,7 @@ impl Publisher {
                     m.exchange.as_str().into(),
                     m.routing_key.as_str().into(),
                     BasicPublishOptions {
-                        mandatory: true,
+                        mandatory,
                         ..Default::default()
                     },
                     &m.body,

@@ -6,6 +6,8 @@
 //! - `<prefix>.ingest.dead`: events that could not be ingested, with the reason.
 //! - `<prefix>.deliveries`: one message per (event, webhook) job; senders consume.
 //! - `<prefix>.deliveries.dead`: jobs that could not be read.
+//! - `<prefix>.operator` (topic): notifications for the platform, such as
+//!   `webhook.disabled` when a webhook is disabled after consecutive failures.
 //! - `<prefix>.defer.<ms>ms`: where a job waits when its webhook already has
 //!   `delivery.max_in_flight_per_webhook` deliveries in flight; back after the TTL.
 //! - `<prefix>.retry.<ms>ms`: one delay queue per configured retry delay; a message
@@ -63,6 +65,12 @@ impl Topology {
         format!("{}.deliveries.dead", self.prefix)
     }
 
+    /// Topic exchange of operator notifications (routing key `webhook.disabled`), for
+    /// the platform to tell its customers.
+    pub fn operator_exchange(&self) -> String {
+        format!("{}.operator", self.prefix)
+    }
+
     pub fn retry_queue(&self, delay_ms: u64) -> String {
         format!("{}.retry.{delay_ms}ms", self.prefix)
     }
@@ -100,6 +108,17 @@ impl Topology {
         channel
             .exchange_declare(
                 self.events_exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.operator_exchange().as_str().into(),
                 ExchangeKind::Topic,
                 ExchangeDeclareOptions {
                     durable: true,

@@ -97,6 +97,9 @@ async fn flush(sender: &Sender, publisher: &Publisher, batch: Vec<Pending>) {
         inner.targets.forget(id);
         tracing::warn!(webhook_id = %id, "webhook disabled after consecutive failures");
     }
+    if !recorded.disabled.is_empty() {
+        notify_disabled(sender, publisher, &records, &recorded.disabled).await;
+    }
 
     let mut retries = Vec::new();
     for pending in &batch {
@@ -149,5 +152,45 @@ async fn flush(sender: &Sender, publisher: &Publisher, batch: Vec<Pending>) {
     if let Some(first) = batch.first() {
         let tracker = first.settle.tracker().clone();
         tracker.ack(batch.iter().map(|p| p.settle.tag)).await;
+    }
+}
+
+/// Publishes `webhook.disabled` on the operator exchange for each webhook this batch
+/// disabled, so the platform can tell its customer. Best effort: the disable itself is
+/// already committed; a notification lost to a crash right here is not retried.
+async fn notify_disabled(
+    sender: &Sender,
+    publisher: &Publisher,
+    records: &[AttemptRecord],
+    disabled: &[qr3_domain::WebhookId],
+) {
+    let inner = &sender.inner;
+    let threshold = inner.settings.delivery.disable_after_failures;
+    let now = qr3_domain::Timestamp::now();
+    let messages: Vec<Outgoing> = disabled
+        .iter()
+        .filter_map(|id| records.iter().find(|r| &r.webhook_id == id))
+        .map(|record| {
+            let body = serde_json::json!({
+                "type": "webhook.disabled",
+                "webhook_id": record.webhook_id,
+                "workspace_id": record.workspace_id,
+                "disabled_at": now,
+                "reason": format!("{threshold} consecutive failed delivery attempts"),
+                "last_status_code": record.status_code,
+                "last_error": record.error,
+            });
+            Outgoing {
+                exchange: inner.topology.operator_exchange(),
+                routing_key: "webhook.disabled".into(),
+                properties: lapin::BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into()),
+                body: body.to_string().into_bytes(),
+            }
+        })
+        .collect();
+    if let Err(error) = publisher.publish_notifications(&messages).await {
+        tracing::warn!(%error, "cannot publish webhook.disabled notifications");
     }
 }

@@ -81,6 +81,32 @@ async fn consecutive_failures_disable_the_webhook_and_stop_queued_retries() {
         s.delivery.retry_delays_ms = vec![300, 300];
     })
     .await;
+    // The platform listens for operator notifications.
+    let connection = qr3_broker::connect(app.settings.amqp.url.expose(), "test")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            lapin::options::QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            app.topology().operator_exchange().into(),
+            "webhook.disabled".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
     let receiver = Receiver::start(Behaviour::Status(500)).await;
     let hook = app.webhook(&receiver.url(), &["*"]).await;
     for _ in 0..3 {
@@ -106,6 +132,27 @@ async fn consecutive_failures_disable_the_webhook_and_stop_queued_retries() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let notification = loop {
+        if let Some(message) = channel
+            .basic_get(
+                queue.name().clone(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            break serde_json::from_slice::<serde_json::Value>(&message.delivery.data).unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no webhook.disabled notification"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(notification["type"], "webhook.disabled");
+    assert_eq!(notification["webhook_id"], hook.id.as_str());
+    assert_eq!(notification["workspace_id"], app.workspace.as_str());
+    assert_eq!(notification["last_status_code"], 500);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let n = receiver.received().len();
     assert!(n <= 6, "queued retries stop after disabling ({n} requests)");

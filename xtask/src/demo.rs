@@ -144,7 +144,7 @@ pub fn up(root: &Path, listen: &str, exit: bool) -> anyhow::Result<()> {
     println!("\nThe system is up. Try it (ctrl-c stops everything):");
     println!("  export QR3_API_KEY={api_key}");
     println!("  curl -s {api}/v1/webhooks -H \"Authorization: Bearer $QR3_API_KEY\"");
-    println!("  target/debug/qr3-webhooks publish --workspace {workspace_id} --type qr.created --data '{{\"code_id\":\"qr_1\"}}'");
+    println!("  QR3__SECRETS__ALLOW_INSECURE_DEV_KEY=true target/debug/qr3-webhooks publish --workspace {workspace_id} --type qr.created --data '{{\"code_id\":\"qr_1\"}}'");
     println!("  curl -s {api}/v1/webhooks/{webhook_id}/deliveries -H \"Authorization: Bearer $QR3_API_KEY\"");
     println!("  curl -s {api}/metrics | grep qr3_delivery");
     loop {

@@ -5,6 +5,8 @@
 //! - `test`: the full test suite, as CI runs it.
 //! - `fuzz`: Schemathesis against the served OpenAPI document.
 //! - `load`: the API under `wrk`, and the sender's memory with a large backlog.
+//! - `chaos`: the fault-injection suite (`--quick` runs in `test`).
+//! - `bench`: the end-to-end benchmark against ceilings measured in the same run.
 
 mod demo;
 mod fuzz;

@@ -76,7 +76,7 @@ impl AckTracker {
                 .basic_ack(through, BasicAckOptions { multiple: true })
                 .await
             {
-                tracing::warn!(%error, "cannot acknowledge delivery jobs; the broker will redeliver them");
+                tracing::warn!(%error, "cannot acknowledge messages; the broker will redeliver them");
             }
         }
         for tag in above {
@@ -85,7 +85,7 @@ impl AckTracker {
                 .basic_ack(tag, BasicAckOptions { multiple: false })
                 .await
             {
-                tracing::warn!(%error, "cannot acknowledge a delivery job; the broker will redeliver it");
+                tracing::warn!(%error, "cannot acknowledge a message; the broker will redeliver it");
             }
         }
     }
@@ -100,7 +100,7 @@ impl AckTracker {
                 multiple: false,
             };
             if let Err(error) = self.channel.basic_nack(tag, options).await {
-                tracing::warn!(%error, "cannot requeue a delivery job; the broker will redeliver it");
+                tracing::warn!(%error, "cannot requeue a message; the broker will redeliver it");
             }
         }
         // Jobs finished after this one may now be acknowledgeable.

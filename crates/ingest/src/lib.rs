@@ -274,6 +274,7 @@ impl Ingest {
                     if seen.insert((event.workspace_id.clone(), event.id.clone())) {
                         events.push((i, event));
                     } else {
+                        inner.metrics.events_duplicate_total.inc();
                         outcomes[i] = Some(Outcome::Duplicate);
                     }
                 }

@@ -251,7 +251,8 @@ impl RssReport {
     fn describe(&self, backlog: usize) -> String {
         format!(
             "sender with {backlog} jobs queued (concurrency {SENDER_CONCURRENCY}, receiver {} ms): \
-             RSS {:.1} MiB idle, peak {:.1} MiB over {:.1} s (+{:.1} MiB); {} delivered, \
+             RSS {:.1} MiB idle, peak {:.1} MiB over the {:.1} s after queueing (+{:.1} MiB); \
+             {} delivered since queueing began, \
              {} still waiting in the broker",
             RECEIVER_DELAY.as_millis(),
             self.idle_kib as f64 / 1024.0,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::types::AMQPValue;
 use qr3_config::Settings;
 use qr3_testkit::{Behaviour, Receiver, TestDb};
 use serde_json::{json, Value};
@@ -29,6 +30,7 @@ impl Role {
         let mut child = Command::new(env!("CARGO_BIN_EXE_qr3-webhooks"))
             .arg(role)
             .envs(child_env(settings))
+            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -83,6 +85,16 @@ impl Role {
         self.reader.take().unwrap().join().unwrap();
         let logs = self.logs.lock().unwrap().clone();
         logs
+    }
+}
+
+impl Drop for Role {
+    /// A test that fails half-way leaves no process behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -168,12 +180,25 @@ async fn peek(connection: &lapin::Connection, queue: &str, n: u32) -> Vec<String
             .await
             .unwrap()
             .expect("a message");
-        let properties = &message.delivery.properties;
-        seen.push(format!(
-            "{:?}\n{}",
-            properties.headers(),
-            String::from_utf8_lossy(&message.delivery.data)
-        ));
+        let mut text = String::new();
+        for (name, value) in message
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default()
+            .inner()
+        {
+            // Strings as text: their Debug form would be a list of byte values.
+            let value = match value {
+                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                AMQPValue::ShortString(s) => s.as_str().to_owned(),
+                other => format!("{other:?}"),
+            };
+            text.push_str(&format!("{}: {value}\n", name.as_str()));
+        }
+        text.push_str(&String::from_utf8_lossy(&message.delivery.data));
+        seen.push(text);
     }
     let _ = channel.close(200, "peeked".into()).await;
     seen

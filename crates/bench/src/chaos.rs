@@ -127,7 +127,7 @@ async fn scenarios(args: &ChaosArgs, run: &Run) -> anyhow::Result<Vec<Outcome>> 
         run.env.spawn("api", "chaos-api")?,
     ];
     let api = format!("http://127.0.0.1:{}", run.api_port);
-    wait_ready(&api).await?;
+    crate::procs::wait_ready(&api).await?;
     let connection = qr3_broker::connect(&args.common.amqp, "qr3-chaos-publisher").await?;
     let publisher = Publisher::open(&connection).await?;
     let store = {
@@ -462,18 +462,4 @@ async fn admin(run: &Run, sql: &str) -> anyhow::Result<()> {
     drop(client);
     let _ = task.await;
     Ok(())
-}
-
-async fn wait_ready(api: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if reqwest::get(format!("{api}/readyz"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("the API did not become ready")
 }

@@ -92,3 +92,18 @@ fn status_field(pid: u32, field: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// Waits until the API at `api` answers `/readyz` with 200 (30 s at most).
+pub async fn wait_ready(api: &str) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if reqwest::get(format!("{api}/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    bail!("the API at {api} did not become ready")
+}

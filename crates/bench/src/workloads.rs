@@ -94,7 +94,7 @@ pub async fn run_all(
     }
     procs.push(env.spawn("api", "api")?);
     let api = format!("http://127.0.0.1:{api_port}");
-    wait_ready(&api).await?;
+    crate::procs::wait_ready(&api).await?;
     let sampler = Arc::new(Sampler::default());
     let pids: Vec<(String, u32)> = procs.iter().map(|p| (p.name.clone(), p.pid())).collect();
     let sampling = tokio::spawn(sample(sampler.clone(), pids.clone()));
@@ -275,20 +275,6 @@ async fn create_webhook(
         );
     }
     Ok(())
-}
-
-async fn wait_ready(api: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if reqwest::get(format!("{api}/readyz"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("the API did not become ready")
 }
 
 fn event(exchange: &str, ws: &Workspace, id: &str) -> Outgoing {

@@ -33,3 +33,50 @@ pub async fn connect_with_retry(
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
+
+/// One consuming session on a connection (boxed so the loop stays `Send`).
+pub type SessionFuture<'c> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send + 'c>>;
+
+/// What happened to a consuming role's broker link, for its metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Connected; the session starts.
+    Up,
+    /// The session ended with an error (connection or channel lost); reconnecting.
+    Lost,
+    /// The connection is closed (after `Lost`, or at shutdown).
+    Down,
+}
+
+/// Runs `session` on a fresh connection, again and again, until `shutdown`: connects
+/// with back-off, lets the session consume until it returns, closes the connection and
+/// starts over after an error. The session must return once `shutdown` fires, after
+/// finishing its in-flight work.
+pub async fn consume_reconnecting(
+    url: &str,
+    name: &str,
+    shutdown: &CancellationToken,
+    on_link: impl Fn(Link),
+    mut session: impl for<'c> FnMut(&'c Connection) -> SessionFuture<'c>,
+) {
+    while !shutdown.is_cancelled() {
+        let Some(connection) = connect_with_retry(url, name, shutdown).await else {
+            break;
+        };
+        on_link(Link::Up);
+        if let Err(error) = session(&connection).await {
+            tracing::warn!(
+                connection = name,
+                error = format!("{error:#}"),
+                "broker connection lost; reconnecting"
+            );
+            on_link(Link::Lost);
+        }
+        on_link(Link::Down);
+        let _ = connection.close(200, "closing".into()).await;
+        if !shutdown.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

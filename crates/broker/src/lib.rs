@@ -14,7 +14,7 @@ pub mod publish;
 pub mod topology;
 
 pub use acks::{AckTracker, Settlement};
-pub use connect::{connect, connect_with_retry};
+pub use connect::{connect, connect_with_retry, consume_reconnecting, Link};
 pub use job::{DeliveryJob, InvalidJob, Trigger};
 pub use message::{EventMessage, IncomingEvent, Rejection};
 pub use publish::{Outgoing, PublishError, Publisher, SharedPublisher};

@@ -96,30 +96,22 @@ impl Ingest {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let inner = &self.inner;
         let url = inner.settings.amqp.url.expose().clone();
-        while !shutdown.is_cancelled() {
-            let Some(connection) = qr3_broker::connect_with_retry(
-                &url,
-                &format!("qr3-ingest/{}", inner.settings.amqp.prefix),
-                &shutdown,
-            )
-            .await
-            else {
-                break;
-            };
-            inner.metrics.broker_connected.set(1);
-            if let Err(error) = self.consume(&connection, &shutdown).await {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "ingest lost its broker connection; reconnecting"
-                );
-                inner.metrics.broker_reconnects_total.inc();
-            }
-            inner.metrics.broker_connected.set(0);
-            let _ = connection.close(200, "ingest stopping".into()).await;
-            if !shutdown.is_cancelled() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
+        let metrics = &inner.metrics;
+        qr3_broker::consume_reconnecting(
+            &url,
+            &format!("qr3-ingest/{}", inner.settings.amqp.prefix),
+            &shutdown,
+            |link| match link {
+                qr3_broker::Link::Up => metrics.broker_connected.set(1),
+                qr3_broker::Link::Lost => metrics.broker_reconnects_total.inc(),
+                qr3_broker::Link::Down => metrics.broker_connected.set(0),
+            },
+            |connection| {
+                let (this, token) = (self.clone(), shutdown.clone());
+                Box::pin(async move { this.consume(connection, &token).await })
+            },
+        )
+        .await;
         Ok(())
     }
 

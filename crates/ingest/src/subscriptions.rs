@@ -2,26 +2,17 @@
 //! for one workspace costs one query. Entries expire after
 //! `ingest.subscription_cache_ms`, which bounds how long an API change takes to apply.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use qr3_domain::WorkspaceId;
-use qr3_store::{Store, WebhookSummary};
+use qr3_store::{Store, TtlCache, WebhookSummary};
 
-type Entry = (Instant, Arc<Vec<WebhookSummary>>);
-
-pub struct SubscriptionCache {
-    ttl: Duration,
-    entries: Mutex<HashMap<WorkspaceId, Entry>>,
-}
+pub struct SubscriptionCache(TtlCache<WorkspaceId, Arc<Vec<WebhookSummary>>>);
 
 impl SubscriptionCache {
     pub fn new(ttl: Duration) -> Self {
-        Self {
-            ttl,
-            entries: Mutex::new(HashMap::new()),
-        }
+        Self(TtlCache::new(ttl))
     }
 
     pub async fn get(
@@ -29,22 +20,10 @@ impl SubscriptionCache {
         store: &Store,
         workspace: &WorkspaceId,
     ) -> qr3_store::Result<Arc<Vec<WebhookSummary>>> {
-        if let Some((at, subs)) = self
-            .entries
-            .lock()
-            .expect("cache lock poisoned")
-            .get(workspace)
-        {
-            if at.elapsed() < self.ttl {
-                return Ok(subs.clone());
-            }
-        }
-        let subs = Arc::new(store.active_subscriptions(workspace).await?);
-        let mut entries = self.entries.lock().expect("cache lock poisoned");
-        if entries.len() > 100_000 {
-            entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
-        }
-        entries.insert(workspace.clone(), (Instant::now(), subs.clone()));
-        Ok(subs)
+        self.0
+            .get_or_load(workspace, || async {
+                store.active_subscriptions(workspace).await.map(Arc::new)
+            })
+            .await
     }
 }

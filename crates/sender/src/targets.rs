@@ -1,27 +1,18 @@
-//! A short-lived cache of delivery targets (URL, secret, active flag), so a burst to one
+//! A short-lived cache of delivery targets (URL, secrets, active flag), so a burst to one
 //! webhook costs one query while an edit or a disable still applies within
 //! `delivery.webhook_cache_ms`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use qr3_domain::WebhookId;
-use qr3_store::{DeliveryTarget, Store};
+use qr3_store::{DeliveryTarget, Store, TtlCache};
 
-type Entry = (Instant, Option<Arc<DeliveryTarget>>);
-
-pub struct TargetCache {
-    ttl: Duration,
-    entries: Mutex<HashMap<WebhookId, Entry>>,
-}
+pub struct TargetCache(TtlCache<WebhookId, Option<Arc<DeliveryTarget>>>);
 
 impl TargetCache {
     pub fn new(ttl: Duration) -> Self {
-        Self {
-            ttl,
-            entries: Mutex::new(HashMap::new()),
-        }
+        Self(TtlCache::new(ttl))
     }
 
     /// The target, or `None` when the webhook no longer exists.
@@ -30,22 +21,15 @@ impl TargetCache {
         store: &Store,
         id: &WebhookId,
     ) -> qr3_store::Result<Option<Arc<DeliveryTarget>>> {
-        if let Some((at, target)) = self.entries.lock().expect("cache lock poisoned").get(id) {
-            if at.elapsed() < self.ttl {
-                return Ok(target.clone());
-            }
-        }
-        let target = store.delivery_target(id).await?.map(Arc::new);
-        let mut entries = self.entries.lock().expect("cache lock poisoned");
-        if entries.len() > 100_000 {
-            entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
-        }
-        entries.insert(id.clone(), (Instant::now(), target.clone()));
-        Ok(target)
+        self.0
+            .get_or_load(id, || async {
+                Ok(store.delivery_target(id).await?.map(Arc::new))
+            })
+            .await
     }
 
     /// Forgets a webhook, e.g. after this process disabled it.
     pub fn forget(&self, id: &WebhookId) {
-        self.entries.lock().expect("cache lock poisoned").remove(id);
+        self.0.forget(id);
     }
 }

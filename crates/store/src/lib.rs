@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod attempts;
+mod cache;
 mod crypto;
 mod events;
 mod migrate;
@@ -15,6 +16,7 @@ mod webhooks;
 mod workspaces;
 
 pub use attempts::{AttemptFilter, AttemptRecord, AttemptStatus, AttemptTrigger, RecordedBatch};
+pub use cache::TtlCache;
 pub use crypto::SecretCipher;
 pub use events::{ClaimOutcome, EventKey};
 pub use migrate::{migrate, run_retention};

@@ -203,9 +203,11 @@ impl Sandbox {
                     for queue in topology.queues() {
                         let _ = channel.queue_delete(queue.into(), Default::default()).await;
                     }
-                    let _ = channel
-                        .exchange_delete(topology.events_exchange.into(), Default::default())
-                        .await;
+                    for exchange in topology.exchanges() {
+                        let _ = channel
+                            .exchange_delete(exchange.into(), Default::default())
+                            .await;
+                    }
                 }
                 let _ = connection.close(200, "cleaned up".into()).await;
             }

@@ -170,6 +170,9 @@ impl Run {
                     let _ = channel.queue_delete(name.into(), Default::default()).await;
                 }
                 let _ = channel
+                    .exchange_delete(format!("{prefix}.operator").into(), Default::default())
+                    .await;
+                let _ = channel
                     .exchange_delete(format!("{prefix}.events").into(), Default::default())
                     .await;
             }

@@ -91,6 +91,12 @@ impl Topology {
         queues
     }
 
+    /// Every exchange this deployment declares: the events exchange and the operator
+    /// exchange (for cleanup in tests; in production the events exchange is shared).
+    pub fn exchanges(&self) -> Vec<String> {
+        vec![self.events_exchange.clone(), self.operator_exchange()]
+    }
+
     /// Every queue name, for cleanup in tests and for operators.
     pub fn queues(&self) -> Vec<String> {
         let mut names = vec![

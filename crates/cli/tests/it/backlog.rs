@@ -214,10 +214,9 @@ async fn a_large_backlog_is_consumed_within_the_prefetch_window() {
     for name in topology.queues() {
         let _ = channel.queue_delete(name.into(), Default::default()).await;
     }
-    let _ = channel
-        .exchange_delete(
-            settings.amqp.events_exchange.as_str().into(),
-            Default::default(),
-        )
-        .await;
+    for exchange in qr3_broker::Topology::from_settings(&settings).exchanges() {
+        let _ = channel
+            .exchange_delete(exchange.into(), Default::default())
+            .await;
+    }
 }

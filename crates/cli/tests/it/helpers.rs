@@ -187,12 +187,9 @@ async fn delete_broker_objects(settings: &Settings) {
             .queue_delete(queue.into(), QueueDeleteOptions::default())
             .await;
     }
-    {
+    for exchange in Topology::from_settings(settings).exchanges() {
         let _ = channel
-            .exchange_delete(
-                settings.amqp.events_exchange.as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
             .await;
     }
 }

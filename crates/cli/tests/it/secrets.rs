@@ -385,15 +385,15 @@ async fn secrets_never_leave_their_place() {
         );
     }
 
-    for queue in topology.queues() {
+    // The children ran with a 60 s retry delay, which the test's own settings lack.
+    for queue in topology.queues().into_iter().chain([retry_queue]) {
         let channel = connection.create_channel().await.unwrap();
         let _ = channel.queue_delete(queue.into(), Default::default()).await;
     }
     let channel = connection.create_channel().await.unwrap();
-    let _ = channel
-        .exchange_delete(
-            settings.amqp.events_exchange.as_str().into(),
-            Default::default(),
-        )
-        .await;
+    for exchange in qr3_broker::Topology::from_settings(&settings).exchanges() {
+        let _ = channel
+            .exchange_delete(exchange.into(), Default::default())
+            .await;
+    }
 }

@@ -277,10 +277,9 @@ async fn cleanup(settings: &Settings) {
     for queue in qr3_broker::Topology::from_settings(settings).queues() {
         let _ = channel.queue_delete(queue.into(), Default::default()).await;
     }
-    let _ = channel
-        .exchange_delete(
-            settings.amqp.events_exchange.as_str().into(),
-            Default::default(),
-        )
-        .await;
+    for exchange in qr3_broker::Topology::from_settings(settings).exchanges() {
+        let _ = channel
+            .exchange_delete(exchange.into(), Default::default())
+            .await;
+    }
 }

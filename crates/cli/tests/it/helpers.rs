@@ -213,3 +213,30 @@ impl TestApp {
             .unwrap()
     }
 }
+
+/// The environment that points a child `qr3-webhooks` process at this test's database
+/// and broker (development key, loopback targets, JSON debug logs), plus `extra`.
+pub fn child_env(settings: &Settings, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    // A key in `extra` that is also in the base comes later and wins.
+    [
+        (
+            "QR3__DATABASE__URL",
+            settings.database.url.expose().as_str(),
+        ),
+        ("QR3__AMQP__URL", settings.amqp.url.expose().as_str()),
+        ("QR3__AMQP__PREFIX", settings.amqp.prefix.as_str()),
+        (
+            "QR3__AMQP__EVENTS_EXCHANGE",
+            settings.amqp.events_exchange.as_str(),
+        ),
+        ("QR3__SECRETS__ALLOW_INSECURE_DEV_KEY", "true"),
+        ("QR3__DELIVERY__ALLOW_PRIVATE_TARGETS", "true"),
+        ("QR3__METRICS__LISTEN", "127.0.0.1:0"),
+        ("QR3__LOG__FORMAT", "json"),
+        ("QR3__LOG__LEVEL", "debug"),
+    ]
+    .iter()
+    .chain(extra)
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect()
+}

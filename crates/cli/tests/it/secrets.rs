@@ -99,29 +99,17 @@ impl Drop for Role {
 }
 
 fn child_env(settings: &Settings) -> Vec<(String, String)> {
-    [
-        ("QR3__DATABASE__URL", settings.database.url.expose().clone()),
-        ("QR3__AMQP__URL", settings.amqp.url.expose().clone()),
-        ("QR3__AMQP__PREFIX", settings.amqp.prefix.clone()),
-        (
-            "QR3__AMQP__EVENTS_EXCHANGE",
-            settings.amqp.events_exchange.clone(),
-        ),
-        ("QR3__SECRETS__ALLOW_INSECURE_DEV_KEY", "true".into()),
-        ("QR3__DELIVERY__ALLOW_PRIVATE_TARGETS", "true".into()),
-        ("QR3__API__REQUIRE_HTTPS", "false".into()),
-        ("QR3__API__LISTEN", "127.0.0.1:0".into()),
-        ("QR3__API__PING_WAIT_MS", "50".into()),
-        // Attempt 1 fails; its retry waits long enough to be read off its queue.
-        ("QR3__DELIVERY__RETRY_DELAYS_MS", "60000".into()),
-        ("QR3__DELIVERY__TIMEOUT_MS", "2000".into()),
-        ("QR3__METRICS__LISTEN", "127.0.0.1:0".into()),
-        ("QR3__LOG__FORMAT", "json".into()),
-        ("QR3__LOG__LEVEL", "debug".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    crate::helpers::child_env(
+        settings,
+        &[
+            ("QR3__API__REQUIRE_HTTPS", "false"),
+            ("QR3__API__LISTEN", "127.0.0.1:0"),
+            ("QR3__API__PING_WAIT_MS", "50"),
+            // Attempt 1 fails; its retry waits long enough to be read off its queue.
+            ("QR3__DELIVERY__RETRY_DELAYS_MS", "60000"),
+            ("QR3__DELIVERY__TIMEOUT_MS", "2000"),
+        ],
+    )
 }
 
 /// Every spelling of a secret that would count as a leak.

@@ -16,28 +16,15 @@ use serde_json::json;
 
 use crate::helpers::SECRET;
 
-/// The environment that points a child `qr3-webhooks` at this test's database and broker.
 fn child_env(settings: &Settings) -> Vec<(String, String)> {
-    [
-        ("QR3__DATABASE__URL", settings.database.url.expose().clone()),
-        ("QR3__AMQP__URL", settings.amqp.url.expose().clone()),
-        ("QR3__AMQP__PREFIX", settings.amqp.prefix.clone()),
-        (
-            "QR3__AMQP__EVENTS_EXCHANGE",
-            settings.amqp.events_exchange.clone(),
-        ),
-        ("QR3__SECRETS__ALLOW_INSECURE_DEV_KEY", "true".into()),
-        ("QR3__DELIVERY__ALLOW_PRIVATE_TARGETS", "true".into()),
-        ("QR3__DELIVERY__RETRY_DELAYS_MS", "100,200".into()),
-        ("QR3__DELIVERY__CONCURRENCY", "16".into()),
-        ("QR3__METRICS__LISTEN", "127.0.0.1:0".into()),
-        ("QR3__SHUTDOWN__GRACE_PERIOD_MS", "10000".into()),
-        ("QR3__LOG__FORMAT", "json".into()),
-        ("QR3__LOG__LEVEL", "debug".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    crate::helpers::child_env(
+        settings,
+        &[
+            ("QR3__DELIVERY__RETRY_DELAYS_MS", "100,200"),
+            ("QR3__DELIVERY__CONCURRENCY", "16"),
+            ("QR3__SHUTDOWN__GRACE_PERIOD_MS", "10000"),
+        ],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

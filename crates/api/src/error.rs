@@ -34,6 +34,15 @@ pub(crate) enum ApiError {
     /// 422 about the request as a whole.
     #[error("{0}")]
     InvalidRequest(String),
+    /// 409: the resource's state forbids the request.
+    #[error("{0}")]
+    Conflict(String),
+    /// 429, with `Retry-After` in whole seconds.
+    #[error("{message}")]
+    RateLimited {
+        message: &'static str,
+        retry_after_secs: u64,
+    },
     /// 503: a dependency (the broker) is unreachable; try again later.
     #[error("{0}")]
     Unavailable(&'static str),
@@ -54,6 +63,10 @@ impl ApiError {
         Self::NotFound("webhook not found".into())
     }
 
+    pub(crate) fn delivery_not_found() -> Self {
+        Self::NotFound("delivery not found".into())
+    }
+
     fn code(&self) -> ErrorCode {
         match self {
             ApiError::Malformed(_) => ErrorCode::MalformedRequest,
@@ -63,6 +76,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             ApiError::InvalidField { .. } => ErrorCode::InvalidField,
             ApiError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::RateLimited { .. } => ErrorCode::RateLimited,
             ApiError::Unavailable(_) => ErrorCode::ServiceUnavailable,
             ApiError::Unexpected(_) => ErrorCode::InternalError,
         }
@@ -76,6 +91,8 @@ impl ApiError {
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::InvalidField | ErrorCode::InvalidRequest => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -100,7 +117,18 @@ impl IntoResponse for ApiError {
                 field,
             },
         };
+        let retry_after = match &self {
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        };
         let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -11,7 +11,7 @@ use axum::{
     extract::{FromRequest, FromRequestParts, Path, Request},
     http::{header, request::Parts, HeaderMap, StatusCode},
 };
-use qr3_domain::WebhookId;
+use qr3_domain::{DeliveryId, WebhookId};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_path_to_error::Segment;
 
@@ -141,6 +141,24 @@ impl<S: Send + Sync> FromRequestParts<S> for WebhookPath {
         WebhookId::parse(&raw)
             .map(WebhookPath)
             .map_err(|_| ApiError::webhook_not_found())
+    }
+}
+
+/// The webhook and delivery ids of `/v1/webhooks/{id}/deliveries/{delivery_id}…`; 404
+/// when either is not a well-formed id.
+#[derive(Debug)]
+pub(crate) struct DeliveryPath(pub WebhookId, pub DeliveryId);
+
+impl<S: Send + Sync> FromRequestParts<S> for DeliveryPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path((webhook, delivery)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::webhook_not_found())?;
+        let webhook = WebhookId::parse(&webhook).map_err(|_| ApiError::webhook_not_found())?;
+        let delivery = DeliveryId::parse(&delivery).map_err(|_| ApiError::delivery_not_found())?;
+        Ok(DeliveryPath(webhook, delivery))
     }
 }
 

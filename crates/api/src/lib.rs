@@ -28,7 +28,7 @@ use axum::{extract::DefaultBodyLimit, Router};
 use tokio::net::TcpListener;
 
 pub use openapi::openapi_document;
-pub use state::{ApiConfig, ApiState, PingChannel};
+pub use state::{ApiConfig, ApiState, JobChannel};
 
 /// The `/v1` API with its state applied: every resource of `routes::v1_resources`, `GET
 /// /v1/openapi.json`, a JSON 404 for unknown routes, a JSON 405 for a wrong method,

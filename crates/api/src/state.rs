@@ -20,6 +20,11 @@ pub struct ApiConfig {
     pub ping_wait: Duration,
     /// How long a rotated-out secret keeps signing (`secrets.rotation_grace_ms`).
     pub secret_rotation_grace: Duration,
+    /// Manual retries and recoveries per webhook and minute
+    /// (`api.manual_requests_per_minute`).
+    pub manual_requests_per_minute: u32,
+    /// Events one recover request queues at most (`api.recover_max_events`).
+    pub recover_max_events: u32,
 }
 
 impl ApiConfig {
@@ -32,19 +37,21 @@ impl ApiConfig {
             },
             ping_wait: Duration::from_millis(settings.api.ping_wait_ms),
             secret_rotation_grace: settings.secrets.rotation_grace(),
+            manual_requests_per_minute: settings.api.manual_requests_per_minute,
+            recover_max_events: settings.api.recover_max_events,
         }
     }
 }
 
-/// Where the ping endpoint publishes its delivery job.
-pub struct PingChannel {
+/// Where the API publishes delivery jobs: pings, manual retries and recoveries.
+pub struct JobChannel {
     pub publisher: SharedPublisher,
     pub deliveries_queue: String,
 }
 
-impl std::fmt::Debug for PingChannel {
+impl std::fmt::Debug for JobChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PingChannel")
+        f.debug_struct("JobChannel")
             .field("deliveries_queue", &self.deliveries_queue)
             .finish_non_exhaustive()
     }
@@ -55,24 +62,24 @@ impl std::fmt::Debug for PingChannel {
 pub struct ApiState {
     pub store: Store,
     pub config: Arc<ApiConfig>,
-    pub ping: Arc<PingChannel>,
+    pub jobs: Arc<JobChannel>,
 }
 
 impl ApiState {
-    pub fn new(store: Store, config: ApiConfig, ping: PingChannel) -> Self {
+    pub fn new(store: Store, config: ApiConfig, jobs: JobChannel) -> Self {
         Self {
             store,
             config: Arc::new(config),
-            ping: Arc::new(ping),
+            jobs: Arc::new(jobs),
         }
     }
 
-    /// Connects to the broker lazily, on the first ping.
+    /// Connects to the broker lazily, on the first job published.
     pub fn from_settings(store: Store, settings: &Settings) -> Self {
-        let ping = PingChannel {
+        let jobs = JobChannel {
             publisher: SharedPublisher::new(settings.amqp.url.expose().clone(), "qr3-api"),
             deliveries_queue: qr3_broker::Topology::from_settings(settings).deliveries_queue(),
         };
-        Self::new(store, ApiConfig::from_settings(settings), ping)
+        Self::new(store, ApiConfig::from_settings(settings), jobs)
     }
 }

@@ -13,7 +13,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use qr3_broker::{Outgoing, Publisher};
 use qr3_domain::{DeliveryId, EventId, EventType, Timestamp, WebhookId, WorkspaceId};
-use qr3_store::{AttemptRecord, AttemptStatus, AttemptTrigger, Store};
+use qr3_store::{AttemptDetail, AttemptRecord, AttemptStatus, AttemptTrigger, Store};
 
 /// Persistent messages of `size` bytes through one quorum queue: published with
 /// pipelined confirms (batches of 500) while one consumer with prefetch 512 acks each.
@@ -137,6 +137,18 @@ pub async fn postgres(store: &Store, rows: usize, batch: usize) -> anyhow::Resul
         trigger: AttemptTrigger::Event,
         error: None,
         created_at: Timestamp::now(),
+        // The detail a sender logs with every attempt: its headers, a small payload and
+        // a short response body.
+        detail: Some(AttemptDetail {
+            request_headers: (0..11)
+                .map(|h| (format!("x-header-{h}"), "v".repeat(40)))
+                .collect(),
+            request_body: format!(
+                r#"{{"id":"evt_{i}","type":"qr.scanned","data":{{"qr_id":"{}"}}}}"#,
+                "q".repeat(120)
+            ),
+            response_body: Some("ok".into()),
+        }),
     };
     let started = Instant::now();
     let mut written = 0;

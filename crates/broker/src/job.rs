@@ -18,8 +18,12 @@ const TRIGGER: &str = "x-qr3-trigger";
 /// Why a job was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
+    /// Fan-out of a published event, and its automatic retries.
     Event,
+    /// `POST /v1/webhooks/:id/ping`.
     Ping,
+    /// A manual retry or recovery through the API: one attempt, never retried.
+    Manual,
 }
 
 impl Trigger {
@@ -27,6 +31,7 @@ impl Trigger {
         match self {
             Trigger::Event => "event",
             Trigger::Ping => "ping",
+            Trigger::Manual => "manual",
         }
     }
 }
@@ -115,6 +120,7 @@ impl DeliveryJob {
         let trigger = match text_header(headers, TRIGGER)?.as_str() {
             "event" => Trigger::Event,
             "ping" => Trigger::Ping,
+            "manual" => Trigger::Manual,
             other => return Err(InvalidJob(format!("unknown trigger {other}"))),
         };
         let attempt = u16::try_from(int_header(headers, ATTEMPT)?).map_err(invalid)?;

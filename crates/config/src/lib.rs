@@ -85,6 +85,8 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     pub require_https: bool,
     pub ping_wait_ms: u64,
+    pub manual_requests_per_minute: u32,
+    pub recover_max_events: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -115,6 +117,8 @@ pub struct DeliverySettings {
     pub webhook_cache_ms: u64,
     pub log_batch_size: usize,
     pub log_flush_ms: u64,
+    pub response_body_bytes: usize,
+    pub rate_limit_share: u32,
 }
 
 impl DeliverySettings {
@@ -309,6 +313,15 @@ impl Settings {
             return invalid(
                 "delivery.max_in_flight_per_webhook and delivery.defer_ms must be positive",
             );
+        }
+        if self.delivery.response_body_bytes > 65536 {
+            return invalid("delivery.response_body_bytes must be at most 65536");
+        }
+        if self.delivery.rate_limit_share == 0 {
+            return invalid("delivery.rate_limit_share must be at least 1");
+        }
+        if self.api.recover_max_events == 0 || self.api.recover_max_events > 100_000 {
+            return invalid("api.recover_max_events must be between 1 and 100000");
         }
         if self.delivery.log_batch_size == 0 {
             return invalid("delivery.log_batch_size must be at least 1");

@@ -22,8 +22,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use qr3_domain::target::is_forbidden_ip;
 
-/// How much of a response body is read (then discarded) so the connection can be reused.
+/// How much of a response body is read so the connection can be reused; the first
+/// `keep_body` bytes of it are kept for the log, the rest is discarded.
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
+
+/// The `User-Agent` of every delivery.
+pub const USER_AGENT_VALUE: &str = concat!("qr3-webhooks/", env!("CARGO_PKG_VERSION"));
 
 /// Resolves with the system resolver, then drops forbidden addresses.
 #[derive(Clone)]
@@ -110,6 +114,8 @@ pub struct HttpOutcome {
     pub elapsed: Duration,
     /// Why no acceptable response arrived (network error, timeout), for the log.
     pub error: Option<String>,
+    /// The first bytes of the response body, up to the client's `keep_body`.
+    pub body: Option<Bytes>,
 }
 
 impl HttpOutcome {
@@ -123,10 +129,13 @@ impl HttpOutcome {
 pub struct HttpClient {
     client: Client<HttpsConnector<GuardedConnector>, Full<Bytes>>,
     timeout: Duration,
+    keep_body: usize,
 }
 
 impl HttpClient {
-    pub fn new(timeout: Duration, allow_private: bool) -> anyhow::Result<Self> {
+    /// A client whose attempts end after `timeout` and keep the first `keep_body` bytes
+    /// of each response body (0: none).
+    pub fn new(timeout: Duration, allow_private: bool, keep_body: usize) -> anyhow::Result<Self> {
         let mut http = HttpConnector::new_with_resolver(GuardedResolver { allow_private });
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -145,7 +154,11 @@ impl HttpClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .build(https);
-        Ok(Self { client, timeout })
+        Ok(Self {
+            client,
+            timeout,
+            keep_body,
+        })
     }
 
     /// POSTs `body` to `url` with `headers`. Never fails: every problem is an outcome.
@@ -160,10 +173,7 @@ impl HttpClient {
             .method(Method::POST)
             .uri(url)
             .header(CONTENT_TYPE, "application/json")
-            .header(
-                USER_AGENT,
-                concat!("qr3-webhooks/", env!("CARGO_PKG_VERSION")),
-            );
+            .header(USER_AGENT, USER_AGENT_VALUE);
         for (name, value) in headers {
             builder = builder.header(name, value);
         }
@@ -174,6 +184,7 @@ impl HttpClient {
                     status: None,
                     elapsed: started.elapsed(),
                     error: Some(format!("invalid request: {e}")),
+                    body: None,
                 }
             }
         };
@@ -184,6 +195,7 @@ impl HttpClient {
                     status: None,
                     elapsed: started.elapsed(),
                     error: Some(format!("timed out after {} ms", self.timeout.as_millis())),
+                    body: None,
                 }
             }
             Ok(Err(e)) => {
@@ -191,20 +203,32 @@ impl HttpClient {
                     status: None,
                     elapsed: started.elapsed(),
                     error: Some(describe(&e)),
+                    body: None,
                 }
             }
             Ok(Ok(response)) => response,
         };
         let status = response.status().as_u16();
         let elapsed = started.elapsed();
-        // Drain a bounded amount of the body so the connection returns to the pool; a
-        // huge or slow body just closes the connection.
-        let drain = Limited::new(response.into_body(), MAX_RESPONSE_BODY).collect();
+        // Drain a bounded amount of the body so the connection returns to the pool,
+        // keeping its start for the log; a huge or slow body just closes the connection.
+        let mut kept = bytes::BytesMut::new();
+        let keep = self.keep_body;
+        let drain = async {
+            let mut body = Limited::new(response.into_body(), MAX_RESPONSE_BODY);
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(data) = frame.data_ref() {
+                    let room = keep.saturating_sub(kept.len());
+                    kept.extend_from_slice(&data[..room.min(data.len())]);
+                }
+            }
+        };
         let _ = tokio::time::timeout_at(deadline, drain).await;
         HttpOutcome {
             status: Some(status),
             elapsed,
             error: None,
+            body: (keep > 0).then(|| kept.freeze()),
         }
     }
 }
@@ -244,7 +268,7 @@ mod tests {
     }
 
     async fn post(allow_private: bool, url: &str) -> HttpOutcome {
-        HttpClient::new(TIMEOUT, allow_private)
+        HttpClient::new(TIMEOUT, allow_private, 16)
             .expect("client")
             .post(url, &[], Bytes::from_static(b"{}"))
             .await

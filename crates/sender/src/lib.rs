@@ -22,7 +22,7 @@ use lapin::BasicProperties;
 use qr3_broker::{DeliveryJob, Outgoing, Publisher, Topology, Trigger};
 use qr3_config::Settings;
 use qr3_domain::{signature, DeliveryId, TargetPolicy, Timestamp, WebhookUrl};
-use qr3_store::{AttemptRecord, AttemptStatus, AttemptTrigger, Store};
+use qr3_store::{AttemptDetail, AttemptRecord, AttemptStatus, AttemptTrigger, Store};
 use qr3_telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -44,15 +44,20 @@ struct Inner {
     targets: TargetCache,
     http: HttpClient,
     limiter: fairness::InFlightLimiter,
+    rate: fairness::RateLimiter,
 }
 
 /// What became of one job before logging.
 #[derive(Debug)]
 pub enum Attempted {
     /// An attempt was made; this is its log row.
-    Made(AttemptRecord),
-    /// No attempt: the webhook is gone or disabled (the reason is the metric label).
+    Made(Box<AttemptRecord>),
+    /// No attempt: the webhook is gone or disabled, or the event was already delivered
+    /// (the reason is the metric label).
     Skipped(&'static str),
+    /// No attempt yet: the webhook's `max_per_second` has no slot soon enough; the job
+    /// is parked in the defer queue.
+    Parked,
 }
 
 static EVENT_ID: HeaderName = HeaderName::from_static("x-qr3-event-id");
@@ -76,6 +81,7 @@ impl Sender {
         let http = HttpClient::new(
             settings.delivery.timeout(),
             settings.delivery.allow_private_targets,
+            settings.delivery.response_body_bytes,
         )?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -86,6 +92,7 @@ impl Sender {
                 targets,
                 http,
                 limiter: fairness::InFlightLimiter::new(settings_cap),
+                rate: fairness::RateLimiter::default(),
             }),
         })
     }
@@ -242,6 +249,7 @@ impl Sender {
         let attempted = self.attempt(&job).await;
         drop(permit);
         match attempted {
+            Ok(Attempted::Parked) => self.defer(&delivery, settle, &job, publisher).await,
             Ok(attempted) => {
                 writer
                     .submit(writer::Pending {
@@ -309,12 +317,57 @@ impl Sender {
             tracing::info!(webhook_id = %job.webhook_id, event_id = %job.event_id, "webhook disabled; delivery skipped");
             return Ok(Attempted::Skipped("webhook_disabled"));
         }
+        // A retry or a manual attempt of an event the webhook already got (a manual
+        // retry raced an automatic one, or a recovery was asked twice) is not sent again.
+        let repeat = match job.trigger {
+            Trigger::Event => job.attempt > 1,
+            Trigger::Manual => true,
+            Trigger::Ping => false,
+        };
+        if repeat
+            && inner
+                .store
+                .event_delivered(&job.webhook_id, &job.event_id)
+                .await?
+        {
+            inner
+                .metrics
+                .deliveries_skipped_total
+                .with_label_values(&["already_delivered"])
+                .inc();
+            tracing::info!(webhook_id = %job.webhook_id, event_id = %job.event_id, "event already delivered; attempt skipped");
+            return Ok(Attempted::Skipped("already_delivered"));
+        }
+        if let (Some(rate), false) = (target.max_per_second, job.trigger == Trigger::Ping) {
+            // Wait for the webhook's next slot when it is near; otherwise park the job
+            // (keeping neither a slot nor a sender task busy for long).
+            let share = f64::from(inner.settings.delivery.rate_limit_share);
+            let max_wait = Duration::from_millis(inner.settings.delivery.defer_ms);
+            match inner.rate.reserve(
+                &job.webhook_id,
+                f64::from(rate) / share,
+                max_wait,
+                std::time::Instant::now(),
+            ) {
+                fairness::Reservation::Wait(wait) => {
+                    if !wait.is_zero() {
+                        inner.metrics.deliveries_rate_limited_total.inc();
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                fairness::Reservation::Busy => {
+                    inner.metrics.deliveries_rate_limited_total.inc();
+                    return Ok(Attempted::Parked);
+                }
+            }
+        }
         let id = DeliveryId::generate();
         let now = Timestamp::now();
         let policy = TargetPolicy {
             require_https: false,
             allow_private: inner.settings.delivery.allow_private_targets,
         };
+        let mut sent_headers = Vec::new();
         let outcome = match WebhookUrl::parse(&target.url, policy) {
             Ok(_) => {
                 let headers = [
@@ -345,15 +398,24 @@ impl Sender {
                         )),
                     ),
                 ];
-                inner
+                let outcome = inner
                     .http
                     .post(&target.url, &headers, Bytes::copy_from_slice(&job.body))
-                    .await
+                    .await;
+                sent_headers.reserve(headers.len() + 2);
+                sent_headers.push(("content-type".to_owned(), "application/json".to_owned()));
+                sent_headers.push(("user-agent".to_owned(), http::USER_AGENT_VALUE.to_owned()));
+                for (name, value) in &headers {
+                    let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                    sent_headers.push((name.as_str().to_owned(), value));
+                }
+                outcome
             }
             Err(refused) => HttpOutcome {
                 status: None,
                 elapsed: Duration::ZERO,
                 error: Some(refused.to_string()),
+                body: None,
             },
         };
         let status = if outcome.is_success() {
@@ -365,6 +427,7 @@ impl Sender {
         let error = outcome.error.clone();
         let attempt_label = match job.trigger {
             Trigger::Ping => "ping".to_owned(),
+            Trigger::Manual => "manual".to_owned(),
             Trigger::Event => job.attempt.to_string(),
         };
         inner
@@ -380,7 +443,7 @@ impl Sender {
         inner.metrics.delivery_lag_seconds.observe(lag);
         tracing::debug!(webhook_id = %job.webhook_id, event_id = %job.event_id, delivery_id = %id, attempt = job.attempt,
             status = status.as_str(), status_code = outcome.status, "delivery attempted");
-        Ok(Attempted::Made(AttemptRecord {
+        Ok(Attempted::Made(Box::new(AttemptRecord {
             id,
             webhook_id: job.webhook_id.clone(),
             workspace_id: target.workspace_id.clone(),
@@ -393,10 +456,20 @@ impl Sender {
             trigger: match job.trigger {
                 Trigger::Event => AttemptTrigger::Event,
                 Trigger::Ping => AttemptTrigger::Ping,
+                Trigger::Manual => AttemptTrigger::Manual,
             },
             error,
             created_at: now,
-        }))
+            detail: Some(AttemptDetail {
+                request_headers: sent_headers,
+                request_body: String::from_utf8_lossy(&job.body).into_owned(),
+                // Postgres text cannot hold NUL; a receiver's body may.
+                response_body: outcome
+                    .body
+                    .as_ref()
+                    .map(|body| String::from_utf8_lossy(body).replace('\0', "\u{fffd}")),
+            }),
+        })))
     }
 }
 

@@ -61,8 +61,8 @@ async fn flush(sender: &Sender, publisher: &Publisher, batch: Vec<Pending>) {
     let records: Vec<AttemptRecord> = batch
         .iter()
         .filter_map(|p| match &p.attempted {
-            Attempted::Made(record) => Some(record.clone()),
-            Attempted::Skipped(_) => None,
+            Attempted::Made(record) => Some((**record).clone()),
+            Attempted::Skipped(_) | Attempted::Parked => None,
         })
         .collect();
     // The log must be durable before anything is acknowledged: keep trying while the

@@ -78,6 +78,67 @@ pub struct AttemptRecord {
     pub trigger: AttemptTrigger,
     pub error: Option<String>,
     pub created_at: Timestamp,
+    /// What was sent and received. Always set on rows the sender writes; `None` on rows
+    /// read by the list queries (which do not load it) and on rows logged before the
+    /// detail was kept.
+    pub detail: Option<AttemptDetail>,
+}
+
+/// The request an attempt sent and the start of the response it got.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttemptDetail {
+    /// Every header the sender set, in the order sent.
+    pub request_headers: Vec<(String, String)>,
+    /// The exact body posted.
+    pub request_body: String,
+    /// The first `delivery.response_body_bytes` of the response body, decoded as UTF-8
+    /// (invalid sequences replaced); `None` when nothing was stored.
+    pub response_body: Option<String>,
+}
+
+impl AttemptDetail {
+    fn headers_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.request_headers
+                .iter()
+                .map(|(name, value)| (name.clone(), serde_json::Value::String(value.clone())))
+                .collect(),
+        )
+    }
+
+    fn headers_from_json(value: Option<serde_json::Value>) -> Vec<(String, String)> {
+        match value {
+            Some(serde_json::Value::Object(map)) => map
+                .into_iter()
+                .map(|(name, value)| match value {
+                    serde_json::Value::String(s) => (name, s),
+                    other => (name, other.to_string()),
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// An event that `POST /v1/webhooks/:id/recover` sends again: its last attempt on the
+/// webhook failed and none ever succeeded.
+#[derive(Debug, Clone)]
+pub struct Recoverable {
+    pub event_id: EventId,
+    pub event_type: EventType,
+    /// The body of the last attempt, re-sent as it was.
+    pub body: String,
+    /// The number the next attempt carries (attempts so far + 1).
+    pub next_attempt: u16,
+}
+
+/// The answer of the manual-request rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManualBudget {
+    /// The request may go ahead.
+    Granted,
+    /// The webhook used its budget for this window; it refills after this long.
+    Exhausted(std::time::Duration),
 }
 
 /// Filters of `GET /v1/webhooks/:id/deliveries`.
@@ -132,7 +193,19 @@ fn attempt_from_row(row: &Row) -> Result<AttemptRecord> {
         trigger: AttemptTrigger::parse(trigger).ok_or_else(|| corrupt(trigger))?,
         error: row.get(10),
         created_at: Timestamp::from(row.get::<_, DateTime<Utc>>(11)),
+        detail: None,
     })
+}
+
+fn attempt_with_detail_from_row(row: &Row) -> Result<AttemptRecord> {
+    let mut record = attempt_from_row(row)?;
+    let body: Option<String> = row.get(13);
+    record.detail = body.map(|request_body| AttemptDetail {
+        request_headers: AttemptDetail::headers_from_json(row.get(12)),
+        request_body,
+        response_body: row.get(14),
+    });
+    Ok(record)
 }
 
 impl Store {
@@ -176,6 +249,9 @@ impl Store {
         let mut triggers = Vec::with_capacity(n);
         let mut errors = Vec::with_capacity(n);
         let mut created = Vec::with_capacity(n);
+        let mut request_headers = Vec::with_capacity(n);
+        let mut request_bodies = Vec::with_capacity(n);
+        let mut response_bodies = Vec::with_capacity(n);
         for r in batch {
             ids.push(r.id.as_str());
             webhooks.push(r.webhook_id.as_str());
@@ -189,6 +265,9 @@ impl Store {
             triggers.push(r.trigger.as_str());
             errors.push(r.error.as_deref());
             created.push(r.created_at.as_datetime());
+            request_headers.push(r.detail.as_ref().map(AttemptDetail::headers_json));
+            request_bodies.push(r.detail.as_ref().map(|d| d.request_body.as_str()));
+            response_bodies.push(r.detail.as_ref().and_then(|d| d.response_body.as_deref()));
         }
         let deltas = failure_deltas(batch);
         let delta_ids: Vec<&str> = deltas.keys().map(|id| id.as_str()).collect();
@@ -202,9 +281,11 @@ impl Store {
         let insert = tx
             .prepare_cached(
                 "INSERT INTO delivery_attempts (id, webhook_id, workspace_id, event_id, event_type, status, \
-                 status_code, response_time_ms, attempt, trigger, error, created_at)
+                 status_code, response_time_ms, attempt, trigger, error, created_at, request_headers, \
+                 request_body, response_body)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                 $7::smallint[], $8::int[], $9::smallint[], $10::text[], $11::text[], $12::timestamptz[])",
+                 $7::smallint[], $8::int[], $9::smallint[], $10::text[], $11::text[], $12::timestamptz[], \
+                 $13::jsonb[], $14::text[], $15::text[])",
             )
             .await?;
         tx.execute(
@@ -222,6 +303,9 @@ impl Store {
                 &triggers,
                 &errors,
                 &created,
+                &request_headers,
+                &request_bodies,
+                &response_bodies,
             ],
         )
         .await?;
@@ -313,6 +397,142 @@ impl Store {
         rows.iter().map(attempt_from_row).collect()
     }
 
+    /// One attempt of a webhook with what it sent and received; `None` when there is no
+    /// such attempt on this webhook in this workspace.
+    pub async fn get_attempt(
+        &self,
+        workspace: &WorkspaceId,
+        webhook: &WebhookId,
+        id: &DeliveryId,
+    ) -> Result<Option<AttemptRecord>> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS}, request_headers, request_body, response_body FROM delivery_attempts
+                 WHERE id = $1 AND webhook_id = $2 AND workspace_id = $3"
+            ))
+            .await?;
+        client
+            .query_opt(
+                &stmt,
+                &[&id.as_str(), &webhook.as_str(), &workspace.as_str()],
+            )
+            .await?
+            .as_ref()
+            .map(attempt_with_detail_from_row)
+            .transpose()
+    }
+
+    /// Whether an attempt of `event` on `webhook` has succeeded: a manual or retried
+    /// attempt is not made then, so a customer never gets an event twice because of a
+    /// retry. (An attempt still waiting in a sender's log batch is not seen yet.)
+    pub async fn event_delivered(&self, webhook: &WebhookId, event: &EventId) -> Result<bool> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM delivery_attempts
+                 WHERE event_id = $1 AND webhook_id = $2 AND status = 'success' AND trigger <> 'ping')",
+            )
+            .await?;
+        let row = client
+            .query_one(&stmt, &[&event.as_str(), &webhook.as_str()])
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Up to `limit` events to recover on a webhook, oldest first: their last attempt
+    /// since `since` failed, no attempt of them ever succeeded, and their body is in the
+    /// log (rows logged before the log kept bodies cannot be re-sent).
+    pub async fn recoverable_events(
+        &self,
+        workspace: &WorkspaceId,
+        webhook: &WebhookId,
+        since: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<Recoverable>> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "WITH last AS (
+                    SELECT DISTINCT ON (event_id) event_id, event_type, status, request_body, id
+                    FROM delivery_attempts
+                    WHERE webhook_id = $1 AND workspace_id = $2 AND created_at >= $3
+                      AND trigger IN ('event', 'manual')
+                    ORDER BY event_id, id DESC
+                 )
+                 SELECT l.event_id, l.event_type, l.request_body,
+                        (SELECT count(*) FROM delivery_attempts a
+                         WHERE a.event_id = l.event_id AND a.webhook_id = $1 AND a.trigger <> 'ping')
+                 FROM last l
+                 WHERE l.status = 'failed' AND l.request_body IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM delivery_attempts s
+                                   WHERE s.event_id = l.event_id AND s.webhook_id = $1
+                                     AND s.status = 'success' AND s.trigger <> 'ping')
+                 ORDER BY l.id LIMIT $4",
+            )
+            .await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &webhook.as_str(),
+                    &workspace.as_str(),
+                    &since.as_datetime(),
+                    &limit,
+                ],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let event_type: &str = row.get(1);
+                let attempts: i64 = row.get(3);
+                Ok(Recoverable {
+                    event_id: EventId::parse(row.get(0)).map_err(corrupt)?,
+                    event_type: event_type.parse().map_err(corrupt)?,
+                    body: row.get(2),
+                    next_attempt: u16::try_from(attempts + 1).unwrap_or(u16::MAX),
+                })
+            })
+            .collect()
+    }
+
+    /// Counts one manual request (retry or recover) against the webhook's budget of
+    /// `per_minute` in the current one-minute window. The webhook row is locked for the
+    /// count, so the limit holds across API replicas. `None` when the webhook does not
+    /// exist in this workspace.
+    pub async fn take_manual_budget(
+        &self,
+        workspace: &WorkspaceId,
+        webhook: &WebhookId,
+        per_minute: u32,
+    ) -> Result<Option<ManualBudget>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "UPDATE webhooks SET
+                    manual_window_start = CASE WHEN manual_window_start IS NULL
+                        OR manual_window_start <= now() - interval '1 minute'
+                        THEN now() ELSE manual_window_start END,
+                    manual_window_count = CASE WHEN manual_window_start IS NULL
+                        OR manual_window_start <= now() - interval '1 minute'
+                        THEN 1 ELSE manual_window_count + 1 END
+                 WHERE id = $1 AND workspace_id = $2
+                 RETURNING manual_window_count,
+                    GREATEST(0, EXTRACT(EPOCH FROM (manual_window_start + interval '1 minute' - now())))::float8",
+                &[&webhook.as_str(), &workspace.as_str()],
+            )
+            .await?;
+        Ok(row.map(|row| {
+            let count: i32 = row.get(0);
+            if i64::from(count) <= i64::from(per_minute) {
+                ManualBudget::Granted
+            } else {
+                let seconds: f64 = row.get(1);
+                ManualBudget::Exhausted(std::time::Duration::from_secs_f64(seconds.max(0.0)))
+            }
+        }))
+    }
+
     /// The attempts logged for one event on one webhook, oldest first.
     pub async fn attempts_for_event(
         &self,
@@ -354,6 +574,7 @@ mod tests {
             trigger,
             error: None,
             created_at: Timestamp::now(),
+            detail: None,
         }
     }
 

@@ -15,7 +15,10 @@ mod pool;
 mod webhooks;
 mod workspaces;
 
-pub use attempts::{AttemptFilter, AttemptRecord, AttemptStatus, AttemptTrigger, RecordedBatch};
+pub use attempts::{
+    AttemptDetail, AttemptFilter, AttemptRecord, AttemptStatus, AttemptTrigger, ManualBudget,
+    RecordedBatch, Recoverable,
+};
 pub use cache::TtlCache;
 pub use crypto::SecretCipher;
 pub use events::{ClaimOutcome, EventKey};

@@ -24,6 +24,8 @@ pub struct Webhook {
     pub consecutive_failures: i32,
     pub disabled_at: Option<Timestamp>,
     pub disabled_reason: Option<String>,
+    /// At most this many deliveries per second, or no cap.
+    pub max_per_second: Option<u32>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -34,6 +36,7 @@ pub struct NewWebhook {
     pub url: WebhookUrl,
     pub events: Subscriptions,
     pub secret: WebhookSecret,
+    pub max_per_second: Option<u32>,
 }
 
 /// A partial update; `None` leaves a field as it is.
@@ -43,6 +46,8 @@ pub struct WebhookPatch {
     pub events: Option<Subscriptions>,
     pub is_active: Option<bool>,
     pub secret: Option<WebhookSecret>,
+    /// `Some(None)` removes the cap.
+    pub max_per_second: Option<Option<u32>>,
 }
 
 /// What a sender needs to deliver to a webhook, read at send time.
@@ -57,6 +62,8 @@ pub struct DeliveryTarget {
     /// the rotated-out ones that had not expired when the target was read.
     pub secrets: Vec<SigningSecret>,
     pub is_active: bool,
+    /// At most this many deliveries per second, or no cap.
+    pub max_per_second: Option<u32>,
 }
 
 impl DeliveryTarget {
@@ -107,7 +114,7 @@ impl WebhookSummary {
 
 const COLUMNS: &str =
     "id, workspace_id, url, events, secret_hint, is_active, consecutive_failures, \
-                       disabled_at, disabled_reason, created_at, updated_at";
+                       disabled_at, disabled_reason, created_at, updated_at, max_per_second";
 
 /// Why the API disabled a webhook at the customer's request.
 pub const DISABLED_BY_REQUEST: &str = "disabled through the API";
@@ -129,6 +136,7 @@ fn webhook_from_row(row: &Row) -> Result<Webhook> {
         disabled_reason: row.get(8),
         created_at: Timestamp::from(row.get::<_, DateTime<Utc>>(9)),
         updated_at: Timestamp::from(row.get::<_, DateTime<Utc>>(10)),
+        max_per_second: row.get::<_, Option<i32>>(11).map(|n| n.max(1) as u32),
     })
 }
 
@@ -146,7 +154,8 @@ impl Store {
             .query_one(
                 &format!(
                     "INSERT INTO webhooks (id, workspace_id, url, events, secret_ciphertext, secret_hint, \
-                     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING {COLUMNS}"
+                     created_at, updated_at, max_per_second) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) \
+                     RETURNING {COLUMNS}"
                 ),
                 &[
                     &id.as_str(),
@@ -156,6 +165,7 @@ impl Store {
                     &sealed,
                     &new.secret.hint(),
                     &now,
+                    &new.max_per_second.map(|n| n as i32),
                 ],
             )
             .await?;
@@ -240,6 +250,7 @@ impl Store {
                                                WHEN NOT $7 AND is_active THEN $8
                                                ELSE disabled_reason END,
                         is_active = COALESCE($7, is_active),
+                        max_per_second = CASE WHEN $10 THEN $11 ELSE max_per_second END,
                         updated_at = $9
                      WHERE id = $1 AND workspace_id = $2
                      RETURNING {COLUMNS}"
@@ -254,6 +265,8 @@ impl Store {
                     &patch.is_active,
                     &DISABLED_BY_REQUEST,
                     &now,
+                    &patch.max_per_second.is_some(),
+                    &patch.max_per_second.flatten().map(|n| n as i32),
                 ],
             )
             .await?;
@@ -374,7 +387,7 @@ impl Store {
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT w.workspace_id, w.url, w.secret_ciphertext, w.is_active, \
+                "SELECT w.workspace_id, w.url, w.secret_ciphertext, w.is_active, w.max_per_second, \
                  ARRAY(SELECT p.secret_ciphertext FROM webhook_previous_secrets p \
                        WHERE p.webhook_id = w.id AND p.expires_at > $2 ORDER BY p.id DESC), \
                  ARRAY(SELECT p.expires_at FROM webhook_previous_secrets p \
@@ -389,8 +402,8 @@ impl Store {
             return Ok(None);
         };
         let secret = self.cipher.open(id, row.get(2))?;
-        let previous: Vec<Vec<u8>> = row.get(4);
-        let expiries: Vec<DateTime<Utc>> = row.get(5);
+        let previous: Vec<Vec<u8>> = row.get(5);
+        let expiries: Vec<DateTime<Utc>> = row.get(6);
         let mut secrets = vec![SigningSecret {
             secret: secret.clone(),
             expires_at: None,
@@ -408,6 +421,7 @@ impl Store {
             secret,
             secrets,
             is_active: row.get(3),
+            max_per_second: row.get::<_, Option<i32>>(4).map(|n| n.max(1) as u32),
         }))
     }
 

@@ -58,11 +58,14 @@ pub struct Metrics {
     /// Retries put on a delay queue, by delay in milliseconds.
     pub retries_scheduled_total: IntCounterVec,
     /// Delivery jobs dropped without an attempt, by reason (`webhook_deleted`,
-    /// `webhook_disabled`).
+    /// `webhook_disabled`, `already_delivered`).
     pub deliveries_skipped_total: IntCounterVec,
     /// Delivery jobs parked in the defer queue because their webhook was at its
     /// in-flight cap (`delivery.max_in_flight_per_webhook`).
     pub deliveries_deferred_total: IntCounter,
+    /// Delivery jobs held back by their webhook's `max_per_second` (waited for a slot,
+    /// or parked when none was near).
+    pub deliveries_rate_limited_total: IntCounter,
     /// Webhooks disabled after too many consecutive failures.
     pub webhooks_disabled_total: IntCounter,
     /// Deliveries being attempted right now.
@@ -197,6 +200,13 @@ impl Metrics {
                 IntCounter::new(
                     "qr3_deliveries_deferred_total",
                     "Delivery jobs parked because their webhook was at its in-flight cap.",
+                )?,
+            )?,
+            deliveries_rate_limited_total: register(
+                &registry,
+                IntCounter::new(
+                    "qr3_deliveries_rate_limited_total",
+                    "Delivery jobs held back by their webhook's max_per_second.",
                 )?,
             )?,
             webhooks_disabled_total: register(
@@ -352,6 +362,7 @@ mod tests {
             "qr3_retries_scheduled_total",
             "qr3_deliveries_skipped_total",
             "qr3_deliveries_deferred_total",
+            "qr3_deliveries_rate_limited_total",
             "qr3_webhooks_disabled_total",
             "qr3_deliveries_in_flight",
             "qr3_log_batch_size",

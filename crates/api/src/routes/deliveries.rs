@@ -1,4 +1,5 @@
-//! `/v1/webhooks/{id}/deliveries`: a webhook's delivery log, newest first.
+//! `/v1/webhooks/{id}/deliveries`: a webhook's delivery log, newest first, and one
+//! attempt in detail.
 
 use anyhow::Context;
 use axum::{extract::State, routing::get, Json, Router};
@@ -9,22 +10,24 @@ use utoipa::OpenApi;
 use crate::{
     auth::Authenticated,
     error::ApiError,
-    extract::{Query, WebhookPath},
+    extract::{DeliveryPath, Query, WebhookPath},
     pagination::PageRequest,
     state::ApiState,
     wire::{
-        delivery::{Delivery, DeliveryPage, DeliveryQuery},
+        delivery::{Delivery, DeliveryDetail, DeliveryPage, DeliveryQuery, SentRequest},
         error::ErrorBody,
         page::Page,
     },
 };
 
 pub(crate) fn router() -> Router<ApiState> {
-    Router::new().route("/v1/webhooks/{id}/deliveries", get(list))
+    Router::new()
+        .route("/v1/webhooks/{id}/deliveries", get(list))
+        .route("/v1/webhooks/{id}/deliveries/{delivery_id}", get(read))
 }
 
 #[derive(OpenApi)]
-#[openapi(paths(list))]
+#[openapi(paths(list, read), components(schemas(DeliveryDetail, SentRequest)))]
 pub(crate) struct Doc;
 
 /// List a webhook's delivery attempts, newest first.
@@ -77,6 +80,48 @@ pub(crate) async fn list(
         .await
         .context("listing delivery attempts")?;
     Ok(Json(request.page(rows, |a| &a.id, Delivery::from)))
+}
+
+/// Read one delivery attempt with the request it sent and the start of the response.
+///
+/// The request headers and body are what the sender put on the wire, signatures
+/// included; the secret itself is never stored here. Details are kept as long as the
+/// delivery log (`retention.delivery_log_days`).
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}/deliveries/{delivery_id}",
+    tag = "deliveries",
+    operation_id = "get_delivery",
+    params(
+        ("id" = String, Path, description = "The webhook's id (`wh_…`)."),
+        ("delivery_id" = String, Path, description = "The attempt's id (`whd_…`)."),
+    ),
+    responses(
+        (status = 200, description = "The attempt in detail.", body = DeliveryDetail),
+        (status = 401, description = "Missing, malformed or invalid API key.", body = ErrorBody),
+        (status = 404, description = "No such webhook in this workspace, or no such attempt of it.", body = ErrorBody),
+        (status = 500, description = "Unexpected error.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn read(
+    State(state): State<ApiState>,
+    Authenticated(workspace): Authenticated,
+    DeliveryPath(webhook, delivery): DeliveryPath,
+) -> Result<Json<DeliveryDetail>, ApiError> {
+    state
+        .store
+        .get_webhook(&workspace, &webhook)
+        .await
+        .context("reading a webhook")?
+        .ok_or_else(ApiError::webhook_not_found)?;
+    let attempt = state
+        .store
+        .get_attempt(&workspace, &webhook, &delivery)
+        .await
+        .context("reading a delivery attempt")?
+        .ok_or_else(ApiError::delivery_not_found)?;
+    Ok(Json(attempt.into()))
 }
 
 fn parse_status(status: &str) -> Result<AttemptStatus, ApiError> {

@@ -2,6 +2,8 @@
 //! their OpenAPI descriptions.
 
 pub(crate) mod deliveries;
+mod jobs;
+pub(crate) mod manual;
 pub(crate) mod ping;
 pub(crate) mod rotate;
 pub(crate) mod webhooks;
@@ -25,6 +27,7 @@ pub(crate) fn v1_resources() -> Router<ApiState> {
         .merge(deliveries::router())
         .merge(ping::router())
         .merge(rotate::router())
+        .merge(manual::router())
 }
 
 /// The OpenAPI paths of every `/v1` resource, merged into the served document.
@@ -34,5 +37,6 @@ pub(crate) fn v1_docs() -> Vec<utoipa::openapi::OpenApi> {
         deliveries::Doc::openapi(),
         ping::Doc::openapi(),
         rotate::Doc::openapi(),
+        manual::Doc::openapi(),
     ]
 }

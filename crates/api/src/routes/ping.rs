@@ -5,15 +5,17 @@
 //! counted towards disabling. The API waits up to `api.ping_wait_ms` for the attempt's
 //! log row and answers 200 with it, or 202 with the event id if it is not there yet.
 
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
 
 use anyhow::Context;
 use axum::{extract::State, http::StatusCode, routing::post, Json, Router};
-use qr3_broker::{DeliveryJob, Outgoing, Trigger};
+use qr3_broker::{DeliveryJob, Trigger};
 use qr3_domain::{EventId, EventType, Payload, Timestamp};
+use qr3_store::AttemptTrigger;
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
+use super::jobs;
 use crate::{
     auth::Authenticated,
     error::ApiError,
@@ -93,50 +95,25 @@ pub(crate) async fn ping(
         trigger: Trigger::Ping,
         body: Vec::new(),
     };
-    let message = Outgoing {
-        exchange: String::new(),
-        routing_key: state.ping.deliveries_queue.clone(),
-        properties: job.properties(),
-        body: body.into_bytes(),
-    };
-    if let Err(error) = state
-        .ping
-        .publisher
-        .publish_all(std::slice::from_ref(&message))
-        .await
-    {
-        tracing::error!(%error, webhook_id = %webhook, "cannot publish a ping");
-        return Err(ApiError::Unavailable(
-            "the message broker is unavailable; try again",
-        ));
-    }
+    jobs::publish(&state, [(job, body.into_bytes())]).await?;
     tracing::info!(webhook_id = %webhook, event_id = %event_id, "ping queued");
-
-    let deadline = Instant::now() + state.config.ping_wait;
-    loop {
-        let attempts = state
-            .store
-            .attempts_for_event(&webhook, &event_id)
-            .await
-            .context("reading the ping's attempt")?;
-        if let Some(attempt) = attempts.into_iter().next() {
-            return Ok((
-                StatusCode::OK,
-                Json(PingResult {
-                    event_id: event_id.to_string(),
-                    delivery: Some(attempt.into()),
-                }),
-            ));
-        }
-        if Instant::now() >= deadline {
-            return Ok((
-                StatusCode::ACCEPTED,
-                Json(PingResult {
-                    event_id: event_id.to_string(),
-                    delivery: None,
-                }),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let attempt = jobs::await_attempt(
+        &state,
+        &webhook,
+        &event_id,
+        AttemptTrigger::Ping,
+        &HashSet::new(),
+    )
+    .await?;
+    let status = match attempt {
+        Some(_) => StatusCode::OK,
+        None => StatusCode::ACCEPTED,
+    };
+    Ok((
+        status,
+        Json(PingResult {
+            event_id: event_id.to_string(),
+            delivery: attempt.map(Delivery::from),
+        }),
+    ))
 }

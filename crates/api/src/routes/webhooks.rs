@@ -76,6 +76,7 @@ pub(crate) async fn create(
         url,
         events,
         secret: secret.clone(),
+        max_per_second: body.max_per_second.map(parse_rate).transpose()?,
     };
     let webhook = state
         .store
@@ -155,7 +156,7 @@ pub(crate) async fn read(
     Ok(Json(Webhook::from_store(webhook, None)))
 }
 
-/// Change a webhook's `url`, `events`, `is_active` or `secret`.
+/// Change a webhook's `url`, `events`, `is_active`, `secret` or `max_per_second`.
 ///
 /// `is_active: false` disables the webhook (`disabled_at` and `disabled_reason` are
 /// set); `is_active: true` re-enables it, clears them and resets its consecutive
@@ -188,7 +189,9 @@ pub(crate) async fn update(
 ) -> Result<Response, ApiError> {
     if body.is_empty() {
         return Err(ApiError::InvalidRequest(
-            "nothing to update: give at least one of `url`, `events`, `is_active`, `secret`".into(),
+            "nothing to update: give at least one of `url`, `events`, `is_active`, `secret`, \
+             `max_per_second`"
+                .into(),
         ));
     }
     let patch = WebhookPatch {
@@ -199,6 +202,10 @@ pub(crate) async fn update(
         events: body.events.map(|e| parse_events(&e)).transpose()?,
         is_active: body.is_active,
         secret: body.secret.map(parse_secret).transpose()?,
+        max_per_second: body
+            .max_per_second
+            .map(|rate| rate.map(parse_rate).transpose())
+            .transpose()?,
     };
     let new_secret = patch.secret.clone();
     let webhook = state
@@ -258,6 +265,17 @@ fn parse_url(url: &str, policy: TargetPolicy) -> Result<WebhookUrl, ApiError> {
 
 fn parse_events(events: &[String]) -> Result<Subscriptions, ApiError> {
     Subscriptions::parse(events).map_err(|e| ApiError::invalid_field("events", e))
+}
+
+fn parse_rate(rate: u32) -> Result<u32, ApiError> {
+    if (1..=10_000).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(ApiError::invalid_field(
+            "max_per_second",
+            "must be between 1 and 10000 (or null for no cap)",
+        ))
+    }
 }
 
 fn parse_secret(secret: String) -> Result<WebhookSecret, ApiError> {

@@ -1,5 +1,7 @@
 //! Delivery-log entries on the wire, and the listing's query parameters.
 
+use std::collections::BTreeMap;
+
 use qr3_store::{AttemptRecord, AttemptStatus, AttemptTrigger};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -27,7 +29,8 @@ pub struct Delivery {
     pub status_code: Option<u16>,
     /// From sending the request to the response (or the failure).
     pub response_time_ms: u32,
-    /// 1 for the first attempt, 2 and 3 for the retries.
+    /// 1 for the first attempt, 2 and 3 for the retries; a manual attempt carries the
+    /// number after the event's last attempt.
     #[schema(minimum = 1)]
     pub attempt: u16,
     pub trigger: DeliveryTrigger,
@@ -51,6 +54,54 @@ impl From<AttemptRecord> for Delivery {
             trigger: a.trigger.into(),
             error: a.error,
             created_at: a.created_at.to_string(),
+        }
+    }
+}
+
+/// One delivery attempt with what was sent and the start of what came back:
+/// `GET /v1/webhooks/{id}/deliveries/{delivery_id}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"id": "whd_01kmnd4e2x7r4h1v3f5s8q0c9b",
+    "event_id": "evt_abc123xyz", "event_type": "qr.scanned", "status": "failed",
+    "status_code": 500, "response_time_ms": 145, "attempt": 1, "trigger": "event",
+    "error": null, "created_at": "2026-03-15T10:00:00.000Z",
+    "request": {"headers": {"content-type": "application/json",
+        "x-qr3-signature": "sha256=5257a869…", "webhook-id": "evt_abc123xyz"},
+        "body": "{\"id\":\"evt_abc123xyz\",\"type\":\"qr.scanned\",\"created\":\"2026-03-15T10:00:00.000Z\",\"data\":{}}"},
+    "response_body": "{\"error\":\"database unavailable\"}"}))]
+pub struct DeliveryDetail {
+    #[serde(flatten)]
+    pub delivery: Delivery,
+    /// The request as sent; `null` for attempts logged before details were kept.
+    #[schema(required = true)]
+    pub request: Option<SentRequest>,
+    /// The first bytes of the response body (`delivery.response_body_bytes`, 1 KiB by
+    /// default), decoded as UTF-8; `null` when there was no response or nothing was
+    /// kept.
+    #[schema(required = true)]
+    pub response_body: Option<String>,
+}
+
+/// What an attempt sent.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SentRequest {
+    /// Every header the sender set, by lowercase name.
+    pub headers: BTreeMap<String, String>,
+    /// The exact body posted: the signed bytes.
+    pub body: String,
+}
+
+impl From<AttemptRecord> for DeliveryDetail {
+    fn from(mut a: AttemptRecord) -> Self {
+        let detail = a.detail.take();
+        let response_body = detail.as_ref().and_then(|d| d.response_body.clone());
+        Self {
+            delivery: a.into(),
+            request: detail.map(|d| SentRequest {
+                headers: d.request_headers.into_iter().collect(),
+                body: d.request_body,
+            }),
+            response_body,
         }
     }
 }

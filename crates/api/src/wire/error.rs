@@ -38,8 +38,13 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// 422: one field is invalid; `field` names it.
     InvalidField,
+    /// 409: the request conflicts with the resource's state (e.g. retrying a delivery
+    /// whose event the webhook already received).
+    Conflict,
     /// 422: the request as a whole is invalid (e.g. a PATCH that changes nothing).
     InvalidRequest,
+    /// 429: too many requests of this kind for now; `Retry-After` says when to retry.
+    RateLimited,
     /// 503: a dependency (the message broker) is unreachable; retry later.
     ServiceUnavailable,
     /// 500: something failed on our side; the body says nothing more.

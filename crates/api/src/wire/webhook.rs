@@ -24,6 +24,10 @@ pub struct CreateWebhook {
     /// one generated; either way the response shows it this once.
     #[schema(min_length = 16, max_length = 256)]
     pub secret: Option<String>,
+    /// At most this many deliveries per second to this webhook (1 to 10000); extra
+    /// deliveries wait their turn instead of failing. Omit or `null` for no cap.
+    #[schema(minimum = 1, maximum = 10000)]
+    pub max_per_second: Option<u32>,
 }
 
 /// `PATCH /v1/webhooks/{id}`: at least one field; absent fields are left unchanged.
@@ -46,6 +50,10 @@ pub struct UpdateWebhook {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = String, min_length = 16, max_length = 256)]
     pub secret: Option<String>,
+    /// A new cap on deliveries per second (1 to 10000), or `null` to remove the cap.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 10000)]
+    pub max_per_second: Option<Option<u32>>,
 }
 
 impl UpdateWebhook {
@@ -54,7 +62,15 @@ impl UpdateWebhook {
             && self.events.is_none()
             && self.is_active.is_none()
             && self.secret.is_none()
+            && self.max_per_second.is_none()
     }
+}
+
+/// A field that may be absent (`None`), `null` (`Some(None)`) or a value.
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A field that may be absent (`#[serde(default)]` gives `None`) but not `null`.
@@ -72,7 +88,7 @@ pub type WebhookPage = super::page::Page<Webhook>;
     "is_active": true, "secret": "my-secret-key-min-16-chars",
     "secret_whsec": "whsec_bXktc2VjcmV0LWtleS1taW4tMTYtY2hhcnM=", "secret_hint": "my-s…",
     "created_at": "2026-03-15T10:00:00.000Z", "updated_at": "2026-03-15T10:00:00.000Z",
-    "disabled_at": null, "disabled_reason": null}))]
+    "disabled_at": null, "disabled_reason": null, "max_per_second": null}))]
 pub struct Webhook {
     /// `wh_` followed by 26 characters; sorts by creation time.
     pub id: String,
@@ -104,6 +120,9 @@ pub struct Webhook {
     /// Why it was disabled; `null` while it is active.
     #[schema(required = true)]
     pub disabled_reason: Option<String>,
+    /// The cap on deliveries per second; `null` when there is none.
+    #[schema(required = true, minimum = 1, maximum = 10000)]
+    pub max_per_second: Option<u32>,
     /// Only in the response of `rotate-secret`: until when the previous secret keeps
     /// signing `webhook-signature` beside the new one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -127,6 +146,7 @@ impl Webhook {
             updated_at: webhook.updated_at.to_string(),
             disabled_at: webhook.disabled_at.map(|t| t.to_string()),
             disabled_reason: webhook.disabled_reason,
+            max_per_second: webhook.max_per_second,
             previous_secret_expires_at: None,
         }
     }

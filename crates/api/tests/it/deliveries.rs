@@ -30,6 +30,7 @@ fn attempt(
         trigger: AttemptTrigger::Event,
         error: None,
         created_at: Timestamp::now(),
+        detail: None,
     }
 }
 

@@ -6,6 +6,7 @@ mod deliveries;
 mod errors;
 mod helpers;
 mod limits;
+mod manual;
 mod openapi;
 mod pagination;
 mod rotate;

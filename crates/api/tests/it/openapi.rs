@@ -58,6 +58,12 @@ async fn the_document_describes_every_route_and_the_bearer_scheme() {
         ("/v1/webhooks/{id}/deliveries", &["get"][..]),
         ("/v1/webhooks/{id}/ping", &["post"][..]),
         ("/v1/webhooks/{id}/rotate-secret", &["post"][..]),
+        ("/v1/webhooks/{id}/deliveries/{delivery_id}", &["get"][..]),
+        (
+            "/v1/webhooks/{id}/deliveries/{delivery_id}/retry",
+            &["post"][..],
+        ),
+        ("/v1/webhooks/{id}/recover", &["post"][..]),
         ("/v1/openapi.json", &["get"][..]),
     ] {
         for method in methods {
@@ -90,6 +96,7 @@ async fn the_document_describes_every_route_and_the_bearer_scheme() {
             "events",
             "id",
             "is_active",
+            "max_per_second",
             "secret_hint",
             "updated_at",
             "url"

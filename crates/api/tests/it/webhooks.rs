@@ -48,6 +48,7 @@ async fn the_seed_example_answers_the_seed_response() {
             "events",
             "id",
             "is_active",
+            "max_per_second",
             "secret",
             "secret_hint",
             "secret_whsec",
@@ -279,6 +280,7 @@ async fn re_enabling_a_webhook_disabled_by_failures_resets_its_count() {
             trigger: AttemptTrigger::Event,
             error: None,
             created_at: Timestamp::now(),
+            detail: None,
         })
         .collect();
     app.db.store.record_attempts(&failures, 10).await.unwrap();

@@ -105,6 +105,7 @@ async fn a_large_backlog_is_consumed_within_the_prefetch_window() {
                     .unwrap(),
                     events: Subscriptions::parse(&["*"]).unwrap(),
                     secret: WebhookSecret::parse("backlog-secret-0123456789").unwrap(),
+                    max_per_second: None,
                 },
             )
             .await

@@ -65,6 +65,7 @@ impl TestApp {
                     .unwrap(),
                     events: Subscriptions::parse(events).unwrap(),
                     secret: WebhookSecret::parse(secret).unwrap(),
+                    max_per_second: None,
                 },
             )
             .await

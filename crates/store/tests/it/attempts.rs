@@ -18,6 +18,7 @@ async fn webhook(store: &Store) -> (WorkspaceId, WebhookId) {
                 url: WebhookUrl::parse("https://example.com/h", TargetPolicy::default()).unwrap(),
                 events: Subscriptions::parse(&["*"]).unwrap(),
                 secret: WebhookSecret::generate(),
+                max_per_second: None,
             },
         )
         .await
@@ -43,6 +44,7 @@ fn attempt(ws: &WorkspaceId, hook: &WebhookId, status: AttemptStatus) -> Attempt
         trigger: AttemptTrigger::Event,
         error: None,
         created_at: Timestamp::now(),
+        detail: None,
     }
 }
 

@@ -24,6 +24,7 @@ async fn a_previous_secret_signs_until_its_grace_period_ends() {
                     .unwrap(),
                 events: Subscriptions::parse(&["*"]).unwrap(),
                 secret: secret("the-first-secret-000"),
+                max_per_second: None,
             },
         )
         .await

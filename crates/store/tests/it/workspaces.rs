@@ -46,6 +46,7 @@ async fn webhook_secrets_are_encrypted_at_rest() {
                     .unwrap(),
                 events: Subscriptions::parse(&["*"]).unwrap(),
                 secret: secret.clone(),
+                max_per_second: None,
             },
         )
         .await

@@ -1,0 +1,324 @@
+//! Manual resends: `POST /v1/webhooks/{id}/deliveries/{delivery_id}/retry` re-sends one
+//! event, `POST /v1/webhooks/{id}/recover` every event whose last attempt since a given
+//! time failed.
+//!
+//! Both publish `manual` jobs carrying the logged body on the delivery queue: the sender
+//! signs them afresh (new timestamp, current secrets), makes one attempt each (never
+//! retried, never counted towards disabling) and logs it with trigger `manual`. Events
+//! the webhook already received are not sent again, here and once more in the sender
+//! just before the attempt. Both count against the webhook's
+//! `api.manual_requests_per_minute`, across API replicas.
+
+use std::collections::HashSet;
+
+use anyhow::Context;
+use axum::{extract::State, http::StatusCode, routing::post, Json, Router};
+use qr3_broker::{DeliveryJob, Trigger};
+use qr3_domain::{EventId, EventType, Timestamp, WebhookId, WorkspaceId};
+use qr3_store::{AttemptTrigger, ManualBudget, Webhook};
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+
+use super::jobs;
+use crate::{
+    auth::Authenticated,
+    error::ApiError,
+    extract::{DeliveryPath, JsonBody, WebhookPath},
+    state::ApiState,
+    wire::{delivery::Delivery, error::ErrorBody},
+};
+
+pub(crate) fn router() -> Router<ApiState> {
+    Router::new()
+        .route(
+            "/v1/webhooks/{id}/deliveries/{delivery_id}/retry",
+            post(retry),
+        )
+        .route("/v1/webhooks/{id}/recover", post(recover))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(retry, recover),
+    components(schemas(RetryResult, RecoverRequest, RecoverResult))
+)]
+pub(crate) struct Doc;
+
+/// The outcome of a manual retry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetryResult {
+    /// The event re-sent (`evt_…`).
+    pub event_id: String,
+    /// The manual attempt, or `null` when it had not finished within the wait (202).
+    #[schema(required = true)]
+    pub delivery: Option<Delivery>,
+}
+
+/// `POST /v1/webhooks/{id}/recover`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"since": "2026-03-15T10:00:00Z"}))]
+pub struct RecoverRequest {
+    /// Re-send the events whose last attempt at or after this time (RFC 3339) failed.
+    #[schema(format = DateTime)]
+    pub since: String,
+}
+
+/// The outcome of a recovery.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"queued": 2, "event_ids": ["evt_abc123xyz", "evt_def456uvw"], "has_more": false}))]
+pub struct RecoverResult {
+    /// How many events were queued for one manual attempt each.
+    pub queued: usize,
+    /// The events queued, oldest first.
+    pub event_ids: Vec<String>,
+    /// `true` when more events qualified than one request queues
+    /// (`api.recover_max_events`): call again to queue the next ones.
+    pub has_more: bool,
+}
+
+/// Re-send one delivery's event to the webhook now.
+///
+/// One attempt, signed afresh, logged with trigger `manual`; it is not retried and does
+/// not count towards disabling. Answers 200 with the attempt when it finishes within a
+/// few seconds, otherwise 202. Refused (409) when the webhook is disabled, when the
+/// event was already delivered to it, for pings, and for attempts logged without their
+/// body.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/deliveries/{delivery_id}/retry",
+    tag = "deliveries",
+    operation_id = "retry_delivery",
+    params(
+        ("id" = String, Path, description = "The webhook's id (`wh_…`)."),
+        ("delivery_id" = String, Path, description = "Any attempt of the event to re-send (`whd_…`)."),
+    ),
+    responses(
+        (status = 200, description = "The event was re-sent; `delivery` says how it went.", body = RetryResult),
+        (status = 202, description = "The retry is queued; look for `event_id` in the delivery log.", body = RetryResult),
+        (status = 401, description = "Missing, malformed or invalid API key.", body = ErrorBody),
+        (status = 404, description = "No such webhook in this workspace, or no such attempt of it.", body = ErrorBody),
+        (status = 409, description = "Already delivered, webhook disabled, a ping, or no body kept.", body = ErrorBody),
+        (status = 429, description = "Too many manual requests for this webhook; see `Retry-After`.", body = ErrorBody),
+        (status = 503, description = "The message broker is unreachable.", body = ErrorBody),
+        (status = 500, description = "Unexpected error.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn retry(
+    State(state): State<ApiState>,
+    Authenticated(workspace): Authenticated,
+    DeliveryPath(webhook_id, delivery_id): DeliveryPath,
+) -> Result<(StatusCode, Json<RetryResult>), ApiError> {
+    let webhook = active_webhook(&state, &workspace, &webhook_id).await?;
+    let attempt = state
+        .store
+        .get_attempt(&workspace, &webhook.id, &delivery_id)
+        .await
+        .context("reading a delivery attempt")?
+        .ok_or_else(ApiError::delivery_not_found)?;
+    if attempt.trigger == AttemptTrigger::Ping {
+        return Err(ApiError::Conflict(
+            "pings are not retried; send a new one with POST /v1/webhooks/{id}/ping".into(),
+        ));
+    }
+    let Some(detail) = attempt.detail else {
+        return Err(ApiError::Conflict(
+            "this attempt was logged without its body, so it cannot be re-sent".into(),
+        ));
+    };
+    let earlier = state
+        .store
+        .attempts_for_event(&webhook.id, &attempt.event_id)
+        .await
+        .context("reading an event's attempts")?;
+    if earlier
+        .iter()
+        .any(|a| a.status == qr3_store::AttemptStatus::Success && a.trigger != AttemptTrigger::Ping)
+    {
+        return Err(ApiError::Conflict(format!(
+            "event {} was already delivered to this webhook",
+            attempt.event_id
+        )));
+    }
+    take_budget(&state, &workspace, &webhook.id).await?;
+    let job = manual_job(
+        &webhook,
+        attempt.event_id.clone(),
+        attempt.event_type,
+        &detail.request_body,
+        next_attempt(earlier.len()),
+    );
+    jobs::publish(&state, [(job, detail.request_body.into_bytes())]).await?;
+    tracing::info!(webhook_id = %webhook.id, event_id = %attempt.event_id, "manual retry queued");
+    let seen: HashSet<_> = earlier.into_iter().map(|a| a.id).collect();
+    let made = jobs::await_attempt(
+        &state,
+        &webhook.id,
+        &attempt.event_id,
+        AttemptTrigger::Manual,
+        &seen,
+    )
+    .await?;
+    let status = match made {
+        Some(_) => StatusCode::OK,
+        None => StatusCode::ACCEPTED,
+    };
+    Ok((
+        status,
+        Json(RetryResult {
+            event_id: attempt.event_id.to_string(),
+            delivery: made.map(Delivery::from),
+        }),
+    ))
+}
+
+/// Re-send every event whose last attempt since `since` failed.
+///
+/// Typically after re-enabling a webhook that was down: each event whose last attempt
+/// at or after `since` failed, and that was never delivered, is queued for one manual
+/// attempt (oldest first, at most `api.recover_max_events` per request; `has_more` says
+/// to call again). Answers 202 at once; the attempts appear in the delivery log with
+/// trigger `manual`.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/recover",
+    tag = "deliveries",
+    operation_id = "recover_deliveries",
+    params(("id" = String, Path, description = "The webhook's id (`wh_…`).")),
+    request_body = RecoverRequest,
+    responses(
+        (status = 202, description = "The events found are queued.", body = RecoverResult),
+        (status = 400, description = "Not JSON, not an object, or not `application/json`.", body = ErrorBody),
+        (status = 401, description = "Missing, malformed or invalid API key.", body = ErrorBody),
+        (status = 404, description = "No such webhook in this workspace.", body = ErrorBody),
+        (status = 409, description = "The webhook is disabled; re-enable it first.", body = ErrorBody),
+        (status = 413, description = "Body larger than the configured limit.", body = ErrorBody),
+        (status = 422, description = "`since` is missing, not RFC 3339, or in the future.", body = ErrorBody),
+        (status = 429, description = "Too many manual requests for this webhook; see `Retry-After`.", body = ErrorBody),
+        (status = 503, description = "The message broker is unreachable.", body = ErrorBody),
+        (status = 500, description = "Unexpected error.", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn recover(
+    State(state): State<ApiState>,
+    Authenticated(workspace): Authenticated,
+    WebhookPath(webhook_id): WebhookPath,
+    JsonBody(body): JsonBody<RecoverRequest>,
+) -> Result<(StatusCode, Json<RecoverResult>), ApiError> {
+    let since = Timestamp::parse(&body.since)
+        .map_err(|e| ApiError::invalid_field("since", format!("not an RFC 3339 time: {e}")))?;
+    if since > Timestamp::now() {
+        return Err(ApiError::invalid_field(
+            "since",
+            "must not be in the future",
+        ));
+    }
+    let webhook = active_webhook(&state, &workspace, &webhook_id).await?;
+    take_budget(&state, &workspace, &webhook.id).await?;
+    let max = state.config.recover_max_events as usize;
+    let mut found = state
+        .store
+        .recoverable_events(&workspace, &webhook.id, since, max as i64 + 1)
+        .await
+        .context("finding events to recover")?;
+    let has_more = found.len() > max;
+    found.truncate(max);
+    let event_ids: Vec<String> = found.iter().map(|r| r.event_id.to_string()).collect();
+    jobs::publish(
+        &state,
+        found.into_iter().map(|r| {
+            let job = manual_job(&webhook, r.event_id, r.event_type, &r.body, r.next_attempt);
+            (job, r.body.into_bytes())
+        }),
+    )
+    .await?;
+    tracing::info!(webhook_id = %webhook.id, queued = event_ids.len(), has_more, "recovery queued");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RecoverResult {
+            queued: event_ids.len(),
+            event_ids,
+            has_more,
+        }),
+    ))
+}
+
+/// The webhook, if it exists in the workspace (404) and is active (409).
+async fn active_webhook(
+    state: &ApiState,
+    workspace: &WorkspaceId,
+    id: &WebhookId,
+) -> Result<Webhook, ApiError> {
+    let webhook = state
+        .store
+        .get_webhook(workspace, id)
+        .await
+        .context("reading a webhook")?
+        .ok_or_else(ApiError::webhook_not_found)?;
+    if !webhook.is_active {
+        return Err(ApiError::Conflict(
+            "the webhook is disabled; re-enable it with PATCH {\"is_active\": true} first".into(),
+        ));
+    }
+    Ok(webhook)
+}
+
+/// Counts the request against the webhook's manual budget; 429 when it is spent.
+async fn take_budget(
+    state: &ApiState,
+    workspace: &WorkspaceId,
+    webhook: &WebhookId,
+) -> Result<(), ApiError> {
+    let budget = state
+        .store
+        .take_manual_budget(workspace, webhook, state.config.manual_requests_per_minute)
+        .await
+        .context("counting a manual request")?
+        .ok_or_else(ApiError::webhook_not_found)?;
+    match budget {
+        ManualBudget::Granted => Ok(()),
+        ManualBudget::Exhausted(wait) => Err(ApiError::RateLimited {
+            message: "too many manual retries and recoveries for this webhook; try again later",
+            retry_after_secs: wait.as_secs().max(1),
+        }),
+    }
+}
+
+/// The attempt number a manual attempt carries: the one after the event's last.
+fn next_attempt(attempts_so_far: usize) -> u16 {
+    u16::try_from(attempts_so_far + 1).unwrap_or(u16::MAX)
+}
+
+fn manual_job(
+    webhook: &Webhook,
+    event_id: EventId,
+    event_type: EventType,
+    body: &str,
+    attempt: u16,
+) -> DeliveryJob {
+    DeliveryJob {
+        webhook_id: webhook.id.clone(),
+        workspace_id: webhook.workspace_id.clone(),
+        event_id,
+        event_type,
+        event_created: created_of(body),
+        attempt,
+        trigger: Trigger::Manual,
+        body: Vec::new(),
+    }
+}
+
+/// The `created` time inside a logged payload (only the lag metric uses it); now when
+/// it cannot be read.
+fn created_of(body: &str) -> Timestamp {
+    #[derive(Deserialize)]
+    struct Created {
+        created: String,
+    }
+    serde_json::from_str::<Created>(body)
+        .ok()
+        .and_then(|c| Timestamp::parse(&c.created).ok())
+        .unwrap_or_else(Timestamp::now)
+}

@@ -4,6 +4,7 @@
 pub(crate) mod deliveries;
 pub(crate) mod ping;
 pub(crate) mod rotate;
+pub(crate) mod stats;
 pub(crate) mod webhooks;
 
 use axum::Router;
@@ -25,6 +26,7 @@ pub(crate) fn v1_resources() -> Router<ApiState> {
         .merge(deliveries::router())
         .merge(ping::router())
         .merge(rotate::router())
+        .merge(stats::router())
 }
 
 /// The OpenAPI paths of every `/v1` resource, merged into the served document.
@@ -34,5 +36,6 @@ pub(crate) fn v1_docs() -> Vec<utoipa::openapi::OpenApi> {
         deliveries::Doc::openapi(),
         ping::Doc::openapi(),
         rotate::Doc::openapi(),
+        stats::Doc::openapi(),
     ]
 }

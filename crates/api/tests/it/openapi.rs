@@ -58,6 +58,7 @@ async fn the_document_describes_every_route_and_the_bearer_scheme() {
         ("/v1/webhooks/{id}/deliveries", &["get"][..]),
         ("/v1/webhooks/{id}/ping", &["post"][..]),
         ("/v1/webhooks/{id}/rotate-secret", &["post"][..]),
+        ("/v1/webhooks/{id}/stats", &["get"][..]),
         ("/v1/openapi.json", &["get"][..]),
     ] {
         for method in methods {

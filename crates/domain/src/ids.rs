@@ -9,6 +9,8 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::Timestamp;
+
 /// Why a string is not an id of the expected kind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{value}` is not a valid {kind} id (expected `{prefix}…`)")]
@@ -21,6 +23,13 @@ pub struct InvalidId {
 fn new_ulid_suffix() -> String {
     // `Ulid::new` draws from `rand::thread_rng`, a CSPRNG seeded from the OS.
     ulid::Ulid::new().to_string().to_ascii_lowercase()
+}
+
+/// The ULID of millisecond `ms` (clamped at the epoch) with `random` as its random bits.
+fn ulid_suffix_at(ms: i64, random: u128) -> String {
+    ulid::Ulid::from_parts(u64::try_from(ms).unwrap_or(0), random)
+        .to_string()
+        .to_ascii_lowercase()
 }
 
 fn is_ulid_suffix(s: &str) -> bool {
@@ -100,6 +109,29 @@ ulid_id!(
     /// An API key's public identifier (the secret part is never stored).
     ApiKeyId, "key_", "api key"
 );
+
+impl DeliveryId {
+    /// A fresh id stamped with `at` instead of the current time, for rows written
+    /// after the fact (tests, backfills) that must sort and bound like live ones.
+    pub fn generate_at(at: Timestamp) -> Self {
+        Self(format!(
+            "{}{}",
+            Self::PREFIX,
+            ulid_suffix_at(at.unix_millis(), rand::random())
+        ))
+    }
+
+    /// The smallest id that can be generated at `at` or later: `at`'s millisecond with
+    /// every random bit zero. Not an id of any row; a range bound (`id >= bound`) that
+    /// lets a query on the time-sorted `(webhook_id, id)` index skip older rows.
+    pub fn lower_bound_at(at: Timestamp) -> Self {
+        Self(format!(
+            "{}{}",
+            Self::PREFIX,
+            ulid_suffix_at(at.unix_millis(), 0)
+        ))
+    }
+}
 
 /// The identifier of one domain event. Generated ids are ULID-based; ids supplied by the
 /// platform are accepted when they are `evt_` followed by 1 to 100 of `[A-Za-z0-9_-]`.
@@ -188,6 +220,39 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(2));
         let b = DeliveryId::generate();
         assert!(a < b);
+    }
+
+    fn plus_ms(t: Timestamp, ms: i64) -> Timestamp {
+        Timestamp::from(t.as_datetime() + chrono::Duration::milliseconds(ms))
+    }
+
+    #[test]
+    fn an_id_lies_between_the_bounds_of_its_millisecond_and_the_next() {
+        let before = Timestamp::now();
+        let live = DeliveryId::generate();
+        let after = Timestamp::now();
+        assert!(DeliveryId::lower_bound_at(before) <= live);
+        assert!(DeliveryId::lower_bound_at(plus_ms(after, 1)) > live);
+
+        let t = Timestamp::parse("2026-03-15T10:00:00.123Z").unwrap();
+        for _ in 0..1000 {
+            let id = DeliveryId::generate_at(t);
+            assert!(DeliveryId::parse(id.as_str()).is_ok(), "{id}");
+            assert!(DeliveryId::lower_bound_at(t) <= id);
+            assert!(DeliveryId::lower_bound_at(plus_ms(t, 1)) > id);
+            assert!(DeliveryId::lower_bound_at(plus_ms(t, -1)) < id);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn bounds_order_like_time(ms in 0i64..(1 << 48) - 1, random: u128) {
+            // Even the largest random part of millisecond `ms` sorts below `ms + 1`.
+            let id = ulid_suffix_at(ms, random);
+            let (low, next) = (ulid_suffix_at(ms, 0), ulid_suffix_at(ms + 1, 0));
+            proptest::prop_assert!(low <= id, "{} > {}", low, id);
+            proptest::prop_assert!(next > id, "{} <= {}", next, id);
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod crypto;
 mod events;
 mod migrate;
 mod pool;
+mod stats;
 mod webhooks;
 mod workspaces;
 
@@ -24,6 +25,7 @@ pub use crypto::SecretCipher;
 pub use events::{ClaimOutcome, EventKey};
 pub use migrate::{migrate, run_retention};
 pub use pool::{connect, create_database_if_missing, database_name};
+pub use stats::{LatencyPercentiles, StatsWindow, WebhookStats};
 pub use webhooks::{
     DeliveryTarget, NewWebhook, RotatedSecret, SigningSecret, Webhook, WebhookPatch,
     WebhookSummary, MAX_PREVIOUS_SECRETS,

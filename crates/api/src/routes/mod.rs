@@ -6,6 +6,7 @@ mod jobs;
 pub(crate) mod manual;
 pub(crate) mod ping;
 pub(crate) mod rotate;
+pub(crate) mod stats;
 pub(crate) mod webhooks;
 
 use axum::Router;
@@ -28,6 +29,7 @@ pub(crate) fn v1_resources() -> Router<ApiState> {
         .merge(ping::router())
         .merge(rotate::router())
         .merge(manual::router())
+        .merge(stats::router())
 }
 
 /// The OpenAPI paths of every `/v1` resource, merged into the served document.
@@ -38,5 +40,6 @@ pub(crate) fn v1_docs() -> Vec<utoipa::openapi::OpenApi> {
         ping::Doc::openapi(),
         rotate::Doc::openapi(),
         manual::Doc::openapi(),
+        stats::Doc::openapi(),
     ]
 }

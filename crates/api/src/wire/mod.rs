@@ -4,4 +4,5 @@
 pub(crate) mod delivery;
 pub(crate) mod error;
 pub(crate) mod page;
+pub(crate) mod stats;
 pub(crate) mod webhook;

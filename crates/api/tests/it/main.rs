@@ -11,4 +11,5 @@ mod openapi;
 mod pagination;
 mod rotate;
 mod ssrf;
+mod stats;
 mod webhooks;

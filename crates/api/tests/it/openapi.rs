@@ -64,6 +64,7 @@ async fn the_document_describes_every_route_and_the_bearer_scheme() {
             &["post"][..],
         ),
         ("/v1/webhooks/{id}/recover", &["post"][..]),
+        ("/v1/webhooks/{id}/stats", &["get"][..]),
         ("/v1/openapi.json", &["get"][..]),
     ] {
         for method in methods {

@@ -3,4 +3,5 @@
 mod attempts;
 mod migrations;
 mod rotation;
+mod stats;
 mod workspaces;

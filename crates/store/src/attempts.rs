@@ -440,7 +440,8 @@ impl Store {
         Ok(row.get(0))
     }
 
-    /// Up to `limit` events to recover on a webhook, oldest first: their last attempt
+    /// Up to `limit` events to recover on a webhook, in the order of their first attempt
+    /// since `since` (oldest event first): their last attempt
     /// since `since` failed, no attempt of them ever succeeded, and their body is in the
     /// log (rows logged before the log kept bodies cannot be re-sent).
     pub async fn recoverable_events(
@@ -454,7 +455,8 @@ impl Store {
         let stmt = client
             .prepare_cached(
                 "WITH last AS (
-                    SELECT DISTINCT ON (event_id) event_id, event_type, status, request_body, id
+                    SELECT DISTINCT ON (event_id) event_id, event_type, status, request_body,
+                           min(id) OVER (PARTITION BY event_id) AS first_id
                     FROM delivery_attempts
                     WHERE webhook_id = $1 AND workspace_id = $2 AND created_at >= $3
                       AND trigger IN ('event', 'manual')
@@ -468,7 +470,7 @@ impl Store {
                    AND NOT EXISTS (SELECT 1 FROM delivery_attempts s
                                    WHERE s.event_id = l.event_id AND s.webhook_id = $1
                                      AND s.status = 'success' AND s.trigger <> 'ping')
-                 ORDER BY l.id LIMIT $4",
+                 ORDER BY l.first_id LIMIT $4",
             )
             .await?;
         let rows = client

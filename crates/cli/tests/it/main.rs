@@ -6,6 +6,7 @@ mod cli;
 mod delivery;
 mod helpers;
 mod hostile;
+mod manual;
 mod metrics;
 mod ping;
 mod retries;

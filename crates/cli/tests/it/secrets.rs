@@ -117,7 +117,9 @@ struct Canaries(Vec<String>);
 
 impl Canaries {
     fn new(api_key: &str) -> Self {
-        let key_secret = api_key.rsplit('_').next().unwrap().to_owned();
+        // `qr3k_<ulid>_<secret>`: the secret is base64url, which may itself contain `_`.
+        let key_secret = api_key.splitn(3, '_').nth(2).unwrap().to_owned();
+        assert_eq!(key_secret.len(), 43, "{api_key}");
         Self(vec![
             SECRET.to_owned(),
             base64::engine::general_purpose::STANDARD.encode(SECRET),

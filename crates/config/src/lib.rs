@@ -323,6 +323,9 @@ impl Settings {
         if self.api.recover_max_events == 0 || self.api.recover_max_events > 100_000 {
             return invalid("api.recover_max_events must be between 1 and 100000");
         }
+        if self.api.manual_requests_per_minute == 0 {
+            return invalid("api.manual_requests_per_minute must be at least 1");
+        }
         if self.delivery.log_batch_size == 0 {
             return invalid("delivery.log_batch_size must be at least 1");
         }

@@ -439,8 +439,11 @@ impl Sender {
             .metrics
             .delivery_response_seconds
             .observe(outcome.elapsed.as_secs_f64());
-        let lag = (now.unix_millis() - job.event_created.unix_millis()).max(0) as f64 / 1000.0;
-        inner.metrics.delivery_lag_seconds.observe(lag);
+        // A manual resend of an old event is not pipeline lag (it would page on-call).
+        if job.trigger != Trigger::Manual {
+            let lag = (now.unix_millis() - job.event_created.unix_millis()).max(0) as f64 / 1000.0;
+            inner.metrics.delivery_lag_seconds.observe(lag);
+        }
         tracing::debug!(webhook_id = %job.webhook_id, event_id = %job.event_id, delivery_id = %id, attempt = job.attempt,
             status = status.as_str(), status_code = outcome.status, "delivery attempted");
         Ok(Attempted::Made(Box::new(AttemptRecord {

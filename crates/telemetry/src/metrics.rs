@@ -61,7 +61,8 @@ pub struct Metrics {
     /// `webhook_disabled`, `already_delivered`).
     pub deliveries_skipped_total: IntCounterVec,
     /// Delivery jobs parked in the defer queue because their webhook was at its
-    /// in-flight cap (`delivery.max_in_flight_per_webhook`).
+    /// in-flight cap (`delivery.max_in_flight_per_webhook`) or had no `max_per_second`
+    /// slot within `delivery.defer_ms`.
     pub deliveries_deferred_total: IntCounter,
     /// Delivery jobs held back by their webhook's `max_per_second` (waited for a slot,
     /// or parked when none was near).
@@ -199,7 +200,7 @@ impl Metrics {
                 &registry,
                 IntCounter::new(
                     "qr3_deliveries_deferred_total",
-                    "Delivery jobs parked because their webhook was at its in-flight cap.",
+                    "Delivery jobs parked because their webhook was at its in-flight cap or rate limit.",
                 )?,
             )?,
             deliveries_rate_limited_total: register(

@@ -281,7 +281,8 @@ async fn take_budget(
         ManualBudget::Granted => Ok(()),
         ManualBudget::Exhausted(wait) => Err(ApiError::RateLimited {
             message: "too many manual retries and recoveries for this webhook; try again later",
-            retry_after_secs: wait.as_secs().max(1),
+            // Rounded up: a client retrying on time must find the window renewed.
+            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
         }),
     }
 }

@@ -154,6 +154,8 @@ impl Run {
                     format!("{prefix}.deliveries"),
                     format!("{prefix}.deliveries.dead"),
                     format!("{prefix}.ceiling"),
+                    format!("{prefix}.ceiling.hops.a"),
+                    format!("{prefix}.ceiling.hops.b"),
                 ];
                 for (key, value) in &self.env.vars {
                     if key == "QR3__DELIVERY__RETRY_DELAYS_MS" {

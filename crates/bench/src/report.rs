@@ -10,6 +10,38 @@ pub struct Ceilings {
     pub broker_msgs_per_s: f64,
     pub receiver_req_per_s: f64,
     pub postgres_rows_per_s: f64,
+    /// The broker alone on W3's path: two quorum-queue hops with a confirm each.
+    pub broker_two_hops: LatencyFloor,
+}
+
+/// Publish-to-consume latency of the broker alone, at W3's rate.
+#[derive(Debug, Serialize)]
+pub struct LatencyFloor {
+    pub rate_per_s: usize,
+    pub seconds: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl LatencyFloor {
+    pub fn from_sorted(rate_per_s: usize, seconds: u64, sorted_ms: &[f64]) -> Self {
+        Self {
+            rate_per_s,
+            seconds,
+            p50_ms: percentile(sorted_ms, 0.50),
+            p95_ms: percentile(sorted_ms, 0.95),
+            p99_ms: percentile(sorted_ms, 0.99),
+        }
+    }
+}
+
+/// The `p` quantile of sorted samples (nearest rank); NaN without samples.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(f64::NAN)
 }
 
 #[derive(Debug, Serialize)]
@@ -154,6 +186,11 @@ pub fn print(r: &Report) {
         "  Postgres alone (attempt log, batches of 256)  {:>10.0} rows/s",
         c.postgres_rows_per_s
     );
+    let f = &c.broker_two_hops;
+    println!(
+        "  RabbitMQ alone, W3's two hops at {}/s       p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms",
+        f.rate_per_s, f.p50_ms, f.p95_ms, f.p99_ms
+    );
     println!("\nWorkloads                       deliveries/s   of broker  of receiver  of postgres   delivered   dup");
     for (name, t) in [
         ("W1 single webhook", &r.w1),
@@ -182,6 +219,11 @@ pub fn print(r: &Report) {
     }
     let l = &r.w3;
     println!("\nW3 latency at {}/s for {} s: p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} delivered)", l.rate_per_s, l.seconds, l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms, l.delivered);
+    println!(
+        "  of which the broker alone takes: p50 {:.0} %, p99 {:.0} % (its two hops measured above)",
+        f.p50_ms / l.p50_ms * 100.0,
+        f.p99_ms / l.p99_ms * 100.0
+    );
     println!("\nPeak RSS");
     for m in &r.memory {
         println!(

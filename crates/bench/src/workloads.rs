@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::procs::{Env, Proc};
 use crate::receiver::Receiver;
-use crate::report::{Ceilings, Latency, Memory, Report, Throughput};
+use crate::report::{Ceilings, Latency, LatencyFloor, Memory, Report, Throughput};
 use crate::{ceilings, Args, Sizes};
 
 const SECRET: &str = "bench-secret-0123456789abcdef";
@@ -56,6 +56,19 @@ pub async fn run_all(
         payload_size,
     )
     .await?;
+    let hop_seconds = sizes.w3_seconds.min(5);
+    println!(
+        "ceiling: RabbitMQ alone, two confirmed hops at {}/s for {hop_seconds} s…",
+        sizes.w3_rate
+    );
+    let hops = ceilings::broker_two_hops(
+        &args.common.amqp,
+        &format!("{prefix}.ceiling.hops"),
+        sizes.w3_rate,
+        hop_seconds,
+    )
+    .await?;
+    let broker_two_hops = LatencyFloor::from_sorted(sizes.w3_rate, hop_seconds, &hops);
     let receiver = Receiver::start(SECRET).await?;
     println!("ceiling: receiver alone ({SENDER_CONCURRENCY} keep-alive clients)…");
     let body = bytes::Bytes::from(vec![b'x'; payload_size]);
@@ -82,6 +95,7 @@ pub async fn run_all(
         broker_msgs_per_s: broker,
         receiver_req_per_s: receiver_alone,
         postgres_rows_per_s: postgres,
+        broker_two_hops,
     };
 
     // The system under test.
@@ -422,12 +436,7 @@ async fn latency(
         .filter_map(|(_, id, at)| published.get(id).map(|p| (*at - *p).as_secs_f64() * 1000.0))
         .collect();
     latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let pct = |p: f64| crate::report::percentile(&latencies, p);
     Ok(Latency {
         rate_per_s: sizes.w3_rate,
         seconds: sizes.w3_seconds,

@@ -3,10 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use qr3_broker::SharedPublisher;
 use qr3_config::Settings;
-use qr3_domain::TargetPolicy;
-use qr3_store::Store;
+use qr3_domain::{TargetPolicy, WebhookId, WorkspaceId};
+use qr3_store::{Store, Webhook};
+
+use crate::error::ApiError;
 
 /// The settings the API acts on, taken from [`Settings`] once at start-up.
 #[derive(Debug, Clone)]
@@ -54,6 +57,22 @@ impl std::fmt::Debug for JobChannel {
         f.debug_struct("JobChannel")
             .field("deliveries_queue", &self.deliveries_queue)
             .finish_non_exhaustive()
+    }
+}
+
+impl ApiState {
+    /// The webhook `id` of `workspace`: 404 when it does not exist there, whether it
+    /// exists in another workspace or not at all.
+    pub(crate) async fn webhook(
+        &self,
+        workspace: &WorkspaceId,
+        id: &WebhookId,
+    ) -> Result<Webhook, ApiError> {
+        self.store
+            .get_webhook(workspace, id)
+            .await
+            .context("reading a webhook")?
+            .ok_or_else(ApiError::webhook_not_found)
     }
 }
 

@@ -22,21 +22,7 @@ use qr3_store::{AttemptDetail, AttemptRecord, AttemptStatus, AttemptTrigger, Sto
 pub async fn broker(url: &str, queue: &str, messages: usize, size: usize) -> anyhow::Result<f64> {
     let connection = qr3_broker::connect(url, "qr3-bench-ceiling").await?;
     let channel = connection.create_channel().await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await?;
+    quorum_queue(&channel, queue).await?;
     channel.basic_qos(512, BasicQosOptions::default()).await?;
     let mut consumer = channel
         .basic_consume(

@@ -67,12 +67,7 @@ pub(crate) async fn list(
             .map(parse_event_type)
             .transpose()?,
     };
-    state
-        .store
-        .get_webhook(&workspace, &webhook)
-        .await
-        .context("reading a webhook")?
-        .ok_or_else(ApiError::webhook_not_found)?;
+    state.webhook(&workspace, &webhook).await?;
     let (after, limit) = request.store_args();
     let rows = state
         .store
@@ -109,12 +104,7 @@ pub(crate) async fn read(
     Authenticated(workspace): Authenticated,
     DeliveryPath(webhook, delivery): DeliveryPath,
 ) -> Result<Json<DeliveryDetail>, ApiError> {
-    state
-        .store
-        .get_webhook(&workspace, &webhook)
-        .await
-        .context("reading a webhook")?
-        .ok_or_else(ApiError::webhook_not_found)?;
+    state.webhook(&workspace, &webhook).await?;
     let attempt = state
         .store
         .get_attempt(&workspace, &webhook, &delivery)

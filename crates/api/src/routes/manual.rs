@@ -251,12 +251,7 @@ async fn active_webhook(
     workspace: &WorkspaceId,
     id: &WebhookId,
 ) -> Result<Webhook, ApiError> {
-    let webhook = state
-        .store
-        .get_webhook(workspace, id)
-        .await
-        .context("reading a webhook")?
-        .ok_or_else(ApiError::webhook_not_found)?;
+    let webhook = state.webhook(workspace, id).await?;
     if !webhook.is_active {
         return Err(ApiError::Conflict(
             "the webhook is disabled; re-enable it with PATCH {\"is_active\": true} first".into(),

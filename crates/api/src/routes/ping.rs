@@ -7,7 +7,6 @@
 
 use std::collections::HashSet;
 
-use anyhow::Context;
 use axum::{extract::State, http::StatusCode, routing::post, Json, Router};
 use qr3_broker::{DeliveryJob, Trigger};
 use qr3_domain::{EventId, EventType, Payload, Timestamp};
@@ -68,12 +67,7 @@ pub(crate) async fn ping(
     Authenticated(workspace): Authenticated,
     WebhookPath(webhook): WebhookPath,
 ) -> Result<(StatusCode, Json<PingResult>), ApiError> {
-    state
-        .store
-        .get_webhook(&workspace, &webhook)
-        .await
-        .context("reading a webhook")?
-        .ok_or_else(ApiError::webhook_not_found)?;
+    state.webhook(&workspace, &webhook).await?;
     let event_id = EventId::generate();
     let created = Timestamp::now();
     let mut data = serde_json::Map::new();

@@ -45,12 +45,7 @@ pub(crate) async fn stats(
     WebhookPath(webhook): WebhookPath,
 ) -> Result<Json<WebhookStats>, ApiError> {
     // The stats of a webhook that is not the caller's would read as zeros, not 404.
-    state
-        .store
-        .get_webhook(&workspace, &webhook)
-        .await
-        .context("reading a webhook")?
-        .ok_or_else(ApiError::webhook_not_found)?;
+    state.webhook(&workspace, &webhook).await?;
     let stats = state
         .store
         .webhook_stats(&workspace, &webhook)

@@ -147,12 +147,7 @@ pub(crate) async fn read(
     Authenticated(workspace): Authenticated,
     WebhookPath(id): WebhookPath,
 ) -> Result<Json<Webhook>, ApiError> {
-    let webhook = state
-        .store
-        .get_webhook(&workspace, &id)
-        .await
-        .context("reading a webhook")?
-        .ok_or_else(ApiError::webhook_not_found)?;
+    let webhook = state.webhook(&workspace, &id).await?;
     Ok(Json(Webhook::from_store(webhook, None)))
 }
 

@@ -159,12 +159,14 @@ pub async fn run_all(
     )
     .await?;
 
-    // W3: steady rate, latency.
+    // W3: steady rate, latency, from a quiet machine.
+    settle(&pids).await;
     set_phase(&sampler, "W3");
     println!("W3: {} events/s for {} s…", sizes.w3_rate, sizes.w3_seconds);
     let w3 = latency(&receiver, &publisher, &exchange, &ws1, sizes).await?;
 
     // W4: W2 with one receiver hanging past the timeout.
+    settle(&pids).await;
     set_phase(&sampler, "W4");
     println!("W4: W2 with one of the ten receivers hanging…");
     *receiver.log.hang.lock().expect("lock") = Some(29);
@@ -306,6 +308,28 @@ fn event(exchange: &str, ws: &Workspace, id: &str) -> Outgoing {
             .with_delivery_mode(2)
             .with_content_type("application/json".into()),
         body: body.to_string().into_bytes(),
+    }
+}
+
+/// Waits until the machine is quiet again, every process group (RabbitMQ, Postgres, our
+/// roles, the benchmark) under 0.05 core over half a second, or 30 s at most, so a
+/// workload does not measure the previous one's aftermath: the sender's last log
+/// batches and acks, RabbitMQ's and Postgres's housekeeping after a burst.
+async fn settle(pids: &[(String, u32)]) {
+    let started = Instant::now();
+    loop {
+        let before = crate::cpu::snapshot(pids);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let busy = crate::cpu::cores(&before, &crate::cpu::snapshot(pids), 0.5);
+        let quiet = busy.values().all(|cores| *cores < 0.05);
+        if quiet || started.elapsed() > Duration::from_secs(30) {
+            println!(
+                "  settled in {:.1} s{}",
+                started.elapsed().as_secs_f64(),
+                if quiet { "" } else { " (still busy: measuring anyway)" }
+            );
+            return;
+        }
     }
 }
 

@@ -167,7 +167,7 @@ impl Run {
                     }
                 }
                 names.extend([60_000, 300_000].map(|d| format!("{prefix}.retry.{d}ms")));
-                names.push(format!("{prefix}.defer.1000ms"));
+                names.extend([1000, 2000, 4000, 8000].map(|d| format!("{prefix}.defer.{d}ms")));
                 for name in names {
                     let _ = channel.queue_delete(name.into(), Default::default()).await;
                 }

@@ -326,7 +326,11 @@ async fn settle(pids: &[(String, u32)]) {
             println!(
                 "  settled in {:.1} s{}",
                 started.elapsed().as_secs_f64(),
-                if quiet { "" } else { " (still busy: measuring anyway)" }
+                if quiet {
+                    ""
+                } else {
+                    " (still busy: measuring anyway)"
+                }
             );
             return;
         }

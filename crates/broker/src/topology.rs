@@ -9,7 +9,10 @@
 //! - `<prefix>.operator` (topic): notifications for the platform, such as
 //!   `webhook.disabled` when a webhook is disabled after consecutive failures.
 //! - `<prefix>.defer.<ms>ms`: where a job waits when its webhook already has
-//!   `delivery.max_in_flight_per_webhook` deliveries in flight; back after the TTL.
+//!   `delivery.max_in_flight_per_webhook` deliveries in flight (or no `max_per_second`
+//!   slot soon); back after the TTL. Four of them, `delivery.defer_ms` times 1, 2, 4
+//!   and 8: a job parked again waits longer, so a hanging receiver's backlog does not
+//!   cycle through the broker every `defer_ms`.
 //! - `<prefix>.retry.<ms>ms`: one delay queue per configured retry delay; a message
 //!   expires after its queue's TTL and is dead-lettered back to `<prefix>.deliveries`.
 //!   The delay is in the name because RabbitMQ refuses to redeclare a queue with other
@@ -24,6 +27,9 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 use qr3_config::Settings;
+
+/// How many defer queues there are, each waiting twice as long as the one before.
+pub const DEFER_STEPS: u32 = 4;
 
 /// Names of everything a deployment declares.
 #[derive(Debug, Clone)]
@@ -75,19 +81,28 @@ impl Topology {
         format!("{}.retry.{delay_ms}ms", self.prefix)
     }
 
-    /// Where a job waits when its webhook is at its in-flight cap.
-    pub fn defer_queue(&self) -> String {
-        format!("{}.defer.{}ms", self.prefix, self.defer_ms)
+    /// How long a job parked for the `deferrals`-th time (0 = the first) waits:
+    /// `defer_ms`, then twice, four and eight times that.
+    pub fn defer_delay_ms(&self, deferrals: u32) -> u64 {
+        self.defer_ms
+            .saturating_mul(1 << deferrals.min(DEFER_STEPS - 1))
     }
 
-    /// Every delay queue with its delay: the retry delays and the defer delay.
+    /// Where a job parked for the `deferrals`-th time waits.
+    pub fn defer_queue(&self, deferrals: u32) -> String {
+        format!("{}.defer.{}ms", self.prefix, self.defer_delay_ms(deferrals))
+    }
+
+    /// Every delay queue with its delay: the retry delays and the defer delays.
     fn delay_queues(&self) -> Vec<(String, u64)> {
         let mut queues: Vec<(String, u64)> = self
             .retry_delays_ms
             .iter()
             .map(|d| (self.retry_queue(*d), *d))
             .collect();
-        queues.push((self.defer_queue(), self.defer_ms));
+        for step in 0..DEFER_STEPS {
+            queues.push((self.defer_queue(step), self.defer_delay_ms(step)));
+        }
         queues
     }
 
@@ -189,4 +204,32 @@ async fn declare_quorum(channel: &Channel, name: &str, mut args: FieldTable) -> 
         )
         .await
         .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_deferral_waits_longer_up_to_eight_times_defer_ms() {
+        let mut settings = Settings::defaults();
+        settings.amqp.prefix = "p".into();
+        settings.delivery.defer_ms = 250;
+        settings.delivery.retry_delays_ms = vec![1000];
+        let topology = Topology::from_settings(&settings);
+        let waits: Vec<u64> = (0..6).map(|n| topology.defer_delay_ms(n)).collect();
+        assert_eq!(waits, [250, 500, 1000, 2000, 2000, 2000]);
+        assert_eq!(topology.defer_queue(0), "p.defer.250ms");
+        assert_eq!(topology.defer_queue(9), "p.defer.2000ms");
+        let queues = topology.queues();
+        for name in [
+            "p.retry.1000ms",
+            "p.defer.250ms",
+            "p.defer.500ms",
+            "p.defer.1000ms",
+            "p.defer.2000ms",
+        ] {
+            assert!(queues.iter().any(|q| q == name), "{name} in {queues:?}");
+        }
+    }
 }

@@ -73,6 +73,9 @@ static WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 static WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 static WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
+/// AMQP header: how many times a job was parked in a defer queue.
+const DEFERRALS: &str = "x-qr3-deferrals";
+
 impl Sender {
     pub fn new(store: Store, settings: Settings, metrics: Metrics) -> anyhow::Result<Self> {
         let topology = Topology::from_settings(&settings);
@@ -269,7 +272,10 @@ impl Sender {
         }
     }
 
-    /// Parks `job` in the defer queue and acknowledges it once the broker confirms.
+    /// Parks `job` in a defer queue and acknowledges it once the broker confirms. The
+    /// job counts its deferrals in a header: each one waits longer (up to eight times
+    /// `delivery.defer_ms`), so a receiver that stays stuck does not have its whole
+    /// backlog cycle through the broker every `defer_ms`.
     async fn defer(
         &self,
         delivery: &lapin::message::Delivery,
@@ -277,10 +283,20 @@ impl Sender {
         job: &DeliveryJob,
         publisher: &Publisher,
     ) {
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        let deferrals = match headers.inner().get(DEFERRALS) {
+            Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+            Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+            _ => 0,
+        };
+        headers.insert(
+            DEFERRALS.into(),
+            AMQPValue::LongLongInt(i64::from(deferrals.saturating_add(1))),
+        );
         let message = Outgoing {
             exchange: String::new(),
-            routing_key: self.inner.topology.defer_queue(),
-            properties: delivery.properties.clone(),
+            routing_key: self.inner.topology.defer_queue(deferrals),
+            properties: delivery.properties.clone().with_headers(headers),
             body: job.body.clone(),
         };
         match publisher.publish_all(std::slice::from_ref(&message)).await {

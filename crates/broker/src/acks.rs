@@ -6,6 +6,7 @@
 //! acknowledgements or the prefetch window. Requeues stay individual `basic.nack`s.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::Arc;
 
 use lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -79,14 +80,42 @@ impl AckTracker {
                 tracing::warn!(%error, "cannot acknowledge messages; the broker will redeliver them");
             }
         }
-        for tag in above {
-            if let Err(error) = self
-                .channel
-                .basic_ack(tag, BasicAckOptions { multiple: false })
-                .await
-            {
-                tracing::warn!(%error, "cannot acknowledge a message; the broker will redeliver it");
+        // One frame each, all queued before any is awaited: lapin queues a frame when
+        // its future is first polled and resolves it once written, so awaiting them one
+        // by one would cost a round through the I/O thread per job, which is what a
+        // webhook hanging past the timeout (keeping the oldest tags outstanding) makes
+        // the common case.
+        let mut sends: Vec<_> = above
+            .into_iter()
+            .map(|tag| {
+                Some(Box::pin(
+                    self.channel
+                        .basic_ack(tag, BasicAckOptions { multiple: false }),
+                ))
+            })
+            .collect();
+        let mut failures = 0usize;
+        // The first poll, in tag order, queues every frame in that order.
+        std::future::poll_fn(|cx| {
+            for slot in sends.iter_mut() {
+                if let Some(send) = slot {
+                    if let std::task::Poll::Ready(result) = send.as_mut().poll(cx) {
+                        failures += usize::from(result.is_err());
+                        *slot = None;
+                    }
+                }
             }
+            std::task::Poll::Ready(())
+        })
+        .await;
+        for result in futures_util::future::join_all(sends.into_iter().flatten()).await {
+            failures += usize::from(result.is_err());
+        }
+        if failures > 0 {
+            tracing::warn!(
+                failures,
+                "cannot acknowledge messages; the broker will redeliver them"
+            );
         }
     }
 

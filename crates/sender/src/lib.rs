@@ -246,13 +246,14 @@ impl Sender {
         // Fair sharing: a webhook already at its cap does not get another slot; its job
         // waits in the defer queue so the slot goes to another webhook.
         let Some(permit) = self.inner.limiter.try_acquire(&job.webhook_id) else {
-            self.defer(&delivery, settle, &job, publisher).await;
+            self.defer(&delivery, settle, &job, publisher, true).await;
             return;
         };
         let attempted = self.attempt(&job).await;
         drop(permit);
         match attempted {
-            Ok(Attempted::Parked) => self.defer(&delivery, settle, &job, publisher).await,
+            // The rate limit knows when the next slot is: no longer wait than that.
+            Ok(Attempted::Parked) => self.defer(&delivery, settle, &job, publisher, false).await,
             Ok(attempted) => {
                 writer
                     .submit(writer::Pending {
@@ -272,16 +273,18 @@ impl Sender {
         }
     }
 
-    /// Parks `job` in a defer queue and acknowledges it once the broker confirms. The
-    /// job counts its deferrals in a header: each one waits longer (up to eight times
-    /// `delivery.defer_ms`), so a receiver that stays stuck does not have its whole
-    /// backlog cycle through the broker every `defer_ms`.
+    /// Parks `job` in a defer queue and acknowledges it once the broker confirms. With
+    /// `escalate` (a webhook at its in-flight cap) the job counts its deferrals in a
+    /// header and each one waits longer (up to eight times `delivery.defer_ms`), so a
+    /// receiver that stays stuck does not have its whole backlog cycle through the
+    /// broker every `defer_ms`; otherwise it waits `delivery.defer_ms`.
     async fn defer(
         &self,
         delivery: &lapin::message::Delivery,
         settle: qr3_broker::Settlement,
         job: &DeliveryJob,
         publisher: &Publisher,
+        escalate: bool,
     ) {
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         let deferrals = match headers.inner().get(DEFERRALS) {
@@ -289,6 +292,7 @@ impl Sender {
             Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
             _ => 0,
         };
+        let deferrals = if escalate { deferrals } else { 0 };
         headers.insert(
             DEFERRALS.into(),
             AMQPValue::LongLongInt(i64::from(deferrals.saturating_add(1))),

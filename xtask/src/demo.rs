@@ -146,6 +146,12 @@ pub fn up(root: &Path, listen: &str, exit: bool) -> anyhow::Result<()> {
     println!("  curl -s {api}/v1/webhooks -H \"Authorization: Bearer $QR3_API_KEY\"");
     println!("  QR3__SECRETS__ALLOW_INSECURE_DEV_KEY=true target/debug/qr3-webhooks publish --workspace {workspace_id} --type qr.created --data '{{\"code_id\":\"qr_1\"}}'");
     println!("  curl -s {api}/v1/webhooks/{webhook_id}/deliveries -H \"Authorization: Bearer $QR3_API_KEY\"");
+    if let Some(delivery_id) = log["data"][0]["id"].as_str() {
+        println!("  curl -s {api}/v1/webhooks/{webhook_id}/deliveries/{delivery_id} -H \"Authorization: Bearer $QR3_API_KEY\"");
+    }
+    println!(
+        "  curl -s {api}/v1/webhooks/{webhook_id}/stats -H \"Authorization: Bearer $QR3_API_KEY\""
+    );
     println!("  curl -s {api}/metrics | grep qr3_delivery");
     loop {
         if let Ok((headers, payload, valid)) = deliveries.recv() {

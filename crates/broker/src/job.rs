@@ -14,6 +14,7 @@ const TYPE: &str = "x-qr3-event-type";
 const CREATED: &str = "x-qr3-event-created-ms";
 const ATTEMPT: &str = "x-qr3-attempt";
 const TRIGGER: &str = "x-qr3-trigger";
+const DEFERRALS: &str = "x-qr3-deferrals";
 
 /// Why a job was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +147,25 @@ impl DeliveryJob {
             ..self.clone()
         }
     }
+}
+
+/// How many times a job message was parked in a defer queue (0 when never).
+pub fn deferrals(properties: &BasicProperties) -> u32 {
+    properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| int_header(headers, DEFERRALS).ok())
+        .map_or(0, |n| u32::try_from(n.max(0)).unwrap_or(u32::MAX))
+}
+
+/// `properties` with the job's deferral count set to `deferrals`.
+pub fn with_deferrals(properties: &BasicProperties, deferrals: u32) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        DEFERRALS.into(),
+        AMQPValue::LongLongInt(i64::from(deferrals)),
+    );
+    properties.clone().with_headers(headers)
 }
 
 #[cfg(test)]

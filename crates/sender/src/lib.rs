@@ -73,9 +73,6 @@ static WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 static WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 static WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
-/// AMQP header: how many times a job was parked in a defer queue.
-const DEFERRALS: &str = "x-qr3-deferrals";
-
 impl Sender {
     pub fn new(store: Store, settings: Settings, metrics: Metrics) -> anyhow::Result<Self> {
         let topology = Topology::from_settings(&settings);
@@ -286,21 +283,18 @@ impl Sender {
         publisher: &Publisher,
         escalate: bool,
     ) {
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        let deferrals = match headers.inner().get(DEFERRALS) {
-            Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
-            Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
-            _ => 0,
+        let deferrals = if escalate {
+            qr3_broker::deferrals(&delivery.properties)
+        } else {
+            0
         };
-        let deferrals = if escalate { deferrals } else { 0 };
-        headers.insert(
-            DEFERRALS.into(),
-            AMQPValue::LongLongInt(i64::from(deferrals.saturating_add(1))),
-        );
         let message = Outgoing {
             exchange: String::new(),
             routing_key: self.inner.topology.defer_queue(deferrals),
-            properties: delivery.properties.clone().with_headers(headers),
+            properties: qr3_broker::with_deferrals(
+                &delivery.properties,
+                deferrals.saturating_add(1),
+            ),
             body: job.body.clone(),
         };
         match publisher.publish_all(std::slice::from_ref(&message)).await {

@@ -146,7 +146,6 @@ pub(crate) async fn retry(
         &webhook,
         attempt.event_id.clone(),
         attempt.event_type,
-        &detail.request_body,
         next_attempt(earlier.len()),
     );
     jobs::publish(&state, [(job, detail.request_body.into_bytes())]).await?;
@@ -229,7 +228,7 @@ pub(crate) async fn recover(
     jobs::publish(
         &state,
         found.into_iter().map(|r| {
-            let job = manual_job(&webhook, r.event_id, r.event_type, &r.body, r.next_attempt);
+            let job = manual_job(&webhook, r.event_id, r.event_type, r.next_attempt);
             (job, r.body.into_bytes())
         }),
     )
@@ -291,7 +290,6 @@ fn manual_job(
     webhook: &Webhook,
     event_id: EventId,
     event_type: EventType,
-    body: &str,
     attempt: u16,
 ) -> DeliveryJob {
     DeliveryJob {
@@ -299,22 +297,10 @@ fn manual_job(
         workspace_id: webhook.workspace_id.clone(),
         event_id,
         event_type,
-        event_created: created_of(body),
+        // Only the lag metric reads it, and manual attempts are not observed there.
+        event_created: Timestamp::now(),
         attempt,
         trigger: Trigger::Manual,
         body: Vec::new(),
     }
-}
-
-/// The `created` time inside a logged payload (only the lag metric uses it); now when
-/// it cannot be read.
-fn created_of(body: &str) -> Timestamp {
-    #[derive(Deserialize)]
-    struct Created {
-        created: String,
-    }
-    serde_json::from_str::<Created>(body)
-        .ok()
-        .and_then(|c| Timestamp::parse(&c.created).ok())
-        .unwrap_or_else(Timestamp::now)
 }

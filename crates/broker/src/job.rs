@@ -1,7 +1,13 @@
-//! A delivery job: one (event, webhook) pair, one attempt.
+//! A delivery job: one (event, webhook) pair, one attempt, and the two ways it crosses
+//! the broker.
 //!
-//! The message body is the exact payload to POST (encoded and made JavaScript-stable
-//! once, at ingest); everything else travels in headers. No secret is ever in a job.
+//! A single job is one message: the body is the exact payload to POST (encoded and made
+//! JavaScript-stable once, at ingest); everything else travels in headers. A *bundle*
+//! carries several first attempts in one message (ingest packs a batch's fan-out that
+//! way, so the broker moves one message for many deliveries): the `x-qr3-jobs` header
+//! holds one table per job with the same fields a single job has in its headers, and the
+//! body is the payloads back to back, their lengths in `x-qr3-payload-lengths`. No
+//! secret is ever in a job.
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
@@ -15,6 +21,9 @@ const CREATED: &str = "x-qr3-event-created-ms";
 const ATTEMPT: &str = "x-qr3-attempt";
 const TRIGGER: &str = "x-qr3-trigger";
 const DEFERRALS: &str = "x-qr3-deferrals";
+const JOBS: &str = "x-qr3-jobs";
+const PAYLOAD: &str = "x-qr3-payload";
+const PAYLOAD_LENGTHS: &str = "x-qr3-payload-lengths";
 
 /// Why a job was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,9 +94,21 @@ fn invalid(e: impl std::fmt::Display) -> InvalidJob {
     InvalidJob(e.to_string())
 }
 
+fn persistent(headers: FieldTable) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from("application/json"))
+        .with_headers(headers)
+}
+
 impl DeliveryJob {
     /// Properties for publishing: persistent, JSON, ids in headers.
     pub fn properties(&self) -> BasicProperties {
+        persistent(self.fields())
+    }
+
+    /// The job's fields: a single job's headers, or one entry of a bundle.
+    fn fields(&self) -> FieldTable {
         let mut headers = FieldTable::default();
         let text = |s: &str| AMQPValue::LongString(LongString::from(s));
         headers.insert(WEBHOOK.into(), text(self.webhook_id.as_str()));
@@ -103,18 +124,19 @@ impl DeliveryJob {
             AMQPValue::LongLongInt(i64::from(self.attempt)),
         );
         headers.insert(TRIGGER.into(), text(self.trigger.as_str()));
-        BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type(ShortString::from("application/json"))
-            .with_headers(headers)
+        headers
     }
 
-    /// Reads a job back from a consumed message.
+    /// Reads a single job back from a consumed message.
     pub fn from_message(properties: &BasicProperties, body: Vec<u8>) -> Result<Self, InvalidJob> {
         let headers = properties
             .headers()
             .as_ref()
             .ok_or_else(|| InvalidJob("no headers".into()))?;
+        Self::from_fields(headers, body)
+    }
+
+    fn from_fields(headers: &FieldTable, body: Vec<u8>) -> Result<Self, InvalidJob> {
         let created_ms = int_header(headers, CREATED)?;
         let created = chrono::DateTime::from_timestamp_millis(created_ms)
             .ok_or_else(|| invalid("event created out of range"))?;
@@ -146,6 +168,175 @@ impl DeliveryJob {
             attempt: self.attempt + 1,
             ..self.clone()
         }
+    }
+}
+
+/// Reads every job of a consumed message: one for a single job, several for a bundle.
+pub fn read_jobs(
+    properties: &BasicProperties,
+    body: &[u8],
+) -> Result<Vec<DeliveryJob>, InvalidJob> {
+    let headers = properties
+        .headers()
+        .as_ref()
+        .ok_or_else(|| InvalidJob("no headers".into()))?;
+    let Some(entries) = headers.inner().get(JOBS) else {
+        return Ok(vec![DeliveryJob::from_fields(headers, body.to_vec())?]);
+    };
+    let AMQPValue::FieldArray(entries) = entries else {
+        return Err(invalid(format!("header {JOBS} is not an array")));
+    };
+    let AMQPValue::FieldArray(lengths) = header(headers, PAYLOAD_LENGTHS)? else {
+        return Err(invalid(format!("header {PAYLOAD_LENGTHS} is not an array")));
+    };
+    let mut payloads = Vec::with_capacity(lengths.as_slice().len());
+    let mut rest = body;
+    for length in lengths.as_slice() {
+        let length = match length {
+            AMQPValue::LongLongInt(n) => usize::try_from(*n).ok(),
+            AMQPValue::LongUInt(n) => usize::try_from(*n).ok(),
+            AMQPValue::LongInt(n) => usize::try_from(*n).ok(),
+            _ => None,
+        }
+        .filter(|n| *n <= rest.len())
+        .ok_or_else(|| invalid("a payload length is not within the body"))?;
+        let (payload, tail) = rest.split_at(length);
+        payloads.push(payload);
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        return Err(invalid("the body is longer than its payloads"));
+    }
+    if entries.as_slice().is_empty() {
+        return Err(invalid("a bundle without jobs"));
+    }
+    entries
+        .as_slice()
+        .iter()
+        .map(|entry| {
+            let AMQPValue::FieldTable(fields) = entry else {
+                return Err(invalid(format!("an entry of {JOBS} is not a table")));
+            };
+            let payload = usize::try_from(int_header(fields, PAYLOAD)?)
+                .ok()
+                .and_then(|i| payloads.get(i))
+                .ok_or_else(|| invalid("a job names a payload the bundle does not have"))?;
+            DeliveryJob::from_fields(fields, payload.to_vec())
+        })
+        .collect()
+}
+
+/// Packs jobs into as few messages as the limits allow: at most `max_jobs` jobs and,
+/// unless one event's payload is bigger by itself, `max_bytes` of payload per message.
+/// The jobs of one event share its payload, so a fan-out to ten webhooks carries the
+/// payload once. A message that ends up with one job is written as a single job, so
+/// `max_jobs = 1` is exactly the one-message-per-job format.
+#[derive(Debug)]
+pub struct Packer {
+    max_jobs: usize,
+    max_bytes: usize,
+    done: Vec<(BasicProperties, Vec<u8>)>,
+    entries: Vec<FieldTable>,
+    lengths: Vec<AMQPValue>,
+    body: Vec<u8>,
+    /// The job of a message with one job so far (written single if it stays alone).
+    first: Option<DeliveryJob>,
+    jobs: usize,
+}
+
+impl Packer {
+    pub fn new(max_jobs: usize, max_bytes: usize) -> Self {
+        Self {
+            max_jobs: max_jobs.max(1),
+            max_bytes,
+            done: Vec::new(),
+            entries: Vec::new(),
+            lengths: Vec::new(),
+            body: Vec::new(),
+            first: None,
+            jobs: 0,
+        }
+    }
+
+    /// Adds the jobs of one event, which all POST `payload` (their `body` is ignored).
+    pub fn push_event<'a>(
+        &mut self,
+        jobs: impl IntoIterator<Item = &'a DeliveryJob>,
+        payload: &[u8],
+    ) {
+        // Index of the payload in the open message, once written there.
+        let mut written: Option<i64> = None;
+        for job in jobs {
+            if self.entries.len() == self.max_jobs {
+                self.close();
+                written = None;
+            }
+            let index = match written {
+                Some(index) => index,
+                None => {
+                    if !self.entries.is_empty() && self.body.len() + payload.len() > self.max_bytes
+                    {
+                        self.close();
+                    }
+                    self.body.extend_from_slice(payload);
+                    self.lengths
+                        .push(AMQPValue::LongLongInt(payload.len() as i64));
+                    let index = self.lengths.len() as i64 - 1;
+                    written = Some(index);
+                    index
+                }
+            };
+            let mut fields = job.fields();
+            fields.insert(PAYLOAD.into(), AMQPValue::LongLongInt(index));
+            self.entries.push(fields);
+            if self.entries.len() == 1 {
+                self.first = Some(DeliveryJob {
+                    body: Vec::new(),
+                    ..job.clone()
+                });
+            }
+            self.jobs += 1;
+        }
+    }
+
+    fn close(&mut self) {
+        let body = std::mem::take(&mut self.body);
+        let lengths = std::mem::take(&mut self.lengths);
+        let entries = std::mem::take(&mut self.entries);
+        let first = self.first.take();
+        match (entries.len(), first) {
+            (0, _) => {}
+            (1, Some(job)) => self.done.push((job.properties(), body)),
+            _ => {
+                let mut headers = FieldTable::default();
+                headers.insert(
+                    JOBS.into(),
+                    AMQPValue::FieldArray(
+                        entries
+                            .into_iter()
+                            .map(AMQPValue::FieldTable)
+                            .collect::<Vec<_>>()
+                            .into(),
+                    ),
+                );
+                headers.insert(
+                    PAYLOAD_LENGTHS.into(),
+                    AMQPValue::FieldArray(lengths.into()),
+                );
+                self.done.push((persistent(headers), body));
+            }
+        }
+    }
+
+    /// How many jobs were pushed.
+    pub fn jobs(&self) -> usize {
+        self.jobs
+    }
+
+    /// The messages: properties and body of each.
+    pub fn finish(mut self) -> Vec<(BasicProperties, Vec<u8>)> {
+        self.close();
+        self.done
     }
 }
 
@@ -190,5 +381,114 @@ mod tests {
         assert_eq!(back.event_created, job.event_created);
         assert_eq!(back.attempt, 2);
         assert!(DeliveryJob::from_message(&BasicProperties::default(), vec![]).is_err());
+    }
+
+    fn job(event: &str) -> DeliveryJob {
+        DeliveryJob {
+            webhook_id: WebhookId::generate(),
+            workspace_id: WorkspaceId::generate(),
+            event_id: EventId::parse(event).unwrap(),
+            event_type: EventType::QrCreated,
+            event_created: Timestamp::parse("2026-03-15T10:00:00.123Z").unwrap(),
+            attempt: 1,
+            trigger: Trigger::Event,
+            body: Vec::new(),
+        }
+    }
+
+    /// Every job read back from the packed messages, with the payload it POSTs.
+    fn unpack(messages: &[(BasicProperties, Vec<u8>)]) -> Vec<(String, String, Vec<u8>)> {
+        messages
+            .iter()
+            .flat_map(|(properties, body)| read_jobs(properties, body).unwrap())
+            .map(|j| (j.webhook_id.to_string(), j.event_id.to_string(), j.body))
+            .collect()
+    }
+
+    #[test]
+    fn packs_events_into_bundles_and_reads_them_back() {
+        let a: Vec<_> = (0..3).map(|_| job("evt_a")).collect();
+        let b: Vec<_> = (0..2).map(|_| job("evt_b")).collect();
+        let mut packer = Packer::new(4, 1 << 20);
+        packer.push_event(&a, b"{\"a\":1}");
+        packer.push_event(&b, b"{\"b\":22}");
+        assert_eq!(packer.jobs(), 5);
+        let messages = packer.finish();
+        // Four jobs in the first message (both payloads), the fifth alone as a single job.
+        assert_eq!(messages.len(), 2);
+        assert!(messages[0].0.headers().as_ref().unwrap().contains_key(JOBS));
+        assert_eq!(messages[0].1, b"{\"a\":1}{\"b\":22}");
+        assert!(!messages[1].0.headers().as_ref().unwrap().contains_key(JOBS));
+        assert_eq!(messages[1].1, b"{\"b\":22}");
+        let expected: Vec<_> = a
+            .iter()
+            .map(|j| {
+                (
+                    j.webhook_id.to_string(),
+                    "evt_a".to_owned(),
+                    b"{\"a\":1}".to_vec(),
+                )
+            })
+            .chain(b.iter().map(|j| {
+                (
+                    j.webhook_id.to_string(),
+                    "evt_b".to_owned(),
+                    b"{\"b\":22}".to_vec(),
+                )
+            }))
+            .collect();
+        assert_eq!(unpack(&messages), expected);
+    }
+
+    #[test]
+    fn one_job_per_message_is_the_single_format() {
+        let jobs: Vec<_> = (0..3).map(|_| job("evt_a")).collect();
+        let mut packer = Packer::new(1, 1 << 20);
+        packer.push_event(&jobs, b"{}");
+        let messages = packer.finish();
+        assert_eq!(messages.len(), 3);
+        for ((properties, body), job) in messages.iter().zip(&jobs) {
+            let single = DeliveryJob::from_message(properties, body.clone()).unwrap();
+            assert_eq!(single.webhook_id, job.webhook_id);
+            assert_eq!(single.body, b"{}");
+        }
+    }
+
+    #[test]
+    fn a_payload_over_the_byte_limit_starts_a_new_message() {
+        let mut packer = Packer::new(100, 10);
+        packer.push_event(&[job("evt_a")], b"123456");
+        packer.push_event(&[job("evt_b"), job("evt_b")], b"1234567890ab");
+        packer.push_event(&[job("evt_c")], b"12");
+        let messages = packer.finish();
+        let bodies: Vec<&[u8]> = messages.iter().map(|(_, b)| b.as_slice()).collect();
+        assert_eq!(bodies, [&b"123456"[..], b"1234567890ab", b"12"]);
+        assert_eq!(unpack(&messages).len(), 4);
+        assert!(Packer::new(5, 5).finish().is_empty());
+    }
+
+    #[test]
+    fn inconsistent_bundles_are_invalid() {
+        let mut packer = Packer::new(10, 1 << 20);
+        packer.push_event(&[job("evt_a"), job("evt_a")], b"{}");
+        let (properties, body) = packer.finish().remove(0);
+        assert_eq!(read_jobs(&properties, &body).unwrap().len(), 2);
+        assert!(
+            read_jobs(&properties, b"{}x").is_err(),
+            "body longer than payloads"
+        );
+        assert!(
+            read_jobs(&properties, b"{").is_err(),
+            "body shorter than payloads"
+        );
+        let mut headers = properties.headers().clone().unwrap();
+        headers.insert(PAYLOAD_LENGTHS.into(), AMQPValue::FieldArray(vec![].into()));
+        let no_payload = properties.clone().with_headers(headers.clone());
+        assert!(
+            read_jobs(&no_payload, b"").is_err(),
+            "job names a missing payload"
+        );
+        headers.insert(JOBS.into(), AMQPValue::LongLongInt(1));
+        assert!(read_jobs(&properties.with_headers(headers), b"").is_err());
     }
 }

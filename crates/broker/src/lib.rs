@@ -15,7 +15,7 @@ pub mod topology;
 
 pub use acks::{AckTracker, Settlement};
 pub use connect::{connect, connect_with_retry, consume_reconnecting, Link};
-pub use job::{deferrals, with_deferrals, DeliveryJob, InvalidJob, Trigger};
+pub use job::{deferrals, read_jobs, with_deferrals, DeliveryJob, InvalidJob, Packer, Trigger};
 pub use message::{EventMessage, IncomingEvent, Rejection};
 pub use publish::{Outgoing, PublishError, Publisher, SharedPublisher};
 pub use topology::Topology;

@@ -101,6 +101,7 @@ pub struct IngestSettings {
     pub max_event_bytes: usize,
     pub subscription_cache_ms: u64,
     pub concurrency: usize,
+    pub jobs_per_message: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -331,6 +332,9 @@ impl Settings {
         }
         if self.ingest.concurrency == 0 || self.amqp.prefetch == 0 {
             return invalid("ingest.concurrency and amqp.prefetch must be at least 1");
+        }
+        if !(1..=1000).contains(&self.ingest.jobs_per_message) {
+            return invalid("ingest.jobs_per_message must be between 1 and 1000");
         }
         if self.retention.delivery_log_days == 0 {
             return invalid("retention.delivery_log_days must be at least 1");

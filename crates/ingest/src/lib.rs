@@ -1,6 +1,7 @@
 //! The ingest role: consumes domain events from the events exchange, dead-letters the
 //! ones it cannot read, de-duplicates by event id, and publishes one delivery job per
 //! subscribed active webhook, acknowledging an event only once every job is confirmed.
+//! The jobs of a batch cross the broker packed into bundles (`ingest.jobs_per_message`).
 //!
 //! Events are handled in batches of whatever the broker has ready (up to the prefetch):
 //! one claim statement, one confirmed publish round and one finish statement per batch,
@@ -22,8 +23,8 @@ use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use qr3_broker::{
-    AckTracker, DeliveryJob, IncomingEvent, Outgoing, Publisher, Rejection, Settlement, Topology,
-    Trigger,
+    AckTracker, DeliveryJob, IncomingEvent, Outgoing, Packer, Publisher, Rejection, Settlement,
+    Topology, Trigger,
 };
 use qr3_config::Settings;
 use qr3_domain::Payload;
@@ -35,7 +36,7 @@ use subscriptions::SubscriptionCache;
 
 /// How long an unfinished claim protects an event from a second ingest worker.
 const CLAIM_LEASE: Duration = Duration::from_secs(10);
-/// Jobs published per confirm round.
+/// Job messages published per confirm round.
 const PUBLISH_CHUNK: usize = 1000;
 
 /// Everything the ingest role needs; cheap to clone.
@@ -290,7 +291,12 @@ impl Ingest {
             .collect();
         let claims = inner.store.claim_events(&keys, CLAIM_LEASE).await?;
         let queue = inner.topology.deliveries_queue();
-        let mut jobs = Vec::new();
+        // The batch's jobs, packed into bundles: the broker moves one message for many
+        // deliveries, and one event's payload once per bundle whatever its fan-out.
+        let mut packer = Packer::new(
+            inner.settings.ingest.jobs_per_message,
+            inner.settings.ingest.max_event_bytes,
+        );
         let mut fanned: Vec<(usize, &EventKey, usize)> = Vec::new();
         for (((i, event), key), claim) in events.iter().zip(&keys).zip(claims) {
             match claim {
@@ -324,8 +330,9 @@ impl Ingest {
                 }
                 .encode()
                 .into_bytes();
-                for target in &targets {
-                    let job = DeliveryJob {
+                let jobs: Vec<DeliveryJob> = targets
+                    .iter()
+                    .map(|target| DeliveryJob {
                         webhook_id: target.id.clone(),
                         workspace_id: event.workspace_id.clone(),
                         event_id: event.id.clone(),
@@ -334,18 +341,24 @@ impl Ingest {
                         attempt: 1,
                         trigger: Trigger::Event,
                         body: Vec::new(),
-                    };
-                    jobs.push(Outgoing {
-                        exchange: String::new(),
-                        routing_key: queue.clone(),
-                        properties: job.properties(),
-                        body: body.clone(),
-                    });
-                }
+                    })
+                    .collect();
+                packer.push_event(&jobs, &body);
             }
             fanned.push((*i, key, targets.len()));
         }
-        for chunk in jobs.chunks(PUBLISH_CHUNK) {
+        let jobs = packer.jobs();
+        let messages: Vec<Outgoing> = packer
+            .finish()
+            .into_iter()
+            .map(|(properties, body)| Outgoing {
+                exchange: String::new(),
+                routing_key: queue.clone(),
+                properties,
+                body,
+            })
+            .collect();
+        for chunk in messages.chunks(PUBLISH_CHUNK) {
             publisher
                 .publish_all(chunk)
                 .await
@@ -367,7 +380,7 @@ impl Ingest {
         inner
             .metrics
             .fanout_jobs_published_total
-            .inc_by(jobs.len() as u64);
+            .inc_by(jobs as u64);
         Ok(outcomes
             .into_iter()
             .map(|o| o.expect("every message got an outcome"))

@@ -6,6 +6,7 @@
 
 mod fairness;
 pub mod http;
+mod parts;
 mod targets;
 mod writer;
 
@@ -19,7 +20,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
-use qr3_broker::{DeliveryJob, Outgoing, Publisher, Topology, Trigger};
+use qr3_broker::{DeliveryJob, InvalidJob, Outgoing, Publisher, Settlement, Topology, Trigger};
 use qr3_config::Settings;
 use qr3_domain::{signature, DeliveryId, TargetPolicy, Timestamp, WebhookUrl};
 use qr3_store::{AttemptDetail, AttemptRecord, AttemptStatus, AttemptTrigger, Store};
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use http::{HttpClient, HttpOutcome};
+use parts::Part;
 use targets::TargetCache;
 
 /// Everything the sender needs; cheap to clone.
@@ -143,9 +145,10 @@ impl Sender {
             .declare(&channel)
             .await
             .context("cannot declare the broker topology")?;
-        // Prefetch = delivery.concurrency: at most that many unacknowledged jobs (in
-        // flight or waiting for their log batch) per process, which bounds memory and
-        // what a crash hands back to the broker for redelivery.
+        // Prefetch = delivery.concurrency: at most that many unacknowledged messages
+        // (single jobs or bundles) per process, which bounds memory and what a crash
+        // hands back to the broker for redelivery. At most delivery.concurrency jobs
+        // are in flight or waiting for their log batch (`slots`).
         let prefetch = u16::try_from(inner.settings.delivery.concurrency).unwrap_or(u16::MAX);
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
@@ -167,6 +170,9 @@ impl Sender {
         let (writer, writer_task) = writer::spawn(self.clone(), publisher.clone());
         let acks = qr3_broker::AckTracker::new(channel.clone());
         let tracker = TaskTracker::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            inner.settings.delivery.concurrency,
+        ));
         let mut consumer = std::pin::pin!(consumer.take_until(shutdown.cancelled()));
         let mut failure = None;
         while let Some(delivery) = consumer.next().await {
@@ -178,14 +184,38 @@ impl Sender {
                 }
             };
             let settle = acks.received(delivery.delivery_tag).await;
-            let this = self.clone();
-            let writer = writer.clone();
-            let publisher = publisher.clone();
-            tracker.spawn(async move {
-                this.inner.metrics.deliveries_in_flight.inc();
-                this.handle(delivery, settle, &writer, &publisher).await;
-                this.inner.metrics.deliveries_in_flight.dec();
-            });
+            let jobs = match qr3_broker::read_jobs(&delivery.properties, &delivery.data) {
+                Ok(jobs) => jobs,
+                Err(invalid) => {
+                    let (this, publisher) = (self.clone(), publisher.clone());
+                    tracker.spawn(async move {
+                        this.dead_letter(delivery, invalid, settle, &publisher)
+                            .await
+                    });
+                    continue;
+                }
+            };
+            let origin = Origin {
+                deferrals: qr3_broker::deferrals(&delivery.properties),
+                redelivered: delivery.redelivered,
+            };
+            let parts = Part::split(settle, jobs.len());
+            for (job, part) in jobs.into_iter().zip(parts) {
+                let slot = slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
+                let this = self.clone();
+                let writer = writer.clone();
+                let publisher = publisher.clone();
+                tracker.spawn(async move {
+                    this.inner.metrics.deliveries_in_flight.inc();
+                    this.handle(job, origin, part, &writer, &publisher).await;
+                    this.inner.metrics.deliveries_in_flight.dec();
+                    drop(slot);
+                });
+            }
         }
         tracker.close();
         tracker.wait().await;
@@ -197,66 +227,70 @@ impl Sender {
         }
     }
 
-    /// Every path through here settles the job exactly once (ack, or requeue): an
-    /// unsettled job would hold back the acknowledgement of every later one.
-    async fn handle(
+    /// Parks an unreadable message with the reason rather than retry it forever.
+    async fn dead_letter(
         &self,
         delivery: lapin::message::Delivery,
-        settle: qr3_broker::Settlement,
+        invalid: InvalidJob,
+        settle: Settlement,
+        publisher: &Publisher,
+    ) {
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            "x-qr3-reason".into(),
+            AMQPValue::LongString(LongString::from("invalid_job")),
+        );
+        headers.insert(
+            "x-qr3-error".into(),
+            AMQPValue::LongString(LongString::from(invalid.to_string().as_str())),
+        );
+        let message = Outgoing {
+            exchange: String::new(),
+            routing_key: self.inner.topology.deliveries_dead_queue(),
+            properties: BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_headers(headers),
+            body: delivery.data,
+        };
+        tracing::warn!(error = %invalid, "delivery job dead-lettered");
+        if publisher
+            .publish_all(std::slice::from_ref(&message))
+            .await
+            .is_ok()
+        {
+            settle.ack().await;
+        } else {
+            settle.requeue().await;
+        }
+    }
+
+    /// Every path through here settles the job's part exactly once (ack, or requeue):
+    /// an unsettled job would hold back the acknowledgement of every later one.
+    async fn handle(
+        &self,
+        job: DeliveryJob,
+        origin: Origin,
+        part: Part,
         writer: &writer::Handle,
         publisher: &Publisher,
     ) {
-        let job = match DeliveryJob::from_message(&delivery.properties, delivery.data.clone()) {
-            Ok(job) => job,
-            Err(invalid) => {
-                // Unreadable: park it with the reason rather than retry it forever.
-                let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-                headers.insert(
-                    "x-qr3-reason".into(),
-                    AMQPValue::LongString(LongString::from("invalid_job")),
-                );
-                headers.insert(
-                    "x-qr3-error".into(),
-                    AMQPValue::LongString(LongString::from(invalid.to_string().as_str())),
-                );
-                let message = Outgoing {
-                    exchange: String::new(),
-                    routing_key: self.inner.topology.deliveries_dead_queue(),
-                    properties: BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_headers(headers),
-                    body: delivery.data.clone(),
-                };
-                tracing::warn!(error = %invalid, "delivery job dead-lettered");
-                if publisher
-                    .publish_all(std::slice::from_ref(&message))
-                    .await
-                    .is_ok()
-                {
-                    settle.ack().await;
-                } else {
-                    settle.requeue().await;
-                }
-                return;
-            }
-        };
         // Fair sharing: a webhook already at its cap does not get another slot; its job
         // waits in the defer queue so the slot goes to another webhook.
         let Some(permit) = self.inner.limiter.try_acquire(&job.webhook_id) else {
-            self.defer(&delivery, settle, &job, publisher, true).await;
+            self.defer(origin, part, &job, publisher, true).await;
             return;
         };
-        let attempted = self.attempt(&job).await;
+        let attempted = self.attempt_checked(&job, origin.redelivered).await;
         drop(permit);
         match attempted {
             // The rate limit knows when the next slot is: no longer wait than that.
-            Ok(Attempted::Parked) => self.defer(&delivery, settle, &job, publisher, false).await,
+            Ok(Attempted::Parked) => self.defer(origin, part, &job, publisher, false).await,
             Ok(attempted) => {
                 writer
                     .submit(writer::Pending {
                         job,
                         attempted,
-                        settle,
+                        part,
                     })
                     .await
             }
@@ -265,7 +299,7 @@ impl Sender {
                 // hand the job back to the broker to be tried again.
                 tracing::error!(error = format!("{error:#}"), webhook_id = %job.webhook_id, "cannot attempt delivery");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                settle.requeue().await;
+                part.requeue().await;
             }
         }
     }
@@ -275,36 +309,30 @@ impl Sender {
     /// header and each one waits longer (up to eight times `delivery.defer_ms`), so a
     /// receiver that stays stuck does not have its whole backlog cycle through the
     /// broker every `defer_ms`; otherwise it waits `delivery.defer_ms`.
+    /// A job of a bundle is parked on its own, as a single job.
     async fn defer(
         &self,
-        delivery: &lapin::message::Delivery,
-        settle: qr3_broker::Settlement,
+        origin: Origin,
+        part: Part,
         job: &DeliveryJob,
         publisher: &Publisher,
         escalate: bool,
     ) {
-        let deferrals = if escalate {
-            qr3_broker::deferrals(&delivery.properties)
-        } else {
-            0
-        };
+        let deferrals = if escalate { origin.deferrals } else { 0 };
         let message = Outgoing {
             exchange: String::new(),
             routing_key: self.inner.topology.defer_queue(deferrals),
-            properties: qr3_broker::with_deferrals(
-                &delivery.properties,
-                deferrals.saturating_add(1),
-            ),
+            properties: qr3_broker::with_deferrals(&job.properties(), deferrals.saturating_add(1)),
             body: job.body.clone(),
         };
         match publisher.publish_all(std::slice::from_ref(&message)).await {
             Ok(()) => {
                 self.inner.metrics.deliveries_deferred_total.inc();
-                settle.ack().await;
+                part.ack().await;
             }
             Err(error) => {
                 tracing::warn!(%error, webhook_id = %job.webhook_id, "cannot defer a job; requeueing it");
-                settle.requeue().await;
+                part.requeue().await;
             }
         }
     }
@@ -312,6 +340,17 @@ impl Sender {
     /// One step: makes (or skips) one attempt of `job`. Logging, retrying and
     /// acknowledging are the writer's job.
     pub async fn attempt(&self, job: &DeliveryJob) -> anyhow::Result<Attempted> {
+        self.attempt_checked(job, false).await
+    }
+
+    /// [`Sender::attempt`]; `redelivered`: the broker handed the job out before (a
+    /// sender stopped, or a bundle was requeued, after some of its jobs were
+    /// delivered), so the log is checked first.
+    async fn attempt_checked(
+        &self,
+        job: &DeliveryJob,
+        redelivered: bool,
+    ) -> anyhow::Result<Attempted> {
         let inner = &self.inner;
         let Some(target) = inner.targets.get(&inner.store, &job.webhook_id).await? else {
             inner
@@ -332,9 +371,10 @@ impl Sender {
             return Ok(Attempted::Skipped("webhook_disabled"));
         }
         // A retry or a manual attempt of an event the webhook already got (a manual
-        // retry raced an automatic one, or a recovery was asked twice) is not sent again.
+        // retry raced an automatic one, or a recovery was asked twice), or a redelivered
+        // job that was delivered before, is not sent again.
         let repeat = match job.trigger {
-            Trigger::Event => job.attempt > 1,
+            Trigger::Event => job.attempt > 1 || redelivered,
             Trigger::Manual => true,
             Trigger::Ping => false,
         };
@@ -488,6 +528,15 @@ impl Sender {
             }),
         })))
     }
+}
+
+/// Where a job came from: what its message says besides the job itself.
+#[derive(Debug, Clone, Copy)]
+struct Origin {
+    /// Times the message was parked in a defer queue.
+    deferrals: u32,
+    /// The broker delivered the message before.
+    redelivered: bool,
 }
 
 fn header_value(s: &str) -> HeaderValue {

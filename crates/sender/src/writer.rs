@@ -11,14 +11,14 @@ use qr3_store::{AttemptRecord, AttemptStatus};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::parts::{self, Finished, Part};
 use crate::{Attempted, Sender};
-use qr3_broker::Settlement;
 
 /// One job whose attempt is done and waits to be made durable.
 pub struct Pending {
     pub job: DeliveryJob,
     pub attempted: Attempted,
-    pub settle: Settlement,
+    pub part: Part,
 }
 
 #[derive(Clone)]
@@ -135,7 +135,7 @@ async fn flush(sender: &Sender, publisher: &Publisher, batch: Vec<Pending>) {
             // them back to the broker to be attempted again.
             tracing::error!(%error, "cannot schedule retries; requeueing the batch");
             for pending in batch {
-                pending.settle.requeue().await;
+                pending.part.requeue().await;
             }
             return;
         }
@@ -147,11 +147,19 @@ async fn flush(sender: &Sender, publisher: &Publisher, batch: Vec<Pending>) {
                 .inc();
         }
     }
-    // One writer per consuming channel, so every job of the batch has the same
-    // tracker: one call, usually one multiple ack.
-    if let Some(first) = batch.first() {
-        let tracker = first.settle.tracker().clone();
-        tracker.ack(batch.iter().map(|p| p.settle.tag)).await;
+    // One writer per consuming channel, so every message the batch finishes has the
+    // same tracker: one call, usually one multiple ack. A bundle is acknowledged with
+    // its last job.
+    let mut acks = Vec::with_capacity(batch.len());
+    for pending in batch {
+        match pending.part.finish(false) {
+            Some(Finished::Ack(settlement)) => acks.push(settlement),
+            requeue => parts::settle(requeue).await,
+        }
+    }
+    if let Some(first) = acks.first() {
+        let tracker = first.tracker().clone();
+        tracker.ack(acks.iter().map(|s| s.tag)).await;
     }
 }
 

@@ -27,10 +27,15 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_roles_with(Roles::ALL, configure).await
+}
+
+/// `roles` only (the API among them); others can be started later with `app::start`.
+pub async fn spawn_roles_with(roles: Roles, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let db = TestDb::new().await.expect("test database");
     let mut settings = qr3_testkit::test_settings(&db.url);
     configure(&mut settings);
-    let running = app::start(settings.clone(), Roles::ALL)
+    let running = app::start(settings.clone(), roles)
         .await
         .expect("app starts");
     let created = db.store.create_workspace("test").await.expect("workspace");

@@ -7,50 +7,107 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
+
 use qr3_domain::WebhookId;
+
+/// How long a job may wait for its webhook's in-flight slot before it is parked: a
+/// webhook at its cap that keeps freeing slots (a fast receiver with a backlog) is
+/// served from memory; one that does not (slow, hanging) has its jobs parked at once.
+pub const SLOT_PATIENCE: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
 pub struct InFlightLimiter {
     cap: usize,
-    counts: Arc<Mutex<HashMap<WebhookId, usize>>>,
+    patience: Duration,
+    webhooks: Arc<Mutex<HashMap<WebhookId, Entry>>>,
+}
+
+struct Entry {
+    in_flight: usize,
+    waiting: usize,
+    /// When the webhook last freed a slot (or started being used).
+    progress_at: tokio::time::Instant,
+    /// Recent time between freed slots (moving average): with `waiting`, how long a
+    /// new waiter can expect to wait.
+    interval: Duration,
+    freed: Arc<Notify>,
 }
 
 /// A slot for one delivery; released when dropped.
 pub struct Permit {
     webhook: WebhookId,
-    counts: Arc<Mutex<HashMap<WebhookId, usize>>>,
+    webhooks: Arc<Mutex<HashMap<WebhookId, Entry>>>,
 }
 
 impl InFlightLimiter {
-    pub fn new(cap: usize) -> Self {
+    pub fn new(cap: usize, patience: Duration) -> Self {
         Self {
             cap,
-            counts: Arc::default(),
+            patience,
+            webhooks: Arc::default(),
         }
     }
 
-    /// A slot, or `None` when the webhook already has `cap` deliveries in flight.
-    pub fn try_acquire(&self, webhook: &WebhookId) -> Option<Permit> {
-        let mut counts = self.counts.lock().expect("limiter lock poisoned");
-        let count = counts.entry(webhook.clone()).or_insert(0);
-        if *count >= self.cap {
-            return None;
+    /// A slot, or `None` when the webhook has `cap` deliveries in flight and will not
+    /// free one soon: it has not freed one within the patience, or the jobs already
+    /// waiting for it would take longer than that at its recent pace. A job that waits
+    /// gives up after the patience.
+    pub async fn acquire(&self, webhook: &WebhookId) -> Option<Permit> {
+        let deadline = tokio::time::Instant::now() + self.patience;
+        loop {
+            let freed = {
+                let mut webhooks = self.webhooks.lock().expect("limiter lock poisoned");
+                let now = tokio::time::Instant::now();
+                let entry = webhooks.entry(webhook.clone()).or_insert_with(|| Entry {
+                    in_flight: 0,
+                    waiting: 0,
+                    progress_at: now,
+                    interval: Duration::ZERO,
+                    freed: Arc::default(),
+                });
+                if entry.in_flight < self.cap {
+                    if entry.in_flight == 0 && entry.waiting == 0 {
+                        entry.progress_at = now;
+                    }
+                    entry.in_flight += 1;
+                    return Some(Permit {
+                        webhook: webhook.clone(),
+                        webhooks: self.webhooks.clone(),
+                    });
+                }
+                let queue = u32::try_from(entry.waiting + 1).unwrap_or(u32::MAX);
+                if now >= deadline
+                    || now - entry.progress_at > self.patience
+                    || entry.interval.saturating_mul(queue) > self.patience
+                {
+                    return None;
+                }
+                entry.waiting += 1;
+                entry.freed.clone()
+            };
+            let _ = tokio::time::timeout_at(deadline, freed.notified()).await;
+            let mut webhooks = self.webhooks.lock().expect("limiter lock poisoned");
+            if let Some(entry) = webhooks.get_mut(webhook) {
+                entry.waiting -= 1;
+            }
         }
-        *count += 1;
-        Some(Permit {
-            webhook: webhook.clone(),
-            counts: self.counts.clone(),
-        })
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut counts = self.counts.lock().expect("limiter lock poisoned");
-        if let Some(count) = counts.get_mut(&self.webhook) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.webhook);
+        let mut webhooks = self.webhooks.lock().expect("limiter lock poisoned");
+        if let Some(entry) = webhooks.get_mut(&self.webhook) {
+            let now = tokio::time::Instant::now();
+            let interval = (now - entry.progress_at).min(Duration::from_secs(1));
+            entry.interval = (entry.interval * 7 + interval) / 8;
+            entry.progress_at = now;
+            entry.in_flight -= 1;
+            if entry.in_flight == 0 && entry.waiting == 0 {
+                webhooks.remove(&self.webhook);
+            } else {
+                entry.freed.notify_one();
             }
         }
     }
@@ -141,15 +198,63 @@ mod tests {
         );
     }
 
-    #[test]
-    fn caps_each_webhook_separately_and_releases_on_drop() {
-        let limiter = InFlightLimiter::new(2);
+    #[tokio::test(start_paused = true)]
+    async fn caps_each_webhook_separately_and_releases_on_drop() {
+        let ms = Duration::from_millis;
+        let limiter = InFlightLimiter::new(2, ms(100));
         let (a, b) = (WebhookId::generate(), WebhookId::generate());
-        let first = limiter.try_acquire(&a).unwrap();
-        let _second = limiter.try_acquire(&a).unwrap();
-        assert!(limiter.try_acquire(&a).is_none(), "a is at its cap");
-        assert!(limiter.try_acquire(&b).is_some(), "b is not affected");
+        let first = limiter.acquire(&a).await.unwrap();
+        let _second = limiter.acquire(&a).await.unwrap();
+        // At its cap and not freeing slots: a job waits out the patience, then is
+        // refused; after that, with no progress for longer, refused at once.
+        let started = tokio::time::Instant::now();
+        assert!(limiter.acquire(&a).await.is_none(), "a is at its cap");
+        assert_eq!(started.elapsed(), ms(100));
+        tokio::time::advance(ms(50)).await;
+        let started = tokio::time::Instant::now();
+        assert!(limiter.acquire(&a).await.is_none());
+        assert_eq!(started.elapsed(), ms(0), "a stuck webhook: no waiting");
+        assert!(limiter.acquire(&b).await.is_some(), "b is not affected");
         drop(first);
-        assert!(limiter.try_acquire(&a).is_some(), "a slot came back");
+        assert!(limiter.acquire(&a).await.is_some(), "a slot came back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_webhook_that_frees_slots_keeps_its_jobs_waiting() {
+        let ms = Duration::from_millis;
+        let limiter = InFlightLimiter::new(1, ms(100));
+        let a = WebhookId::generate();
+        let held = limiter.acquire(&a).await.unwrap();
+        let waiter = {
+            let limiter = limiter.clone();
+            let a = a.clone();
+            tokio::spawn(async move { limiter.acquire(&a).await.is_some() })
+        };
+        tokio::time::advance(ms(30)).await;
+        drop(held);
+        assert!(waiter.await.unwrap(), "the waiter got the freed slot");
+        // A webhook whose slots free up every 80 ms: a second waiter would expect to
+        // wait about 150 ms, past the patience, and is refused at once.
+        // (A second slot stays taken, so the webhook stays in use and at its cap.)
+        let limiter = InFlightLimiter::new(2, ms(100));
+        let _kept = limiter.acquire(&a).await.unwrap();
+        let mut slot = limiter.acquire(&a).await;
+        for _ in 0..16 {
+            tokio::time::advance(ms(80)).await;
+            drop(slot.take());
+            slot = limiter.acquire(&a).await;
+        }
+        let first = {
+            let limiter = limiter.clone();
+            let a = a.clone();
+            tokio::spawn(async move { limiter.acquire(&a).await.is_some() })
+        };
+        tokio::time::sleep(ms(1)).await;
+        let started = tokio::time::Instant::now();
+        assert!(limiter.acquire(&a).await.is_none());
+        assert_eq!(started.elapsed(), ms(0));
+        tokio::time::advance(ms(50)).await;
+        drop(slot);
+        assert!(first.await.unwrap(), "the first waiter was served");
     }
 }

@@ -93,7 +93,7 @@ impl Sender {
                 metrics,
                 targets,
                 http,
-                limiter: fairness::InFlightLimiter::new(settings_cap),
+                limiter: fairness::InFlightLimiter::new(settings_cap, fairness::SLOT_PATIENCE),
                 rate: fairness::RateLimiter::default(),
             }),
         })
@@ -276,7 +276,7 @@ impl Sender {
     ) {
         // Fair sharing: a webhook already at its cap does not get another slot; its job
         // waits in the defer queue so the slot goes to another webhook.
-        let Some(permit) = self.inner.limiter.try_acquire(&job.webhook_id) else {
+        let Some(permit) = self.inner.limiter.acquire(&job.webhook_id).await else {
             self.defer(origin, part, &job, publisher, true).await;
             return;
         };

@@ -53,7 +53,7 @@ pub struct Throughput {
     pub seconds: f64,
     pub deliveries_per_s: f64,
     pub publish_seconds: f64,
-    #[serde(skip)]
+    /// Deliveries per second in each 250 ms from the first publish.
     pub timeline_per_s: Vec<f64>,
     /// Cores used by each group of processes during the workload.
     pub cpu_cores: std::collections::BTreeMap<String, f64>,

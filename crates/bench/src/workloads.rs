@@ -127,7 +127,9 @@ pub async fn run_all(
     let publisher = Publisher::open(&connection).await?;
     let exchange = format!("{prefix}.events");
 
-    // W1: one webhook, as fast as possible.
+    // W1: one webhook, as fast as possible, from a quiet machine (the ceilings leave
+    // RabbitMQ and Postgres with housekeeping to do).
+    settle(&pids).await;
     set_phase(&sampler, "W1");
     println!("W1: {} events to 1 webhook…", sizes.w1_events);
     let w1 = throughput(
@@ -144,6 +146,7 @@ pub async fn run_all(
     .await?;
 
     // W2: fan-out to ten webhooks.
+    settle(&pids).await;
     set_phase(&sampler, "W2");
     println!("W2: {} events to 10 webhooks…", sizes.w2_events);
     let w2 = throughput(

@@ -28,6 +28,9 @@ struct Entry {
     waiting: usize,
     /// When the webhook last freed a slot (or started being used).
     progress_at: tokio::time::Instant,
+    /// `progress_at` is a freed slot (not the start of use, whose first freed slot
+    /// measures a response time, not the pace at which slots free up).
+    freed_before: bool,
     /// Recent time between freed slots (moving average): with `waiting`, how long a
     /// new waiter can expect to wait.
     interval: Duration,
@@ -63,12 +66,14 @@ impl InFlightLimiter {
                     in_flight: 0,
                     waiting: 0,
                     progress_at: now,
+                    freed_before: false,
                     interval: Duration::ZERO,
                     freed: Arc::default(),
                 });
                 if entry.in_flight < self.cap {
                     if entry.in_flight == 0 && entry.waiting == 0 {
                         entry.progress_at = now;
+                        entry.freed_before = false;
                     }
                     entry.in_flight += 1;
                     return Some(Permit {
@@ -100,9 +105,12 @@ impl Drop for Permit {
         let mut webhooks = self.webhooks.lock().expect("limiter lock poisoned");
         if let Some(entry) = webhooks.get_mut(&self.webhook) {
             let now = tokio::time::Instant::now();
-            let interval = (now - entry.progress_at).min(Duration::from_secs(1));
-            entry.interval = (entry.interval * 7 + interval) / 8;
+            if entry.freed_before {
+                let interval = (now - entry.progress_at).min(Duration::from_secs(1));
+                entry.interval = (entry.interval * 7 + interval) / 8;
+            }
             entry.progress_at = now;
+            entry.freed_before = true;
             entry.in_flight -= 1;
             if entry.in_flight == 0 && entry.waiting == 0 {
                 webhooks.remove(&self.webhook);

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use qr3_domain::WebhookId;
 
@@ -24,23 +24,26 @@ pub struct InFlightLimiter {
 }
 
 struct Entry {
-    in_flight: usize,
-    waiting: usize,
+    /// `cap` permits, handed out first come, first served (a job that arrives while
+    /// others wait queues behind them).
+    slots: Arc<Semaphore>,
+    /// Jobs holding or waiting for a slot; the entry goes when it drops to 0.
+    users: usize,
     /// When the webhook last freed a slot (or started being used).
     progress_at: tokio::time::Instant,
     /// `progress_at` is a freed slot (not the start of use, whose first freed slot
     /// measures a response time, not the pace at which slots free up).
     freed_before: bool,
-    /// Recent time between freed slots (moving average): with `waiting`, how long a
-    /// new waiter can expect to wait.
+    /// Recent time between freed slots (moving average): with the number waiting, how
+    /// long a new waiter can expect to wait.
     interval: Duration,
-    freed: Arc<Notify>,
 }
 
 /// A slot for one delivery; released when dropped.
 pub struct Permit {
     webhook: WebhookId,
     webhooks: Arc<Mutex<HashMap<WebhookId, Entry>>>,
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl InFlightLimiter {
@@ -57,45 +60,54 @@ impl InFlightLimiter {
     /// waiting for it would take longer than that at its recent pace. A job that waits
     /// gives up after the patience.
     pub async fn acquire(&self, webhook: &WebhookId) -> Option<Permit> {
-        let deadline = tokio::time::Instant::now() + self.patience;
-        loop {
-            let freed = {
-                let mut webhooks = self.webhooks.lock().expect("limiter lock poisoned");
-                let now = tokio::time::Instant::now();
-                let entry = webhooks.entry(webhook.clone()).or_insert_with(|| Entry {
-                    in_flight: 0,
-                    waiting: 0,
-                    progress_at: now,
-                    freed_before: false,
-                    interval: Duration::ZERO,
-                    freed: Arc::default(),
-                });
-                if entry.in_flight < self.cap {
-                    if entry.in_flight == 0 && entry.waiting == 0 {
-                        entry.progress_at = now;
-                        entry.freed_before = false;
-                    }
-                    entry.in_flight += 1;
-                    return Some(Permit {
-                        webhook: webhook.clone(),
-                        webhooks: self.webhooks.clone(),
-                    });
-                }
-                let queue = u32::try_from(entry.waiting + 1).unwrap_or(u32::MAX);
-                if now >= deadline
-                    || now - entry.progress_at > self.patience
-                    || entry.interval.saturating_mul(queue) > self.patience
-                {
-                    return None;
-                }
-                entry.waiting += 1;
-                entry.freed.clone()
-            };
-            let _ = tokio::time::timeout_at(deadline, freed.notified()).await;
+        let slots = {
             let mut webhooks = self.webhooks.lock().expect("limiter lock poisoned");
-            if let Some(entry) = webhooks.get_mut(webhook) {
-                entry.waiting -= 1;
+            let now = tokio::time::Instant::now();
+            let entry = webhooks.entry(webhook.clone()).or_insert_with(|| Entry {
+                slots: Arc::new(Semaphore::new(self.cap)),
+                users: 0,
+                progress_at: now,
+                freed_before: false,
+                interval: Duration::ZERO,
+            });
+            if let Ok(slot) = entry.slots.clone().try_acquire_owned() {
+                if entry.users == 0 {
+                    entry.progress_at = now;
+                    entry.freed_before = false;
+                }
+                entry.users += 1;
+                return Some(self.permit(webhook, slot));
             }
+            let waiting = entry.users.saturating_sub(self.cap);
+            let queue = u32::try_from(waiting + 1).unwrap_or(u32::MAX);
+            if now - entry.progress_at > self.patience
+                || entry.interval.saturating_mul(queue) > self.patience
+            {
+                return None;
+            }
+            entry.users += 1;
+            entry.slots.clone()
+        };
+        match tokio::time::timeout(self.patience, slots.acquire_owned()).await {
+            Ok(Ok(slot)) => Some(self.permit(webhook, slot)),
+            _ => {
+                let mut webhooks = self.webhooks.lock().expect("limiter lock poisoned");
+                if let Some(entry) = webhooks.get_mut(webhook) {
+                    entry.users -= 1;
+                    if entry.users == 0 {
+                        webhooks.remove(webhook);
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    fn permit(&self, webhook: &WebhookId, slot: OwnedSemaphorePermit) -> Permit {
+        Permit {
+            webhook: webhook.clone(),
+            webhooks: self.webhooks.clone(),
+            slot: Some(slot),
         }
     }
 }
@@ -111,11 +123,11 @@ impl Drop for Permit {
             }
             entry.progress_at = now;
             entry.freed_before = true;
-            entry.in_flight -= 1;
-            if entry.in_flight == 0 && entry.waiting == 0 {
+            entry.users -= 1;
+            // The slot goes straight to the longest-waiting job, if any.
+            drop(self.slot.take());
+            if entry.users == 0 {
                 webhooks.remove(&self.webhook);
-            } else {
-                entry.freed.notify_one();
             }
         }
     }

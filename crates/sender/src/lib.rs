@@ -6,6 +6,7 @@
 
 mod fairness;
 pub mod http;
+mod parking;
 mod parts;
 mod targets;
 mod writer;
@@ -168,6 +169,7 @@ impl Sender {
         tracing::info!(queue = %inner.topology.deliveries_queue(), prefetch, "sender consuming");
 
         let (writer, writer_task) = writer::spawn(self.clone(), publisher.clone());
+        let (parking, parking_task) = parking::spawn(self.clone(), publisher.clone());
         let acks = qr3_broker::AckTracker::new(channel.clone());
         let tracker = TaskTracker::new();
         let slots = Arc::new(tokio::sync::Semaphore::new(
@@ -208,10 +210,10 @@ impl Sender {
                     .expect("the semaphore is never closed");
                 let this = self.clone();
                 let writer = writer.clone();
-                let publisher = publisher.clone();
+                let parking = parking.clone();
                 tracker.spawn(async move {
                     this.inner.metrics.deliveries_in_flight.inc();
-                    this.handle(job, origin, part, &writer, &publisher).await;
+                    this.handle(job, origin, part, &writer, &parking).await;
                     this.inner.metrics.deliveries_in_flight.dec();
                     drop(slot);
                 });
@@ -219,8 +221,9 @@ impl Sender {
         }
         tracker.close();
         tracker.wait().await;
-        drop(writer);
+        drop((writer, parking));
         writer_task.await.context("the log writer panicked")?;
+        parking_task.await.context("the parking task panicked")?;
         match failure {
             Some(error) => Err(error).context("consumer stream failed"),
             None => Ok(()),
@@ -272,19 +275,37 @@ impl Sender {
         origin: Origin,
         part: Part,
         writer: &writer::Handle,
-        publisher: &Publisher,
+        parking: &parking::Handle,
     ) {
         // Fair sharing: a webhook already at its cap does not get another slot; its job
         // waits in the defer queue so the slot goes to another webhook.
         let Some(permit) = self.inner.limiter.acquire(&job.webhook_id).await else {
-            self.defer(origin, part, &job, publisher, true).await;
+            // Parked jobs of a webhook still at its cap wait longer each time (up to
+            // eight times delivery.defer_ms), so a receiver that stays stuck does not
+            // have its whole backlog cycle through the broker every defer_ms.
+            let deferrals = origin.deferrals;
+            parking
+                .park(parking::Parked {
+                    job,
+                    part,
+                    deferrals,
+                })
+                .await;
             return;
         };
         let attempted = self.attempt_checked(&job, origin.redelivered).await;
         drop(permit);
         match attempted {
             // The rate limit knows when the next slot is: no longer wait than that.
-            Ok(Attempted::Parked) => self.defer(origin, part, &job, publisher, false).await,
+            Ok(Attempted::Parked) => {
+                parking
+                    .park(parking::Parked {
+                        job,
+                        part,
+                        deferrals: 0,
+                    })
+                    .await
+            }
             Ok(attempted) => {
                 writer
                     .submit(writer::Pending {
@@ -299,39 +320,6 @@ impl Sender {
                 // hand the job back to the broker to be tried again.
                 tracing::error!(error = format!("{error:#}"), webhook_id = %job.webhook_id, "cannot attempt delivery");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                part.requeue().await;
-            }
-        }
-    }
-
-    /// Parks `job` in a defer queue and acknowledges it once the broker confirms. With
-    /// `escalate` (a webhook at its in-flight cap) the job counts its deferrals in a
-    /// header and each one waits longer (up to eight times `delivery.defer_ms`), so a
-    /// receiver that stays stuck does not have its whole backlog cycle through the
-    /// broker every `defer_ms`; otherwise it waits `delivery.defer_ms`.
-    /// A job of a bundle is parked on its own, as a single job.
-    async fn defer(
-        &self,
-        origin: Origin,
-        part: Part,
-        job: &DeliveryJob,
-        publisher: &Publisher,
-        escalate: bool,
-    ) {
-        let deferrals = if escalate { origin.deferrals } else { 0 };
-        let message = Outgoing {
-            exchange: String::new(),
-            routing_key: self.inner.topology.defer_queue(deferrals),
-            properties: qr3_broker::with_deferrals(&job.properties(), deferrals.saturating_add(1)),
-            body: job.body.clone(),
-        };
-        match publisher.publish_all(std::slice::from_ref(&message)).await {
-            Ok(()) => {
-                self.inner.metrics.deliveries_deferred_total.inc();
-                part.ack().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, webhook_id = %job.webhook_id, "cannot defer a job; requeueing it");
                 part.requeue().await;
             }
         }

@@ -64,10 +64,6 @@ impl Part {
         })
     }
 
-    pub async fn ack(self) {
-        settle(self.finish(false)).await;
-    }
-
     pub async fn requeue(self) {
         settle(self.finish(true)).await;
     }

@@ -1,12 +1,13 @@
 //! The attempt-log writer: gathers finished attempts into batches, writes each batch in
-//! one transaction, then publishes the retries the batch calls for (confirmed), and only
-//! then acknowledges the batch's jobs. A crash anywhere before the ack leaves the jobs in
-//! the broker: at worst an attempt is made and logged twice, never lost.
+//! one transaction, then publishes the retries the batch calls for (confirmed, packed
+//! into bundles per delay queue), and only then acknowledges the batch's jobs. A crash
+//! anywhere before the ack leaves the jobs in the broker: at worst an attempt is made
+//! and logged twice, never lost.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use qr3_broker::{DeliveryJob, Outgoing, Publisher, Trigger};
+use qr3_broker::{DeliveryJob, Outgoing, Packer, Publisher, Trigger};
 use qr3_store::{AttemptRecord, AttemptStatus};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -101,7 +102,9 @@ async fn flush(sender: &Sender, publisher: &Publisher, batch: Vec<Pending>) {
         notify_disabled(sender, publisher, &records, &recorded.disabled).await;
     }
 
-    let mut retries = Vec::new();
+    // The batch's retries, packed per delay queue like ingest's jobs: a failing
+    // receiver's retries cost the broker a few messages, not one each.
+    let mut retries: BTreeMap<u64, Vec<DeliveryJob>> = BTreeMap::new();
     for pending in &batch {
         let Attempted::Made(record) = &pending.attempted else {
             continue;
@@ -116,20 +119,33 @@ async fn flush(sender: &Sender, publisher: &Publisher, batch: Vec<Pending>) {
         let Some(delay) = inner.settings.delivery.delay_before(u32::from(next)) else {
             continue;
         };
-        let delay_ms = delay.as_millis() as u64;
-        let job = pending.job.next_attempt();
-        retries.push((
-            delay_ms,
-            Outgoing {
-                exchange: String::new(),
-                routing_key: inner.topology.retry_queue(delay_ms),
-                properties: job.properties(),
-                body: pending.job.body.clone(),
-            },
-        ));
+        retries
+            .entry(delay.as_millis() as u64)
+            .or_default()
+            .push(pending.job.next_attempt());
     }
     if !retries.is_empty() {
-        let messages: Vec<Outgoing> = retries.iter().map(|(_, m)| m.clone()).collect();
+        let mut messages = Vec::new();
+        for (delay_ms, jobs) in &retries {
+            let mut packer = Packer::new(
+                inner.settings.ingest.jobs_per_message,
+                inner.settings.ingest.max_event_bytes,
+            );
+            for job in jobs {
+                packer.push_event([job], &job.body);
+            }
+            messages.extend(
+                packer
+                    .finish()
+                    .into_iter()
+                    .map(|(properties, body)| Outgoing {
+                        exchange: String::new(),
+                        routing_key: inner.topology.retry_queue(*delay_ms),
+                        properties,
+                        body,
+                    }),
+            );
+        }
         if let Err(error) = publisher.publish_all(&messages).await {
             // Without the retry safely queued the jobs must not be acknowledged: hand
             // them back to the broker to be attempted again.
@@ -139,12 +155,12 @@ async fn flush(sender: &Sender, publisher: &Publisher, batch: Vec<Pending>) {
             }
             return;
         }
-        for (delay_ms, _) in &retries {
+        for (delay_ms, jobs) in &retries {
             inner
                 .metrics
                 .retries_scheduled_total
                 .with_label_values(&[&delay_ms.to_string()])
-                .inc();
+                .inc_by(jobs.len() as u64);
         }
     }
     // One writer per consuming channel, so every message the batch finishes has the

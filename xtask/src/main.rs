@@ -83,6 +83,9 @@ enum Task {
         /// Also copy the report and plots into docs/benchmarks/.
         #[arg(long)]
         docs: bool,
+        /// A setting for every process, `section.key=value` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
     },
 }
 
@@ -111,7 +114,8 @@ fn main() -> anyhow::Result<()> {
             senders,
             ingests,
             docs,
-        } => bench(&root(), quick, senders, ingests, docs),
+            settings,
+        } => bench(&root(), quick, senders, ingests, docs, &settings),
     }
 }
 
@@ -204,6 +208,7 @@ fn bench(
     senders: usize,
     ingests: usize,
     docs: bool,
+    settings: &[String],
 ) -> anyhow::Result<()> {
     cargo(
         root,
@@ -232,6 +237,9 @@ fn bench(
     ];
     if quick {
         args.push("--quick".to_owned());
+    }
+    for setting in settings {
+        args.extend(["--set".to_owned(), setting.clone()]);
     }
     let status = Command::new(root.join("target/release/qr3-bench"))
         .args(&args)

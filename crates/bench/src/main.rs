@@ -71,6 +71,28 @@ pub struct Args {
     /// Ingest processes.
     #[arg(long, default_value_t = 1)]
     pub ingests: usize,
+    /// A setting for every process, as `section.key=value` (repeatable), e.g.
+    /// `--set ingest.jobs_per_message=1` to compare with one message per job.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
+    pub settings: Vec<(String, String)>,
+}
+
+/// `section.key=value` as the environment variable that sets it.
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    let (section, name) = key
+        .split_once('.')
+        .ok_or_else(|| format!("{key:?} is not section.key"))?;
+    Ok((
+        format!(
+            "QR3__{}__{}",
+            section.to_ascii_uppercase(),
+            name.to_ascii_uppercase()
+        ),
+        value.to_owned(),
+    ))
 }
 
 /// Sizes of one benchmark run.
@@ -230,13 +252,18 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             ceiling_messages: 40_000,
         }
     };
-    let run = Run::new("bench", &args.common)?;
+    let mut run = Run::new("bench", &args.common)?;
+    run.env.vars.extend(args.settings.iter().cloned());
     println!(
-        "qr3-bench: run {} ({}), {} sender(s), {} ingest(s)",
+        "qr3-bench: run {} ({}), {} sender(s), {} ingest(s){}",
         run.id,
         if args.quick { "quick" } else { "full" },
         args.senders,
-        args.ingests
+        args.ingests,
+        args.settings
+            .iter()
+            .map(|(k, v)| format!(", {k}={v}"))
+            .collect::<String>()
     );
     run.env.run(&["migrate"]).context("migrate")?;
     let result = workloads::run_all(&args, sizes, &run.env, &run.db_url, run.api_port).await;

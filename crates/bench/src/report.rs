@@ -84,6 +84,8 @@ pub struct Report {
     pub quick: bool,
     pub senders: usize,
     pub ingests: usize,
+    /// Settings changed from the defaults for this run (environment variables).
+    pub settings: Vec<String>,
     pub machine: String,
     pub ceilings: Ceilings,
     pub w1: Throughput,
@@ -167,11 +169,15 @@ fn checks(r: &Report) -> Vec<Check> {
 pub fn print(r: &Report) {
     let c = &r.ceilings;
     println!(
-        "\nqr3-bench on {} ({} sender(s), {} ingest(s){})",
+        "\nqr3-bench on {} ({} sender(s), {} ingest(s){}{})",
         r.machine,
         r.senders,
         r.ingests,
-        if r.quick { ", quick" } else { "" }
+        if r.quick { ", quick" } else { "" },
+        r.settings
+            .iter()
+            .map(|s| format!(", {s}"))
+            .collect::<String>()
     );
     println!("\nCeilings measured in this run");
     println!(

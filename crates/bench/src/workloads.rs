@@ -226,6 +226,11 @@ pub async fn run_all(
         quick: args.quick,
         senders: args.senders,
         ingests: args.ingests,
+        settings: args
+            .settings
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
         machine: machine(),
         ceilings,
         w1,

@@ -3,8 +3,9 @@
 //!
 //! A single job is one message: the body is the exact payload to POST (encoded and made
 //! JavaScript-stable once, at ingest); everything else travels in headers. A *bundle*
-//! carries several first attempts in one message (ingest packs a batch's fan-out that
-//! way, so the broker moves one message for many deliveries): the `x-qr3-jobs` header
+//! carries several jobs in one message (ingest packs a batch's fan-out that way, and
+//! senders their retries and parked jobs, so the broker moves one message for many
+//! deliveries): the `x-qr3-jobs` header
 //! holds one table per job with the same fields a single job has in its headers, and the
 //! body is the payloads back to back, their lengths in `x-qr3-payload-lengths`. No
 //! secret is ever in a job.

@@ -14,13 +14,17 @@ use qr3_domain::WebhookId;
 /// How long a job may wait for its webhook's in-flight slot before it is parked: a
 /// webhook at its cap that keeps freeing slots (a fast receiver with a backlog) is
 /// served from memory; one that does not (slow, hanging) has its jobs parked at once.
-/// A webhook that has not freed a slot yet gets a fifth of it.
-pub const SLOT_PATIENCE: Duration = Duration::from_millis(100);
+pub const SLOT_PATIENCE: Duration = Duration::from_millis(250);
+/// A webhook that has not freed a slot yet (its burst's first responses are still
+/// out) has its jobs wait only this long after it started being used, so a receiver
+/// that hangs from the start does not hold waiting jobs for long.
+pub const FIRST_SLOT_WINDOW: Duration = Duration::from_millis(20);
 
 #[derive(Clone)]
 pub struct InFlightLimiter {
     cap: usize,
     patience: Duration,
+    first_window: Duration,
     webhooks: Arc<Mutex<HashMap<WebhookId, Entry>>>,
 }
 
@@ -48,10 +52,11 @@ pub struct Permit {
 }
 
 impl InFlightLimiter {
-    pub fn new(cap: usize, patience: Duration) -> Self {
+    pub fn new(cap: usize, patience: Duration, first_window: Duration) -> Self {
         Self {
             cap,
             patience,
+            first_window,
             webhooks: Arc::default(),
         }
     }
@@ -82,13 +87,11 @@ impl InFlightLimiter {
             let waiting = entry.users.saturating_sub(self.cap);
             let queue = u32::try_from(waiting + 1).unwrap_or(u32::MAX);
             // Before its first freed slot a webhook has shown no pace at all: its jobs
-            // wait only in the first fifth of the patience (a burst's first responses
-            // from a fast receiver), so a receiver that hangs from the start does not
-            // hold waiting jobs for long.
+            // wait only within the first window of its use.
             let quiet_limit = if entry.freed_before {
                 self.patience
             } else {
-                self.patience / 5
+                self.first_window
             };
             if now - entry.progress_at > quiet_limit
                 || entry.interval.saturating_mul(queue) > self.patience
@@ -231,13 +234,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn caps_each_webhook_separately_and_releases_on_drop() {
         let ms = Duration::from_millis;
-        let limiter = InFlightLimiter::new(2, ms(100));
+        let limiter = InFlightLimiter::new(2, ms(100), ms(20));
         let (a, b) = (WebhookId::generate(), WebhookId::generate());
         let first = limiter.acquire(&a).await.unwrap();
         let _second = limiter.acquire(&a).await.unwrap();
         // At its cap and not freeing slots: a job waits out the patience, then is
-        // refused; after that (no slot freed within a fifth of the patience since it
-        // started), refused at once.
+        // refused; after that (no slot freed in the first window of its use), refused
+        // at once.
         let started = tokio::time::Instant::now();
         assert!(limiter.acquire(&a).await.is_none(), "a is at its cap");
         assert_eq!(started.elapsed(), ms(100));
@@ -252,7 +255,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_webhook_that_frees_slots_keeps_its_jobs_waiting() {
         let ms = Duration::from_millis;
-        let limiter = InFlightLimiter::new(1, ms(100));
+        let limiter = InFlightLimiter::new(1, ms(100), ms(20));
         let a = WebhookId::generate();
         let held = limiter.acquire(&a).await.unwrap();
         let waiter = {
@@ -267,7 +270,7 @@ mod tests {
         // A webhook whose slots free up every 80 ms: a second waiter would expect to
         // wait about 150 ms, past the patience, and is refused at once.
         // (A second slot stays taken, so the webhook stays in use and at its cap.)
-        let limiter = InFlightLimiter::new(2, ms(100));
+        let limiter = InFlightLimiter::new(2, ms(100), ms(20));
         let _kept = limiter.acquire(&a).await.unwrap();
         let mut slot = limiter.acquire(&a).await;
         for _ in 0..16 {

@@ -94,7 +94,11 @@ impl Sender {
                 metrics,
                 targets,
                 http,
-                limiter: fairness::InFlightLimiter::new(settings_cap, fairness::SLOT_PATIENCE),
+                limiter: fairness::InFlightLimiter::new(
+                    settings_cap,
+                    fairness::SLOT_PATIENCE,
+                    fairness::FIRST_SLOT_WINDOW,
+                ),
                 rate: fairness::RateLimiter::default(),
             }),
         })

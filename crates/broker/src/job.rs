@@ -339,6 +339,19 @@ impl Packer {
         self.close();
         self.done
     }
+
+    /// The messages, addressed to `queue` (through the default exchange).
+    pub fn into_messages(self, queue: &str) -> Vec<crate::Outgoing> {
+        self.finish()
+            .into_iter()
+            .map(|(properties, body)| crate::Outgoing {
+                exchange: String::new(),
+                routing_key: queue.to_owned(),
+                properties,
+                body,
+            })
+            .collect()
+    }
 }
 
 /// How many times a job message was parked in a defer queue (0 when never).

@@ -348,16 +348,7 @@ impl Ingest {
             fanned.push((*i, key, targets.len()));
         }
         let jobs = packer.jobs();
-        let messages: Vec<Outgoing> = packer
-            .finish()
-            .into_iter()
-            .map(|(properties, body)| Outgoing {
-                exchange: String::new(),
-                routing_key: queue.clone(),
-                properties,
-                body,
-            })
-            .collect();
+        let messages = packer.into_messages(&queue);
         for chunk in messages.chunks(PUBLISH_CHUNK) {
             publisher
                 .publish_all(chunk)

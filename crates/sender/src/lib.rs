@@ -329,6 +329,22 @@ impl Sender {
         }
     }
 
+    /// Jobs that each carry their own payload (retries, parked jobs), packed into
+    /// messages for `queue` like ingest's.
+    fn pack<'a>(
+        &self,
+        queue: String,
+        jobs: impl IntoIterator<Item = &'a DeliveryJob>,
+    ) -> Vec<Outgoing> {
+        let settings = &self.inner.settings.ingest;
+        let mut packer =
+            qr3_broker::Packer::new(settings.jobs_per_message, settings.max_event_bytes);
+        for job in jobs {
+            packer.push_event([job], &job.body);
+        }
+        packer.into_messages(&queue)
+    }
+
     /// One step: makes (or skips) one attempt of `job`. Logging, retrying and
     /// acknowledging are the writer's job.
     pub async fn attempt(&self, job: &DeliveryJob) -> anyhow::Result<Attempted> {

@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use qr3_broker::{DeliveryJob, Outgoing, Packer, Publisher};
+use qr3_broker::{DeliveryJob, Publisher};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::parts::{self, Finished, Part};
+use crate::parts::{self, Part};
 use crate::Sender;
 
 /// How long the first parked job of a batch waits for others to share its messages.
@@ -46,15 +46,7 @@ pub fn spawn(sender: Sender, publisher: Publisher) -> (Handle, JoinHandle<()>) {
 }
 
 async fn run(sender: Sender, publisher: Publisher, mut rx: mpsc::Receiver<Parked>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + LINGER;
-        while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(next)) => batch.push(next),
-                Ok(None) | Err(_) => break,
-            }
-        }
+    while let Some(batch) = parts::next_batch(&mut rx, MAX_BATCH, LINGER).await {
         flush(&sender, &publisher, batch).await;
     }
 }
@@ -70,27 +62,11 @@ async fn flush(sender: &Sender, publisher: &Publisher, batch: Vec<Parked>) {
     }
     let mut messages = Vec::new();
     for (deferrals, jobs) in by_queue {
-        let mut packer = Packer::new(
-            inner.settings.ingest.jobs_per_message,
-            inner.settings.ingest.max_event_bytes,
-        );
-        for job in jobs {
-            packer.push_event([job], &job.body);
+        for mut message in sender.pack(inner.topology.defer_queue(deferrals), jobs) {
+            message.properties =
+                qr3_broker::with_deferrals(&message.properties, deferrals.saturating_add(1));
+            messages.push(message);
         }
-        messages.extend(
-            packer
-                .finish()
-                .into_iter()
-                .map(|(properties, body)| Outgoing {
-                    exchange: String::new(),
-                    routing_key: inner.topology.defer_queue(deferrals),
-                    properties: qr3_broker::with_deferrals(
-                        &properties,
-                        deferrals.saturating_add(1),
-                    ),
-                    body,
-                }),
-        );
     }
     if let Err(error) = publisher.publish_all(&messages).await {
         tracing::warn!(%error, jobs = batch.len(), "cannot park jobs; requeueing them");
@@ -103,15 +79,5 @@ async fn flush(sender: &Sender, publisher: &Publisher, batch: Vec<Parked>) {
         .metrics
         .deliveries_deferred_total
         .inc_by(batch.len() as u64);
-    let mut acks = Vec::with_capacity(batch.len());
-    for parked in batch {
-        match parked.part.finish(false) {
-            Some(Finished::Ack(settlement)) => acks.push(settlement),
-            requeue => parts::settle(requeue).await,
-        }
-    }
-    if let Some(first) = acks.first() {
-        let tracker = first.tracker().clone();
-        tracker.ack(acks.iter().map(|s| s.tag)).await;
-    }
+    parts::finish_all(batch.into_iter().map(|p| p.part)).await;
 }

@@ -69,6 +69,42 @@ impl Part {
     }
 }
 
+/// Finishes every part (done, not handed back) and settles the messages they were the
+/// last of: the acknowledgements in one call (one channel per consumer, so one tracker),
+/// usually one multiple ack.
+pub async fn finish_all(parts: impl IntoIterator<Item = Part>) {
+    let mut acks = Vec::new();
+    for part in parts {
+        match part.finish(false) {
+            Some(Finished::Ack(settlement)) => acks.push(settlement),
+            requeue => settle(requeue).await,
+        }
+    }
+    if let Some(first) = acks.first() {
+        let tracker = first.tracker().clone();
+        tracker.ack(acks.iter().map(|s| s.tag)).await;
+    }
+}
+
+/// The next batch from `rx`: the first item to come, and whatever follows within
+/// `linger` of it, `max` at most. `None` once every sender is gone.
+pub async fn next_batch<T>(
+    rx: &mut tokio::sync::mpsc::Receiver<T>,
+    max: usize,
+    linger: std::time::Duration,
+) -> Option<Vec<T>> {
+    let first = rx.recv().await?;
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + linger;
+    while batch.len() < max {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(next)) => batch.push(next),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 pub async fn settle(finished: Option<Finished>) {
     match finished {
         Some(Finished::Ack(settlement)) => settlement.ack().await,

@@ -7,12 +7,12 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use qr3_broker::{DeliveryJob, Outgoing, Packer, Publisher, Trigger};
+use qr3_broker::{DeliveryJob, Outgoing, Publisher, Trigger};
 use qr3_store::{AttemptRecord, AttemptStatus};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::parts::{self, Finished, Part};
+use crate::parts::{self, Part};
 use crate::{Attempted, Sender};
 
 /// One job whose attempt is done and waits to be made durable.
@@ -43,15 +43,7 @@ async fn run(sender: Sender, publisher: Publisher, mut rx: mpsc::Receiver<Pendin
     let settings = &sender.inner.settings.delivery;
     let max = settings.log_batch_size;
     let linger = Duration::from_millis(settings.log_flush_ms);
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + linger;
-        while batch.len() < max {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(next)) => batch.push(next),
-                Ok(None) | Err(_) => break,
-            }
-        }
+    while let Some(batch) = parts::next_batch(&mut rx, max, linger).await {
         flush(&sender, &publisher, batch).await;
     }
 }
@@ -127,24 +119,7 @@ async fn flush(sender: &Sender, publisher: &Publisher, batch: Vec<Pending>) {
     if !retries.is_empty() {
         let mut messages = Vec::new();
         for (delay_ms, jobs) in &retries {
-            let mut packer = Packer::new(
-                inner.settings.ingest.jobs_per_message,
-                inner.settings.ingest.max_event_bytes,
-            );
-            for job in jobs {
-                packer.push_event([job], &job.body);
-            }
-            messages.extend(
-                packer
-                    .finish()
-                    .into_iter()
-                    .map(|(properties, body)| Outgoing {
-                        exchange: String::new(),
-                        routing_key: inner.topology.retry_queue(*delay_ms),
-                        properties,
-                        body,
-                    }),
-            );
+            messages.extend(sender.pack(inner.topology.retry_queue(*delay_ms), jobs));
         }
         if let Err(error) = publisher.publish_all(&messages).await {
             // Without the retry safely queued the jobs must not be acknowledged: hand
@@ -163,20 +138,8 @@ async fn flush(sender: &Sender, publisher: &Publisher, batch: Vec<Pending>) {
                 .inc_by(jobs.len() as u64);
         }
     }
-    // One writer per consuming channel, so every message the batch finishes has the
-    // same tracker: one call, usually one multiple ack. A bundle is acknowledged with
-    // its last job.
-    let mut acks = Vec::with_capacity(batch.len());
-    for pending in batch {
-        match pending.part.finish(false) {
-            Some(Finished::Ack(settlement)) => acks.push(settlement),
-            requeue => parts::settle(requeue).await,
-        }
-    }
-    if let Some(first) = acks.first() {
-        let tracker = first.tracker().clone();
-        tracker.ack(acks.iter().map(|s| s.tag)).await;
-    }
+    // A bundle is acknowledged with its last job.
+    parts::finish_all(batch.into_iter().map(|p| p.part)).await;
 }
 
 /// Publishes `webhook.disabled` on the operator exchange for each webhook this batch

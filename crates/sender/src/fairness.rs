@@ -116,6 +116,18 @@ impl InFlightLimiter {
         }
     }
 
+    /// How long the webhook has been at its cap without freeing a slot (zero when it
+    /// is not at its cap).
+    pub fn stuck_for(&self, webhook: &WebhookId) -> Duration {
+        let webhooks = self.webhooks.lock().expect("limiter lock poisoned");
+        match webhooks.get(webhook) {
+            Some(entry) if entry.slots.available_permits() == 0 => {
+                tokio::time::Instant::now() - entry.progress_at
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
     fn permit(&self, webhook: &WebhookId, slot: OwnedSemaphorePermit) -> Permit {
         Permit {
             webhook: webhook.clone(),

@@ -285,9 +285,15 @@ impl Sender {
         // waits in the defer queue so the slot goes to another webhook.
         let Some(permit) = self.inner.limiter.acquire(&job.webhook_id).await else {
             // Parked jobs of a webhook still at its cap wait longer each time (up to
-            // eight times delivery.defer_ms), so a receiver that stays stuck does not
-            // have its whole backlog cycle through the broker every defer_ms.
-            let deferrals = origin.deferrals;
+            // eight times delivery.defer_ms), and a job of a webhook stuck for a while
+            // waits about as long again from its first parking, so a receiver that
+            // stays stuck does not have its whole backlog cycle through the broker
+            // every defer_ms.
+            let stuck = self.inner.limiter.stuck_for(&job.webhook_id);
+            let deferrals = origin.deferrals.max(stuck_level(
+                stuck,
+                Duration::from_millis(self.inner.settings.delivery.defer_ms),
+            ));
             parking
                 .park(parking::Parked {
                     job,
@@ -538,6 +544,16 @@ impl Sender {
     }
 }
 
+/// The defer step (`Topology::defer_queue`) whose wait, `defer` × 2^step, first covers
+/// `stuck`.
+fn stuck_level(stuck: Duration, defer: Duration) -> u32 {
+    let mut level = 0;
+    while level + 1 < qr3_broker::topology::DEFER_STEPS && defer * (1 << level) < stuck {
+        level += 1;
+    }
+    level
+}
+
 /// Where a job came from: what its message says besides the job itself.
 #[derive(Debug, Clone, Copy)]
 struct Origin {
@@ -564,5 +580,22 @@ async fn retention_loop(store: Store, days: u32, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_webhook_stuck_longer_parks_its_jobs_longer() {
+        let ms = Duration::from_millis;
+        let defer = ms(1000);
+        assert_eq!(stuck_level(ms(0), defer), 0);
+        assert_eq!(stuck_level(ms(1000), defer), 0);
+        assert_eq!(stuck_level(ms(1001), defer), 1);
+        assert_eq!(stuck_level(ms(3000), defer), 2);
+        assert_eq!(stuck_level(ms(5000), defer), 3);
+        assert_eq!(stuck_level(ms(60_000), defer), 3, "eight times at most");
     }
 }

@@ -303,7 +303,10 @@ impl Sender {
                 .await;
             return;
         };
-        let attempted = self.attempt_checked(&job, origin.redelivered).await;
+        // A job back from a defer queue may have a twin: its bundle was requeued after
+        // it was parked. Like a redelivered one, it is checked against the log first.
+        let recheck = origin.redelivered || origin.deferrals > 0;
+        let attempted = self.attempt_checked(&job, recheck).await;
         drop(permit);
         match attempted {
             // The rate limit knows when the next slot is: no longer wait than that.
@@ -357,14 +360,11 @@ impl Sender {
         self.attempt_checked(job, false).await
     }
 
-    /// [`Sender::attempt`]; `redelivered`: the broker handed the job out before (a
-    /// sender stopped, or a bundle was requeued, after some of its jobs were
-    /// delivered), so the log is checked first.
-    async fn attempt_checked(
-        &self,
-        job: &DeliveryJob,
-        redelivered: bool,
-    ) -> anyhow::Result<Attempted> {
+    /// [`Sender::attempt`]; `recheck`: the job may have been delivered already (the
+    /// broker handed it out before, a sender having stopped or a bundle having been
+    /// requeued after some of its jobs were delivered; or it was parked and may have a
+    /// twin), so the log is checked first.
+    async fn attempt_checked(&self, job: &DeliveryJob, recheck: bool) -> anyhow::Result<Attempted> {
         let inner = &self.inner;
         let Some(target) = inner.targets.get(&inner.store, &job.webhook_id).await? else {
             inner
@@ -385,10 +385,10 @@ impl Sender {
             return Ok(Attempted::Skipped("webhook_disabled"));
         }
         // A retry or a manual attempt of an event the webhook already got (a manual
-        // retry raced an automatic one, or a recovery was asked twice), or a redelivered
-        // job that was delivered before, is not sent again.
+        // retry raced an automatic one, or a recovery was asked twice), or a job that
+        // may have been delivered before (`recheck`), is not sent again.
         let repeat = match job.trigger {
-            Trigger::Event => job.attempt > 1 || redelivered,
+            Trigger::Event => job.attempt > 1 || recheck,
             Trigger::Manual => true,
             Trigger::Ping => false,
         };

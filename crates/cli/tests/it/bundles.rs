@@ -1,7 +1,8 @@
 //! Ingest packs a batch's jobs into bundles (`ingest.jobs_per_message`): every (event,
 //! webhook) pair travels exactly once, no message holds more jobs than configured, and
 //! the sender still makes, signs, logs and retries each job on its own. A bundle handed
-//! back to the broker after its jobs were delivered delivers nothing twice.
+//! back to the broker after its jobs were delivered, or a parked twin of a delivered
+//! job, delivers nothing twice.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -184,7 +185,25 @@ async fn a_batch_fans_out_in_bundles_and_each_job_is_delivered_on_its_own() {
         .wait_for(EVENTS * 3 + again, Duration::from_secs(10))
         .await;
     assert_eq!(got.len(), EVENTS * 3 + again);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A delivered job coming back from a defer queue (the twin a requeued bundle leaves
+    // of a job it had parked) is not sent again either.
+    let twin = read_jobs(&bundle.0, &bundle.1)
+        .unwrap()
+        .into_iter()
+        .find(|j| hooks[j.webhook_id.as_str()] != failing.url())
+        .expect("the bundle has a job for a healthy webhook");
+    qr3_broker::Publisher::open(&connection)
+        .await
+        .unwrap()
+        .publish_all(&[qr3_broker::Outgoing {
+            exchange: String::new(),
+            routing_key: queue.clone(),
+            properties: qr3_broker::with_deferrals(&twin.properties(), 1),
+            body: twin.body.clone(),
+        }])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     for receiver in &ok {
         assert_eq!(receiver.received().len(), EVENTS, "nothing delivered twice");
     }

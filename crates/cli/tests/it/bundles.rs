@@ -36,6 +36,26 @@ async fn peek_all(
     messages
 }
 
+/// Puts one message on `queue`, confirmed.
+async fn publish(
+    connection: &lapin::Connection,
+    queue: &str,
+    properties: lapin::BasicProperties,
+    body: Vec<u8>,
+) {
+    qr3_broker::Publisher::open(connection)
+        .await
+        .unwrap()
+        .publish_all(&[qr3_broker::Outgoing {
+            exchange: String::new(),
+            routing_key: queue.to_owned(),
+            properties,
+            body,
+        }])
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_fans_out_in_bundles_and_each_job_is_delivered_on_its_own() {
     let roles = Roles {
@@ -160,17 +180,7 @@ async fn a_batch_fans_out_in_bundles_and_each_job_is_delivered_on_its_own() {
     // The same bundle comes back, redelivered (as after a sender died before its ack):
     // the jobs already delivered are not sent again; the failed one is tried again.
     sender.stop().await.unwrap();
-    qr3_broker::Publisher::open(&connection)
-        .await
-        .unwrap()
-        .publish_all(&[qr3_broker::Outgoing {
-            exchange: String::new(),
-            routing_key: queue.clone(),
-            properties: bundle.0.clone(),
-            body: bundle.1.clone(),
-        }])
-        .await
-        .unwrap();
+    publish(&connection, &queue, bundle.0.clone(), bundle.1.clone()).await;
     // Taken once and handed back, so the next sender sees it redelivered.
     assert_eq!(peek_all(&connection, &queue).await.len(), 1);
     let again = read_jobs(&bundle.0, &bundle.1)
@@ -192,17 +202,8 @@ async fn a_batch_fans_out_in_bundles_and_each_job_is_delivered_on_its_own() {
         .into_iter()
         .find(|j| hooks[j.webhook_id.as_str()] != failing.url())
         .expect("the bundle has a job for a healthy webhook");
-    qr3_broker::Publisher::open(&connection)
-        .await
-        .unwrap()
-        .publish_all(&[qr3_broker::Outgoing {
-            exchange: String::new(),
-            routing_key: queue.clone(),
-            properties: qr3_broker::with_deferrals(&twin.properties(), 1),
-            body: twin.body.clone(),
-        }])
-        .await
-        .unwrap();
+    let properties = qr3_broker::with_deferrals(&twin.properties(), 1);
+    publish(&connection, &queue, properties, twin.body.clone()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for receiver in &ok {
         assert_eq!(receiver.received().len(), EVENTS, "nothing delivered twice");

@@ -237,11 +237,10 @@ pub struct Packer {
     max_jobs: usize,
     max_bytes: usize,
     done: Vec<(BasicProperties, Vec<u8>)>,
-    entries: Vec<FieldTable>,
+    /// The open message's jobs: each one's fields and the index of its payload.
+    entries: Vec<(FieldTable, i64)>,
     lengths: Vec<AMQPValue>,
     body: Vec<u8>,
-    /// The job of a message with one job so far (written single if it stays alone).
-    first: Option<DeliveryJob>,
     jobs: usize,
 }
 
@@ -254,7 +253,6 @@ impl Packer {
             entries: Vec::new(),
             lengths: Vec::new(),
             body: Vec::new(),
-            first: None,
             jobs: 0,
         }
     }
@@ -287,15 +285,7 @@ impl Packer {
                     index
                 }
             };
-            let mut fields = job.fields();
-            fields.insert(PAYLOAD.into(), AMQPValue::LongLongInt(index));
-            self.entries.push(fields);
-            if self.entries.len() == 1 {
-                self.first = Some(DeliveryJob {
-                    body: Vec::new(),
-                    ..job.clone()
-                });
-            }
+            self.entries.push((job.fields(), index));
             self.jobs += 1;
         }
     }
@@ -303,23 +293,24 @@ impl Packer {
     fn close(&mut self) {
         let body = std::mem::take(&mut self.body);
         let lengths = std::mem::take(&mut self.lengths);
-        let entries = std::mem::take(&mut self.entries);
-        let first = self.first.take();
-        match (entries.len(), first) {
-            (0, _) => {}
-            (1, Some(job)) => self.done.push((job.properties(), body)),
+        let mut entries = std::mem::take(&mut self.entries);
+        match entries.len() {
+            0 => {}
+            // Alone: a single job, its fields as the headers and its payload the body.
+            1 => {
+                let (fields, _) = entries.remove(0);
+                self.done.push((persistent(fields), body));
+            }
             _ => {
+                let tables: Vec<AMQPValue> = entries
+                    .into_iter()
+                    .map(|(mut fields, index)| {
+                        fields.insert(PAYLOAD.into(), AMQPValue::LongLongInt(index));
+                        AMQPValue::FieldTable(fields)
+                    })
+                    .collect();
                 let mut headers = FieldTable::default();
-                headers.insert(
-                    JOBS.into(),
-                    AMQPValue::FieldArray(
-                        entries
-                            .into_iter()
-                            .map(AMQPValue::FieldTable)
-                            .collect::<Vec<_>>()
-                            .into(),
-                    ),
-                );
+                headers.insert(JOBS.into(), AMQPValue::FieldArray(tables.into()));
                 headers.insert(
                     PAYLOAD_LENGTHS.into(),
                     AMQPValue::FieldArray(lengths.into()),

@@ -281,8 +281,9 @@ impl Sender {
         writer: &writer::Handle,
         parking: &parking::Handle,
     ) {
-        // Fair sharing: a webhook already at its cap does not get another slot; its job
-        // waits in the defer queue so the slot goes to another webhook.
+        // Fair sharing: a webhook already at its cap does not get another slot; unless it
+        // frees one soon, its job waits in a defer queue so the slot goes to another
+        // webhook.
         let Some(permit) = self.inner.limiter.acquire(&job.webhook_id).await else {
             // Parked jobs of a webhook still at its cap wait longer each time (up to
             // eight times delivery.defer_ms), and a job of a webhook stuck for a while
@@ -306,7 +307,7 @@ impl Sender {
         // A job back from a defer queue may have a twin: its bundle was requeued after
         // it was parked. Like a redelivered one, it is checked against the log first.
         let recheck = origin.redelivered || origin.deferrals > 0;
-        let attempted = self.attempt_checked(&job, recheck).await;
+        let attempted = self.attempt(&job, recheck).await;
         drop(permit);
         match attempted {
             // The rate limit knows when the next slot is: no longer wait than that.
@@ -355,16 +356,11 @@ impl Sender {
     }
 
     /// One step: makes (or skips) one attempt of `job`. Logging, retrying and
-    /// acknowledging are the writer's job.
-    pub async fn attempt(&self, job: &DeliveryJob) -> anyhow::Result<Attempted> {
-        self.attempt_checked(job, false).await
-    }
-
-    /// [`Sender::attempt`]; `recheck`: the job may have been delivered already (the
-    /// broker handed it out before, a sender having stopped or a bundle having been
-    /// requeued after some of its jobs were delivered; or it was parked and may have a
-    /// twin), so the log is checked first.
-    async fn attempt_checked(&self, job: &DeliveryJob, recheck: bool) -> anyhow::Result<Attempted> {
+    /// acknowledging are the writer's job. `recheck`: the job may have been delivered
+    /// already (the broker handed it out before, a sender having stopped or a bundle
+    /// having been requeued after some of its jobs were delivered; or it was parked and
+    /// may have a twin), so the log is checked first.
+    pub async fn attempt(&self, job: &DeliveryJob, recheck: bool) -> anyhow::Result<Attempted> {
         let inner = &self.inner;
         let Some(target) = inner.targets.get(&inner.store, &job.webhook_id).await? else {
             inner

@@ -40,15 +40,21 @@ impl Env {
     pub fn spawn(&self, role: &str, name: &str) -> anyhow::Result<Proc> {
         std::fs::create_dir_all(&self.logs)?;
         let log = std::fs::File::create(self.logs.join(format!("{name}.log")))?;
+        // A port of its own for /metrics, so the benchmark can read its counters.
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let child = Command::new(&self.bin)
             .arg(role)
             .envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("QR3__METRICS__LISTEN", format!("127.0.0.1:{metrics_port}"))
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start qr3-webhooks {role}"))?;
         Ok(Proc {
             name: name.to_owned(),
+            metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
             child,
         })
     }
@@ -57,6 +63,8 @@ impl Env {
 /// A running role; killed when dropped.
 pub struct Proc {
     pub name: String,
+    /// Its Prometheus endpoint.
+    pub metrics: String,
     child: Child,
 }
 
@@ -91,6 +99,27 @@ fn status_field(pid: u32, field: &str) -> Option<u64> {
         std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status")).ok()?;
     let line = text.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The sum of every series of each counter in `names` on a process's /metrics (0 for a
+/// counter not exported yet, or when the process does not answer).
+pub async fn counters(metrics: &str, names: &[&str]) -> Vec<f64> {
+    let text = match reqwest::get(metrics).await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    names
+        .iter()
+        .map(|name| {
+            text.lines()
+                .filter(|line| {
+                    line.strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+                })
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        })
+        .collect()
 }
 
 /// Waits until the API at `api` answers `/readyz` with 200 (30 s at most).

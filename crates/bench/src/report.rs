@@ -57,6 +57,11 @@ pub struct Throughput {
     pub timeline_per_s: Vec<f64>,
     /// Cores used by each group of processes during the workload.
     pub cpu_cores: std::collections::BTreeMap<String, f64>,
+    /// Jobs the senders parked in a defer queue during the workload (their webhook was
+    /// at its in-flight cap): each arrives at least `delivery.defer_ms` later.
+    pub sender_parked: u64,
+    /// Jobs the senders skipped (already delivered, webhook gone or disabled).
+    pub sender_skipped: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -222,6 +227,13 @@ pub fn print(r: &Report) {
             .map(|(g, c)| format!("{g} {c:.2}"))
             .collect();
         println!("  {name}: {}", parts.join(", "));
+    }
+    println!("\nJobs the senders parked (webhook at its in-flight cap) and skipped");
+    for (name, t) in [("W1", &r.w1), ("W2", &r.w2), ("W4", &r.w4)] {
+        println!(
+            "  {name}: {} parked, {} skipped",
+            t.sender_parked, t.sender_skipped
+        );
     }
     let l = &r.w3;
     println!("\nW3 latency at {}/s for {} s: p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} delivered)", l.rate_per_s, l.seconds, l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms, l.delivered);

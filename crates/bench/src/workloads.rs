@@ -132,6 +132,7 @@ pub async fn run_all(
     settle(&pids).await;
     set_phase(&sampler, "W1");
     println!("W1: {} events to 1 webhook…", sizes.w1_events);
+    let counts = sender_counts(&procs).await;
     let w1 = throughput(
         &pids,
         &receiver,
@@ -144,11 +145,13 @@ pub async fn run_all(
         1,
     )
     .await?;
+    let w1 = with_sender_counts(w1, &procs, counts).await;
 
     // W2: fan-out to ten webhooks.
     settle(&pids).await;
     set_phase(&sampler, "W2");
     println!("W2: {} events to 10 webhooks…", sizes.w2_events);
+    let counts = sender_counts(&procs).await;
     let w2 = throughput(
         &pids,
         &receiver,
@@ -161,6 +164,7 @@ pub async fn run_all(
         10,
     )
     .await?;
+    let w2 = with_sender_counts(w2, &procs, counts).await;
 
     // W3: steady rate, latency, from a quiet machine.
     settle(&pids).await;
@@ -173,6 +177,7 @@ pub async fn run_all(
     set_phase(&sampler, "W4");
     println!("W4: W2 with one of the ten receivers hanging…");
     *receiver.log.hang.lock().expect("lock") = Some(29);
+    let counts = sender_counts(&procs).await;
     let w4 = throughput(
         &pids,
         &receiver,
@@ -185,6 +190,7 @@ pub async fn run_all(
         9,
     )
     .await?;
+    let w4 = with_sender_counts(w4, &procs, counts).await;
     *receiver.log.hang.lock().expect("lock") = None;
 
     // W5: memory with 1,000 deliveries in flight.
@@ -427,7 +433,36 @@ async fn throughput(
         publish_seconds: published_s,
         timeline_per_s: timeline.into_iter().map(|n| n as f64 * 4.0).collect(),
         cpu_cores,
+        sender_parked: 0,
+        sender_skipped: 0,
     })
+}
+
+/// Jobs parked and skipped so far, summed over the sender processes.
+async fn sender_counts(procs: &[Proc]) -> [u64; 2] {
+    let mut sums = [0u64; 2];
+    for p in procs.iter().filter(|p| p.name.starts_with("sender")) {
+        let counts = crate::procs::counters(
+            &p.metrics,
+            &[
+                "qr3_deliveries_deferred_total",
+                "qr3_deliveries_skipped_total",
+            ],
+        )
+        .await;
+        for (sum, count) in sums.iter_mut().zip(counts) {
+            *sum += count as u64;
+        }
+    }
+    sums
+}
+
+/// Fills in what the senders parked and skipped since `before`.
+async fn with_sender_counts(mut t: Throughput, procs: &[Proc], before: [u64; 2]) -> Throughput {
+    let after = sender_counts(procs).await;
+    t.sender_parked = after[0].saturating_sub(before[0]);
+    t.sender_skipped = after[1].saturating_sub(before[1]);
+    t
 }
 
 /// `w3_rate` events per second for `w3_seconds` to the one-webhook workspace: the

@@ -3,7 +3,7 @@
 //! sender's concurrency and the other webhooks keep flowing; and the optional
 //! per-webhook `max_per_second`, which spaces attempts out rather than failing them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use qr3_domain::WebhookId;
 /// How long a job may wait for its webhook's in-flight slot before it is parked: a
 /// webhook at its cap that keeps freeing slots (a fast receiver with a backlog) is
 /// served from memory; one that does not (slow, hanging) has its jobs parked at once.
+/// It is also the window over which a webhook's pace is counted.
 pub const SLOT_PATIENCE: Duration = Duration::from_millis(250);
 /// A webhook that has not freed a slot yet (its burst's first responses are still
 /// out) has its jobs wait only this long after it started being used, so a receiver
@@ -36,13 +37,17 @@ struct Entry {
     users: usize,
     /// When the webhook last freed a slot (or started being used).
     progress_at: tokio::time::Instant,
-    /// `progress_at` is a freed slot (not the start of use, whose first freed slot
-    /// measures a response time, not the pace at which slots free up).
+    /// `progress_at` is a freed slot, not the start of use.
     freed_before: bool,
-    /// Recent time between freed slots (moving average): with the number waiting, how
-    /// long a new waiter can expect to wait.
-    interval: Duration,
+    /// When it freed its slots within the last patience (at most [`PACE_MEMORY`]), the
+    /// pace at which a new waiter can expect the jobs ahead of it to be served. A count
+    /// over a window, unlike an average of the gaps between frees, is barely moved by
+    /// one pause of a fast receiver (or of this process).
+    freed: VecDeque<tokio::time::Instant>,
 }
+
+/// Freed slots remembered per webhook: more jobs than this never wait for one webhook.
+const PACE_MEMORY: usize = 4096;
 
 /// A slot for one delivery; released when dropped.
 pub struct Permit {
@@ -74,7 +79,7 @@ impl InFlightLimiter {
                 users: 0,
                 progress_at: now,
                 freed_before: false,
-                interval: Duration::ZERO,
+                freed: VecDeque::new(),
             });
             if let Ok(slot) = entry.slots.clone().try_acquire_owned() {
                 if entry.users == 0 {
@@ -84,8 +89,15 @@ impl InFlightLimiter {
                 entry.users += 1;
                 return Some(self.permit(webhook, slot));
             }
-            let waiting = entry.users.saturating_sub(self.cap);
-            let queue = u32::try_from(waiting + 1).unwrap_or(u32::MAX);
+            let queue = entry.users.saturating_sub(self.cap) + 1;
+            while entry
+                .freed
+                .front()
+                .is_some_and(|at| now - *at > self.patience)
+            {
+                entry.freed.pop_front();
+            }
+            let served_in_time = served_within(&entry.freed, now, queue, self.patience);
             // Before its first freed slot a webhook has shown no pace at all: its jobs
             // wait only within the first window of its use.
             let quiet_limit = if entry.freed_before {
@@ -93,9 +105,7 @@ impl InFlightLimiter {
             } else {
                 self.first_window
             };
-            if now - entry.progress_at > quiet_limit
-                || entry.interval.saturating_mul(queue) > self.patience
-            {
+            if now - entry.progress_at > quiet_limit || (entry.freed_before && !served_in_time) {
                 return None;
             }
             entry.users += 1;
@@ -137,15 +147,38 @@ impl InFlightLimiter {
     }
 }
 
+/// Whether the `queue`-th job waiting for a webhook can expect a slot within `patience`,
+/// at the pace of the slots it freed recently (`freed`, oldest first, all within the
+/// patience): the slower of n frees between the oldest and now, and n - 1 between the
+/// oldest and the newest (which a burst of answers right after a pause would
+/// overstate).
+fn served_within(
+    freed: &VecDeque<tokio::time::Instant>,
+    now: tokio::time::Instant,
+    queue: usize,
+    patience: Duration,
+) -> bool {
+    let (Some(oldest), Some(newest)) = (freed.front(), freed.back()) else {
+        return false;
+    };
+    let n = u32::try_from(freed.len()).unwrap_or(u32::MAX);
+    let queue = u32::try_from(queue).unwrap_or(u32::MAX);
+    let within = |span: Duration, frees: u32| {
+        span.checked_mul(queue)
+            .is_some_and(|wait| wait <= patience.saturating_mul(frees))
+    };
+    within(now - *oldest, n) && (n < 2 || within(*newest - *oldest, n - 1))
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         let mut webhooks = self.webhooks.lock().expect("limiter lock poisoned");
         if let Some(entry) = webhooks.get_mut(&self.webhook) {
             let now = tokio::time::Instant::now();
-            if entry.freed_before {
-                let interval = (now - entry.progress_at).min(Duration::from_secs(1));
-                entry.interval = (entry.interval * 7 + interval) / 8;
+            if entry.freed.len() == PACE_MEMORY {
+                entry.freed.pop_front();
             }
+            entry.freed.push_back(now);
             entry.progress_at = now;
             entry.freed_before = true;
             entry.users -= 1;
@@ -302,5 +335,47 @@ mod tests {
         tokio::time::advance(ms(50)).await;
         drop(slot);
         assert!(first.await.unwrap(), "the first waiter was served");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_pause_of_a_fast_webhook_does_not_park_its_backlog() {
+        let ms = Duration::from_millis;
+        let limiter = InFlightLimiter::new(2, ms(250), ms(20));
+        let a = WebhookId::generate();
+        let _kept = limiter.acquire(&a).await.unwrap();
+        let mut slot = limiter.acquire(&a).await;
+        // A slot freed every millisecond for 150 ms, then one pause of 30 ms.
+        for i in 0..150 {
+            tokio::time::advance(ms(if i == 149 { 30 } else { 1 })).await;
+            drop(slot.take());
+            slot = limiter.acquire(&a).await;
+        }
+        // A backlog of 100 jobs: at about 1.2 ms per freed slot the last is served in
+        // about 120 ms, so each waits (an average of the gaps, 4.6 ms after the pause,
+        // would have parked the last half of them).
+        let mut waiters = Vec::new();
+        for _ in 0..100 {
+            let (limiter, a) = (limiter.clone(), a.clone());
+            waiters.push(tokio::spawn(
+                async move { limiter.acquire(&a).await.is_some() },
+            ));
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(ms(1)).await;
+        assert!(
+            waiters.iter().all(|w| !w.is_finished()),
+            "every job of the backlog waits for a slot"
+        );
+        // 150 more would take longer than the patience: the last is refused at once.
+        for _ in 0..150 {
+            let (limiter, a) = (limiter.clone(), a.clone());
+            waiters.push(tokio::spawn(
+                async move { limiter.acquire(&a).await.is_some() },
+            ));
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(ms(1)).await;
+        assert!(waiters.last().unwrap().is_finished(), "the 250th is parked");
+        drop(slot);
     }
 }

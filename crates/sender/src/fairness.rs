@@ -26,16 +26,27 @@ pub struct InFlightLimiter {
     cap: usize,
     patience: Duration,
     first_window: Duration,
-    webhooks: Arc<Mutex<HashMap<WebhookId, Entry>>>,
+    webhooks: Arc<Mutex<Webhooks>>,
+}
+
+/// The webhooks in use, and those that were within the patience (whose pace a new burst
+/// is judged by).
+#[derive(Default)]
+struct Webhooks {
+    entries: HashMap<WebhookId, Entry>,
+    /// At this many entries, the idle ones that are no longer needed are dropped (and
+    /// the mark set at twice what is left), so the sweep costs little per new webhook.
+    sweep_at: usize,
 }
 
 struct Entry {
     /// `cap` permits, handed out first come, first served (a job that arrives while
     /// others wait queues behind them).
     slots: Arc<Semaphore>,
-    /// Jobs holding or waiting for a slot; the entry goes when it drops to 0.
+    /// Jobs holding or waiting for a slot. An entry at 0 is kept while its last freed
+    /// slot is within the patience, so the next burst sees the webhook's pace.
     users: usize,
-    /// When the webhook last freed a slot (or started being used).
+    /// When the webhook last freed a slot, or started being used again.
     progress_at: tokio::time::Instant,
     /// `progress_at` is a freed slot, not the start of use.
     freed_before: bool,
@@ -52,7 +63,7 @@ const PACE_MEMORY: usize = 4096;
 /// A slot for one delivery; released when dropped.
 pub struct Permit {
     webhook: WebhookId,
-    webhooks: Arc<Mutex<HashMap<WebhookId, Entry>>>,
+    webhooks: Arc<Mutex<Webhooks>>,
     slot: Option<OwnedSemaphorePermit>,
 }
 
@@ -67,29 +78,37 @@ impl InFlightLimiter {
     }
 
     /// A slot, or `None` when the webhook has `cap` deliveries in flight and will not
-    /// free one soon: it has not freed one within the patience, or the jobs already
-    /// waiting for it would take longer than that at its recent pace. A job that waits
-    /// gives up after the patience.
+    /// free one soon: at the pace of the slots it freed within the patience, the jobs
+    /// already waiting for it and this one would not be served within the patience; or
+    /// it freed none in that time (none since it started being used, beyond the first
+    /// window). A job that waits gives up after the patience.
     pub async fn acquire(&self, webhook: &WebhookId) -> Option<Permit> {
         let slots = {
             let mut webhooks = self.webhooks.lock().expect("limiter lock poisoned");
             let now = tokio::time::Instant::now();
-            let entry = webhooks.entry(webhook.clone()).or_insert_with(|| Entry {
-                slots: Arc::new(Semaphore::new(self.cap)),
-                users: 0,
-                progress_at: now,
-                freed_before: false,
-                freed: VecDeque::new(),
-            });
+            if !webhooks.entries.contains_key(webhook) {
+                webhooks.sweep(now, self.patience);
+            }
+            let entry = webhooks
+                .entries
+                .entry(webhook.clone())
+                .or_insert_with(|| Entry {
+                    slots: Arc::new(Semaphore::new(self.cap)),
+                    users: 0,
+                    progress_at: now,
+                    freed_before: false,
+                    freed: VecDeque::new(),
+                });
+            if entry.users == 0 {
+                // Used again after a pause: the slots it freed before still show its
+                // pace, but the quiet time counts from now.
+                entry.progress_at = now;
+                entry.freed_before = false;
+            }
             if let Ok(slot) = entry.slots.clone().try_acquire_owned() {
-                if entry.users == 0 {
-                    entry.progress_at = now;
-                    entry.freed_before = false;
-                }
                 entry.users += 1;
                 return Some(self.permit(webhook, slot));
             }
-            let queue = entry.users.saturating_sub(self.cap) + 1;
             while entry
                 .freed
                 .front()
@@ -97,15 +116,20 @@ impl InFlightLimiter {
             {
                 entry.freed.pop_front();
             }
-            let served_in_time = served_within(&entry.freed, now, queue, self.patience);
-            // Before its first freed slot a webhook has shown no pace at all: its jobs
-            // wait only within the first window of its use.
-            let quiet_limit = if entry.freed_before {
-                self.patience
+            let queue = entry.users.saturating_sub(self.cap) + 1;
+            let waits = if !entry.freed.is_empty() {
+                served_within(&entry.freed, now, queue, self.patience)
+            } else if entry.freed_before {
+                // It freed slots since it started being used, but none for the
+                // patience: stuck.
+                false
             } else {
-                self.first_window
+                // No pace shown yet (its first responses are still out): its jobs wait
+                // only within the first window of its use, so a receiver that hangs
+                // from the start does not hold waiting jobs for long.
+                now - entry.progress_at <= self.first_window
             };
-            if now - entry.progress_at > quiet_limit || (entry.freed_before && !served_in_time) {
+            if !waits {
                 return None;
             }
             entry.users += 1;
@@ -115,11 +139,8 @@ impl InFlightLimiter {
             Ok(Ok(slot)) => Some(self.permit(webhook, slot)),
             _ => {
                 let mut webhooks = self.webhooks.lock().expect("limiter lock poisoned");
-                if let Some(entry) = webhooks.get_mut(webhook) {
+                if let Some(entry) = webhooks.entries.get_mut(webhook) {
                     entry.users -= 1;
-                    if entry.users == 0 {
-                        webhooks.remove(webhook);
-                    }
                 }
                 None
             }
@@ -130,7 +151,7 @@ impl InFlightLimiter {
     /// is not at its cap).
     pub fn stuck_for(&self, webhook: &WebhookId) -> Duration {
         let webhooks = self.webhooks.lock().expect("limiter lock poisoned");
-        match webhooks.get(webhook) {
+        match webhooks.entries.get(webhook) {
             Some(entry) if entry.slots.available_permits() == 0 => {
                 tokio::time::Instant::now() - entry.progress_at
             }
@@ -173,7 +194,7 @@ fn served_within(
 impl Drop for Permit {
     fn drop(&mut self) {
         let mut webhooks = self.webhooks.lock().expect("limiter lock poisoned");
-        if let Some(entry) = webhooks.get_mut(&self.webhook) {
+        if let Some(entry) = webhooks.entries.get_mut(&self.webhook) {
             let now = tokio::time::Instant::now();
             if entry.freed.len() == PACE_MEMORY {
                 entry.freed.pop_front();
@@ -184,10 +205,20 @@ impl Drop for Permit {
             entry.users -= 1;
             // The slot goes straight to the longest-waiting job, if any.
             drop(self.slot.take());
-            if entry.users == 0 {
-                webhooks.remove(&self.webhook);
-            }
         }
+    }
+}
+
+impl Webhooks {
+    /// At the mark, drops the entries not in use whose last freed slot is older than
+    /// the patience: they have nothing left to tell.
+    fn sweep(&mut self, now: tokio::time::Instant, patience: Duration) {
+        if self.entries.len() < self.sweep_at {
+            return;
+        }
+        self.entries
+            .retain(|_, e| e.users > 0 || now - e.progress_at <= patience);
+        self.sweep_at = (self.entries.len() * 2).max(64);
     }
 }
 
@@ -335,6 +366,39 @@ mod tests {
         tokio::time::advance(ms(50)).await;
         drop(slot);
         assert!(first.await.unwrap(), "the first waiter was served");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_after_a_short_pause_is_judged_by_the_pace_before_it() {
+        let ms = Duration::from_millis;
+        let limiter = InFlightLimiter::new(1, ms(100), ms(20));
+        let a = WebhookId::generate();
+        for _ in 0..10 {
+            let slot = limiter.acquire(&a).await.unwrap();
+            tokio::time::advance(ms(2)).await;
+            drop(slot);
+        }
+        // Nothing in flight for 30 ms, then a burst whose first answer takes longer
+        // than the first window: the next job still waits, as the webhook answered
+        // every 2 ms just before.
+        tokio::time::advance(ms(30)).await;
+        let held = limiter.acquire(&a).await.unwrap();
+        tokio::time::advance(ms(25)).await;
+        let waiter = {
+            let (limiter, a) = (limiter.clone(), a.clone());
+            tokio::spawn(async move { limiter.acquire(&a).await.is_some() })
+        };
+        tokio::time::sleep(ms(1)).await;
+        assert!(!waiter.is_finished(), "the job waits for the slot");
+        drop(held);
+        assert!(waiter.await.unwrap(), "and gets it");
+        // A webhook never seen before gets only the first window.
+        let b = WebhookId::generate();
+        let _held = limiter.acquire(&b).await.unwrap();
+        tokio::time::advance(ms(25)).await;
+        let started = tokio::time::Instant::now();
+        assert!(limiter.acquire(&b).await.is_none());
+        assert_eq!(started.elapsed(), ms(0));
     }
 
     #[tokio::test(start_paused = true)]

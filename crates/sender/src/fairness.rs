@@ -17,9 +17,11 @@ use qr3_domain::WebhookId;
 /// It is also the window over which a webhook's pace is counted.
 pub const SLOT_PATIENCE: Duration = Duration::from_millis(250);
 /// A webhook that has not freed a slot yet (its burst's first responses are still
-/// out) has its jobs wait only this long after it started being used, so a receiver
-/// that hangs from the start does not hold waiting jobs for long.
-pub const FIRST_SLOT_WINDOW: Duration = Duration::from_millis(20);
+/// out) has its jobs wait only until this long after it started being used, so a
+/// receiver that hangs from the start does not hold waiting jobs for long. Long enough
+/// for a first burst's connections on a busy machine: a job parked for want of it
+/// arrives a whole `delivery.defer_ms` late.
+pub const FIRST_SLOT_WINDOW: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
 pub struct InFlightLimiter {
@@ -48,8 +50,8 @@ struct Entry {
     users: usize,
     /// When the webhook last freed a slot, or started being used again.
     progress_at: tokio::time::Instant,
-    /// `progress_at` is a freed slot, not the start of use.
-    freed_before: bool,
+    /// When it started being used (again).
+    since: tokio::time::Instant,
     /// When it freed its slots within the last patience (at most [`PACE_MEMORY`]), the
     /// pace at which a new waiter can expect the jobs ahead of it to be served. A count
     /// over a window, unlike an average of the gaps between frees, is barely moved by
@@ -59,6 +61,8 @@ struct Entry {
 
 /// Freed slots remembered per webhook: more jobs than this never wait for one webhook.
 const PACE_MEMORY: usize = 4096;
+/// Freed slots (or the cap, if smaller) that show a webhook's pace.
+const PACE_SAMPLES: usize = 16;
 
 /// A slot for one delivery; released when dropped.
 pub struct Permit {
@@ -83,7 +87,7 @@ impl InFlightLimiter {
     /// it freed none in that time (none since it started being used, beyond the first
     /// window). A job that waits gives up after the patience.
     pub async fn acquire(&self, webhook: &WebhookId) -> Option<Permit> {
-        let slots = {
+        let (slots, deadline) = {
             let mut webhooks = self.webhooks.lock().expect("limiter lock poisoned");
             let now = tokio::time::Instant::now();
             if !webhooks.entries.contains_key(webhook) {
@@ -96,14 +100,14 @@ impl InFlightLimiter {
                     slots: Arc::new(Semaphore::new(self.cap)),
                     users: 0,
                     progress_at: now,
-                    freed_before: false,
+                    since: now,
                     freed: VecDeque::new(),
                 });
             if entry.users == 0 {
                 // Used again after a pause: the slots it freed before still show its
                 // pace, but the quiet time counts from now.
                 entry.progress_at = now;
-                entry.freed_before = false;
+                entry.since = now;
             }
             if let Ok(slot) = entry.slots.clone().try_acquire_owned() {
                 entry.users += 1;
@@ -117,25 +121,25 @@ impl InFlightLimiter {
                 entry.freed.pop_front();
             }
             let queue = entry.users.saturating_sub(self.cap) + 1;
-            let waits = if !entry.freed.is_empty() {
-                served_within(&entry.freed, now, queue, self.patience)
-            } else if entry.freed_before {
-                // It freed slots since it started being used, but none for the
-                // patience: stuck.
-                false
-            } else {
-                // No pace shown yet (its first responses are still out): its jobs wait
-                // only within the first window of its use, so a receiver that hangs
-                // from the start does not hold waiting jobs for long.
-                now - entry.progress_at <= self.first_window
-            };
-            if !waits {
-                return None;
-            }
+            // The first few answers of a burst (new connections, a busy machine) show
+            // no pace yet: within the first window of its use a webhook with fewer
+            // freed slots than that has its jobs wait until the window ends, so a
+            // receiver that hangs from the start does not hold waiting jobs for long.
+            // Otherwise its pace decides; one that freed none within the patience
+            // is stuck.
+            let first_window_end = entry.since + self.first_window;
+            let waits_until =
+                if entry.freed.len() < self.cap.min(PACE_SAMPLES) && now < first_window_end {
+                    Some(first_window_end)
+                } else {
+                    served_within(&entry.freed, now, queue, self.patience)
+                        .then_some(now + self.patience)
+                };
+            let deadline = waits_until?;
             entry.users += 1;
-            entry.slots.clone()
+            (entry.slots.clone(), deadline)
         };
-        match tokio::time::timeout(self.patience, slots.acquire_owned()).await {
+        match tokio::time::timeout_at(deadline, slots.acquire_owned()).await {
             Ok(Ok(slot)) => Some(self.permit(webhook, slot)),
             _ => {
                 let mut webhooks = self.webhooks.lock().expect("limiter lock poisoned");
@@ -201,7 +205,6 @@ impl Drop for Permit {
             }
             entry.freed.push_back(now);
             entry.progress_at = now;
-            entry.freed_before = true;
             entry.users -= 1;
             // The slot goes straight to the longest-waiting job, if any.
             drop(self.slot.take());
@@ -314,12 +317,12 @@ mod tests {
         let (a, b) = (WebhookId::generate(), WebhookId::generate());
         let first = limiter.acquire(&a).await.unwrap();
         let _second = limiter.acquire(&a).await.unwrap();
-        // At its cap and not freeing slots: a job waits out the patience, then is
-        // refused; after that (no slot freed in the first window of its use), refused
-        // at once.
+        // At its cap and not freeing slots: a job waits out the first window of its
+        // use, then is refused; after that (no slot freed in the first window),
+        // refused at once.
         let started = tokio::time::Instant::now();
         assert!(limiter.acquire(&a).await.is_none(), "a is at its cap");
-        assert_eq!(started.elapsed(), ms(100));
+        assert_eq!(started.elapsed(), ms(20));
         let started = tokio::time::Instant::now();
         assert!(limiter.acquire(&a).await.is_none());
         assert_eq!(started.elapsed(), ms(0), "a stuck webhook: no waiting");
@@ -399,6 +402,39 @@ mod tests {
         let started = tokio::time::Instant::now();
         assert!(limiter.acquire(&b).await.is_none());
         assert_eq!(started.elapsed(), ms(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_answers_of_a_burst_do_not_set_the_pace() {
+        let ms = Duration::from_millis;
+        let limiter = InFlightLimiter::new(4, ms(100), ms(50));
+        let a = WebhookId::generate();
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(limiter.acquire(&a).await.unwrap());
+        }
+        // Two answers 7 ms apart: at that pace the 20th waiter would wait 140 ms, but
+        // two answers are no pace yet; within the first window they all wait.
+        for gap in [5, 7] {
+            tokio::time::advance(ms(gap)).await;
+            held.remove(0);
+            held.push(limiter.acquire(&a).await.unwrap());
+        }
+        let mut waiters = Vec::new();
+        for _ in 0..20 {
+            let (limiter, a) = (limiter.clone(), a.clone());
+            waiters.push(tokio::spawn(
+                async move { limiter.acquire(&a).await.is_some() },
+            ));
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(ms(1)).await;
+        assert!(waiters.iter().all(|w| !w.is_finished()), "every job waits");
+        // The burst answers: each waiter is served (and frees its slot at once).
+        drop(held);
+        for waiter in waiters {
+            assert!(waiter.await.unwrap());
+        }
     }
 
     #[tokio::test(start_paused = true)]

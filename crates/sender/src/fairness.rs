@@ -52,11 +52,25 @@ struct Entry {
     progress_at: tokio::time::Instant,
     /// When it started being used (again).
     since: tokio::time::Instant,
-    /// When it freed its slots within the last patience (at most [`PACE_MEMORY`]), the
-    /// pace at which a new waiter can expect the jobs ahead of it to be served. A count
-    /// over a window, unlike an average of the gaps between frees, is barely moved by
-    /// one pause of a fast receiver (or of this process).
-    freed: VecDeque<tokio::time::Instant>,
+    /// The slots it freed within the last patience: the pace at which a new waiter
+    /// can expect the jobs ahead of it to be served.
+    pace: Pace,
+}
+
+/// A webhook's freed slots within a window (at most [`PACE_MEMORY`]), oldest first.
+/// Where every slot stayed busy from one free to the next (a job was waiting), the gap
+/// between them is the receiver's own pace; other gaps also hold moments with nothing
+/// to send, and count only when there is nothing better. Over a window, unlike a
+/// moving average, one pause of a fast receiver (or of this process) barely moves it.
+#[derive(Default)]
+struct Pace {
+    /// When each slot was freed, and the gap before it if the webhook was saturated.
+    freed: VecDeque<(tokio::time::Instant, Option<Duration>)>,
+    /// Sum and number of the saturated gaps in `freed`.
+    busy_sum: Duration,
+    busy_count: u32,
+    /// Every slot stayed busy since the last free (a waiter took it).
+    saturated: bool,
 }
 
 /// Freed slots remembered per webhook: more jobs than this never wait for one webhook.
@@ -69,6 +83,7 @@ pub struct Permit {
     webhook: WebhookId,
     webhooks: Arc<Mutex<Webhooks>>,
     slot: Option<OwnedSemaphorePermit>,
+    cap: usize,
 }
 
 impl InFlightLimiter {
@@ -101,7 +116,7 @@ impl InFlightLimiter {
                     users: 0,
                     progress_at: now,
                     since: now,
-                    freed: VecDeque::new(),
+                    pace: Pace::default(),
                 });
             if entry.users == 0 {
                 // Used again after a pause: the slots it freed before still show its
@@ -113,13 +128,7 @@ impl InFlightLimiter {
                 entry.users += 1;
                 return Some(self.permit(webhook, slot));
             }
-            while entry
-                .freed
-                .front()
-                .is_some_and(|at| now - *at > self.patience)
-            {
-                entry.freed.pop_front();
-            }
+            entry.pace.forget_before(now, self.patience);
             let queue = entry.users.saturating_sub(self.cap) + 1;
             // The first few answers of a burst (new connections, a busy machine) show
             // no pace yet: within the first window of its use a webhook with fewer
@@ -129,10 +138,13 @@ impl InFlightLimiter {
             // is stuck.
             let first_window_end = entry.since + self.first_window;
             let waits_until =
-                if entry.freed.len() < self.cap.min(PACE_SAMPLES) && now < first_window_end {
+                if entry.pace.freed.len() < self.cap.min(PACE_SAMPLES) && now < first_window_end {
                     Some(first_window_end)
                 } else {
-                    served_within(&entry.freed, now, queue, self.patience)
+                    entry
+                        .pace
+                        .expected_wait(now, entry.since, queue)
+                        .is_some_and(|wait| wait <= self.patience)
                         .then_some(now + self.patience)
                 };
             let deadline = waits_until?;
@@ -168,31 +180,64 @@ impl InFlightLimiter {
             webhook: webhook.clone(),
             webhooks: self.webhooks.clone(),
             slot: Some(slot),
+            cap: self.cap,
         }
     }
 }
 
-/// Whether the `queue`-th job waiting for a webhook can expect a slot within `patience`,
-/// at the pace of the slots it freed recently (`freed`, oldest first, all within the
-/// patience): the slower of n frees between the oldest and now, and n - 1 between the
-/// oldest and the newest (which a burst of answers right after a pause would
-/// overstate).
-fn served_within(
-    freed: &VecDeque<tokio::time::Instant>,
-    now: tokio::time::Instant,
-    queue: usize,
-    patience: Duration,
-) -> bool {
-    let (Some(oldest), Some(newest)) = (freed.front(), freed.back()) else {
-        return false;
-    };
-    let n = u32::try_from(freed.len()).unwrap_or(u32::MAX);
-    let queue = u32::try_from(queue).unwrap_or(u32::MAX);
-    let within = |span: Duration, frees: u32| {
-        span.checked_mul(queue)
-            .is_some_and(|wait| wait <= patience.saturating_mul(frees))
-    };
-    within(now - *oldest, n) && (n < 2 || within(*newest - *oldest, n - 1))
+impl Pace {
+    fn record(&mut self, now: tokio::time::Instant) {
+        let gap = match (self.saturated, self.freed.back()) {
+            (true, Some((last, _))) => Some(now - *last),
+            _ => None,
+        };
+        if self.freed.len() == PACE_MEMORY {
+            self.pop();
+        }
+        if let Some(gap) = gap {
+            self.busy_sum += gap;
+            self.busy_count += 1;
+        }
+        self.freed.push_back((now, gap));
+    }
+
+    fn forget_before(&mut self, now: tokio::time::Instant, window: Duration) {
+        while self.freed.front().is_some_and(|(at, _)| now - *at > window) {
+            self.pop();
+        }
+    }
+
+    fn pop(&mut self) {
+        if let Some((_, Some(gap))) = self.freed.pop_front() {
+            self.busy_sum -= gap;
+            self.busy_count -= 1;
+        }
+    }
+
+    /// How long the `queue`-th job waiting for a slot can expect to wait: the time
+    /// since the last free (or since the webhook started being used again) plus
+    /// `queue` times the gap between frees, the saturated gaps if there are any.
+    /// `None` without a pace (fewer than two frees).
+    fn expected_wait(
+        &self,
+        now: tokio::time::Instant,
+        since: tokio::time::Instant,
+        queue: usize,
+    ) -> Option<Duration> {
+        let queue = u32::try_from(queue).unwrap_or(u32::MAX);
+        let (oldest, newest) = (self.freed.front()?.0, self.freed.back()?.0);
+        let gap = if self.busy_count > 0 {
+            self.busy_sum / self.busy_count
+        } else {
+            let n = u32::try_from(self.freed.len()).unwrap_or(u32::MAX);
+            if n < 2 {
+                return None;
+            }
+            (newest - oldest) / (n - 1)
+        };
+        let quiet = now - newest.max(since);
+        gap.checked_mul(queue)?.checked_add(quiet)
+    }
 }
 
 impl Drop for Permit {
@@ -200,12 +245,12 @@ impl Drop for Permit {
         let mut webhooks = self.webhooks.lock().expect("limiter lock poisoned");
         if let Some(entry) = webhooks.entries.get_mut(&self.webhook) {
             let now = tokio::time::Instant::now();
-            if entry.freed.len() == PACE_MEMORY {
-                entry.freed.pop_front();
-            }
-            entry.freed.push_back(now);
+            entry.pace.record(now);
             entry.progress_at = now;
             entry.users -= 1;
+            // With a job waiting, the freed slot is taken at once: every slot stays
+            // busy until the next free.
+            entry.pace.saturated = entry.users >= self.cap;
             // The slot goes straight to the longest-waiting job, if any.
             drop(self.slot.take());
         }
@@ -435,6 +480,40 @@ mod tests {
         for waiter in waiters {
             assert!(waiter.await.unwrap());
         }
+    }
+
+    #[test]
+    fn the_pace_is_the_saturated_gaps_not_the_moments_with_nothing_to_send() {
+        let us = Duration::from_micros;
+        let t0 = tokio::time::Instant::from_std(std::time::Instant::now());
+        let mut pace = Pace::default();
+        // 70 answers 0.7 ms apart with jobs waiting (as seen in W1), then nothing to
+        // send for 13 ms, then a burst of 276 jobs started 8 ms ago.
+        let mut at = t0;
+        for _ in 0..70 {
+            pace.record(at);
+            pace.saturated = true;
+            at += us(700);
+        }
+        pace.saturated = false;
+        let since = at + us(13_000);
+        let now = since + us(8_000);
+        pace.forget_before(now, Duration::from_millis(250));
+        assert_eq!(
+            pace.expected_wait(now, since, 276),
+            Some(us(700 * 276 + 8_000)),
+            "the idle moment does not slow the pace"
+        );
+        // Without saturated gaps, the gaps between all the frees count.
+        let mut idle = Pace::default();
+        for i in 0..5 {
+            idle.record(t0 + us(5_000 * i));
+        }
+        let now = t0 + us(21_000);
+        assert_eq!(idle.expected_wait(now, t0, 3), Some(us(5_000 * 3 + 1_000)));
+        let mut one = Pace::default();
+        one.record(t0);
+        assert_eq!(one.expected_wait(now, t0, 1), None, "one free is no pace");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,6 +1,7 @@
 //! Store integration tests against the real Postgres, one database per test.
 
 mod attempts;
+mod events;
 mod migrations;
 mod rotation;
 mod stats;

@@ -318,6 +318,24 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
+    /// Starts `n` jobs asking for a slot of `webhook`, one after the other; each ends
+    /// with whether it got one.
+    async fn queue_jobs(
+        limiter: &InFlightLimiter,
+        webhook: &WebhookId,
+        n: usize,
+    ) -> Vec<tokio::task::JoinHandle<bool>> {
+        let mut jobs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (limiter, webhook) = (limiter.clone(), webhook.clone());
+            jobs.push(tokio::spawn(async move {
+                limiter.acquire(&webhook).await.is_some()
+            }));
+            tokio::task::yield_now().await;
+        }
+        jobs
+    }
+
     #[test]
     fn spaces_a_webhooks_attempts_and_parks_beyond_the_wait() {
         let limiter = RateLimiter::default();
@@ -465,14 +483,7 @@ mod tests {
             held.remove(0);
             held.push(limiter.acquire(&a).await.unwrap());
         }
-        let mut waiters = Vec::new();
-        for _ in 0..20 {
-            let (limiter, a) = (limiter.clone(), a.clone());
-            waiters.push(tokio::spawn(
-                async move { limiter.acquire(&a).await.is_some() },
-            ));
-            tokio::task::yield_now().await;
-        }
+        let waiters = queue_jobs(&limiter, &a, 20).await;
         tokio::time::sleep(ms(1)).await;
         assert!(waiters.iter().all(|w| !w.is_finished()), "every job waits");
         // The burst answers: each waiter is served (and frees its slot at once).
@@ -532,27 +543,14 @@ mod tests {
         // A backlog of 100 jobs: at about 1.2 ms per freed slot the last is served in
         // about 120 ms, so each waits (an average of the gaps, 4.6 ms after the pause,
         // would have parked the last half of them).
-        let mut waiters = Vec::new();
-        for _ in 0..100 {
-            let (limiter, a) = (limiter.clone(), a.clone());
-            waiters.push(tokio::spawn(
-                async move { limiter.acquire(&a).await.is_some() },
-            ));
-            tokio::task::yield_now().await;
-        }
+        let mut waiters = queue_jobs(&limiter, &a, 100).await;
         tokio::time::sleep(ms(1)).await;
         assert!(
             waiters.iter().all(|w| !w.is_finished()),
             "every job of the backlog waits for a slot"
         );
         // 150 more would take longer than the patience: the last is refused at once.
-        for _ in 0..150 {
-            let (limiter, a) = (limiter.clone(), a.clone());
-            waiters.push(tokio::spawn(
-                async move { limiter.acquire(&a).await.is_some() },
-            ));
-            tokio::task::yield_now().await;
-        }
+        waiters.extend(queue_jobs(&limiter, &a, 150).await);
         tokio::time::sleep(ms(1)).await;
         assert!(waiters.last().unwrap().is_finished(), "the 250th is parked");
         drop(slot);

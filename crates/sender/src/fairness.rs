@@ -62,8 +62,10 @@ struct Entry {
 /// between them is the receiver's own pace; other gaps also hold moments with nothing
 /// to send, and count only when there is nothing better. Over a window, unlike a
 /// moving average, one pause of a fast receiver (or of this process) barely moves it.
-#[derive(Default)]
 struct Pace {
+    /// How far back frees count (the patience); older ones are forgotten as new ones
+    /// come, so a busy webhook below its cap holds only its last window's frees.
+    window: Duration,
     /// When each slot was freed, and the gap before it if the webhook was saturated.
     freed: VecDeque<(tokio::time::Instant, Option<Duration>)>,
     /// Sum and number of the saturated gaps in `freed`.
@@ -105,9 +107,7 @@ impl InFlightLimiter {
         let (slots, deadline) = {
             let mut webhooks = self.webhooks.lock().expect("limiter lock poisoned");
             let now = tokio::time::Instant::now();
-            if !webhooks.entries.contains_key(webhook) {
-                webhooks.sweep(now, self.patience);
-            }
+            webhooks.sweep(now, self.patience);
             let entry = webhooks
                 .entries
                 .entry(webhook.clone())
@@ -116,7 +116,7 @@ impl InFlightLimiter {
                     users: 0,
                     progress_at: now,
                     since: now,
-                    pace: Pace::default(),
+                    pace: Pace::new(self.patience),
                 });
             if entry.users == 0 {
                 // Used again after a pause: the slots it freed before still show its
@@ -128,7 +128,7 @@ impl InFlightLimiter {
                 entry.users += 1;
                 return Some(self.permit(webhook, slot));
             }
-            entry.pace.forget_before(now, self.patience);
+            entry.pace.forget_before(now);
             let queue = entry.users.saturating_sub(self.cap) + 1;
             // The first few answers of a burst (new connections, a busy machine) show
             // no pace yet: within the first window of its use a webhook with fewer
@@ -186,7 +186,18 @@ impl InFlightLimiter {
 }
 
 impl Pace {
+    fn new(window: Duration) -> Self {
+        Self {
+            window,
+            freed: VecDeque::new(),
+            busy_sum: Duration::ZERO,
+            busy_count: 0,
+            saturated: false,
+        }
+    }
+
     fn record(&mut self, now: tokio::time::Instant) {
+        self.forget_before(now);
         let gap = match (self.saturated, self.freed.back()) {
             (true, Some((last, _))) => Some(now - *last),
             _ => None,
@@ -201,8 +212,12 @@ impl Pace {
         self.freed.push_back((now, gap));
     }
 
-    fn forget_before(&mut self, now: tokio::time::Instant, window: Duration) {
-        while self.freed.front().is_some_and(|(at, _)| now - *at > window) {
+    fn forget_before(&mut self, now: tokio::time::Instant) {
+        while self
+            .freed
+            .front()
+            .is_some_and(|(at, _)| now - *at > self.window)
+        {
             self.pop();
         }
     }
@@ -259,7 +274,8 @@ impl Drop for Permit {
 
 impl Webhooks {
     /// At the mark, drops the entries not in use whose last freed slot is older than
-    /// the patience: they have nothing left to tell.
+    /// the patience: they have nothing left to tell (one used again is made afresh,
+    /// as it would start anyway). Below the mark it costs one comparison.
     fn sweep(&mut self, now: tokio::time::Instant, patience: Duration) {
         if self.entries.len() < self.sweep_at {
             return;
@@ -497,7 +513,7 @@ mod tests {
     fn the_pace_is_the_saturated_gaps_not_the_moments_with_nothing_to_send() {
         let us = Duration::from_micros;
         let t0 = tokio::time::Instant::from_std(std::time::Instant::now());
-        let mut pace = Pace::default();
+        let mut pace = Pace::new(Duration::from_millis(250));
         // 70 answers 0.7 ms apart with jobs waiting (as seen in W1), then nothing to
         // send for 13 ms, then a burst of 276 jobs started 8 ms ago.
         let mut at = t0;
@@ -509,20 +525,20 @@ mod tests {
         pace.saturated = false;
         let since = at + us(13_000);
         let now = since + us(8_000);
-        pace.forget_before(now, Duration::from_millis(250));
+        pace.forget_before(now);
         assert_eq!(
             pace.expected_wait(now, since, 276),
             Some(us(700 * 276 + 8_000)),
             "the idle moment does not slow the pace"
         );
         // Without saturated gaps, the gaps between all the frees count.
-        let mut idle = Pace::default();
+        let mut idle = Pace::new(Duration::from_millis(250));
         for i in 0..5 {
             idle.record(t0 + us(5_000 * i));
         }
         let now = t0 + us(21_000);
         assert_eq!(idle.expected_wait(now, t0, 3), Some(us(5_000 * 3 + 1_000)));
-        let mut one = Pace::default();
+        let mut one = Pace::new(Duration::from_millis(250));
         one.record(t0);
         assert_eq!(one.expected_wait(now, t0, 1), None, "one free is no pace");
     }

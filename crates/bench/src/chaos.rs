@@ -29,12 +29,32 @@ pub struct ChaosArgs {
 /// The fault a scenario injects.
 #[derive(Debug, Clone, Copy)]
 enum Fault {
-    KillSender { times: usize },
-    KillIngest { times: usize },
+    KillSender {
+        times: usize,
+    },
+    KillIngest {
+        times: usize,
+    },
     DropBrokerConnections,
     TerminateDatabaseConnections,
-    RefuseDatabase { millis: u64 },
+    RefuseDatabase {
+        millis: u64,
+    },
     Receiver(Mode),
+    /// Before the stream: a webhook disabled, pinged (so a sender reads it disabled)
+    /// and re-enabled just before its events are published.
+    StaleCache,
+    /// Before the stream: a webhook row names an event type this build does not know.
+    PoisonRow,
+    /// One webhook's secret does not decrypt for a while (and another's previous secret
+    /// never does).
+    BrokenSecret {
+        millis: u64,
+    },
+    /// The retry queues refuse every publish for a while, as receivers fail.
+    RefusePublish {
+        millis: u64,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -46,11 +66,17 @@ struct Outcome {
     lost: usize,
     duplicates: usize,
     attempts_not_logged: usize,
+    /// Messages on the run's `.dead` queues after the scenario (drained).
+    dead_lettered: usize,
     recovery_ms: u64,
 }
 
 const RETRY_DELAYS: &str = "500,1500";
 const WEBHOOKS: usize = 3;
+/// The main queues' `x-delivery-limit` for the whole run: far below RabbitMQ 4's
+/// default of 20, so that an outage waited out by handing messages back to the broker
+/// would show as dead letters.
+const DELIVERY_LIMIT: &str = "5";
 
 pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     let run = Run::new("chaos", &args.common)?;
@@ -63,8 +89,8 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         ("QR3__DELIVERY__DISABLE_AFTER_FAILURES", "1000000"),
         ("QR3__DELIVERY__WEBHOOK_CACHE_MS", "200"),
         ("QR3__DELIVERY__DEFER_MS", "1000"),
-        ("QR3__INGEST__SUBSCRIPTION_CACHE_MS", "200"),
         ("QR3__SHUTDOWN__GRACE_PERIOD_MS", "5000"),
+        ("QR3__AMQP__DELIVERY_LIMIT", DELIVERY_LIMIT),
     ] {
         env = env.with(key, value);
     }
@@ -75,7 +101,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     let outcomes = result?;
 
     println!(
-        "\n{:<34} {:>7} {:>9} {:>7} {:>5} {:>10} {:>10} {:>13}",
+        "\n{:<40} {:>7} {:>9} {:>7} {:>5} {:>10} {:>10} {:>5} {:>13}",
         "scenario",
         "events",
         "expected",
@@ -83,11 +109,12 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         "lost",
         "duplicates",
         "not logged",
+        "dead",
         "recovery (ms)"
     );
     for o in &outcomes {
         println!(
-            "{:<34} {:>7} {:>9} {:>7} {:>5} {:>10} {:>10} {:>13}",
+            "{:<40} {:>7} {:>9} {:>7} {:>5} {:>10} {:>10} {:>5} {:>13}",
             o.scenario,
             o.events,
             o.expected,
@@ -95,6 +122,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             o.lost,
             o.duplicates,
             o.attempts_not_logged,
+            o.dead_lettered,
             o.recovery_ms
         );
     }
@@ -104,18 +132,18 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     )?;
     let lost: usize = outcomes
         .iter()
-        .map(|o| o.lost + o.attempts_not_logged)
+        .map(|o| o.lost + o.attempts_not_logged + o.dead_lettered)
         .sum();
     let passed = outcomes
         .iter()
-        .filter(|o| o.lost == 0 && o.attempts_not_logged == 0)
+        .filter(|o| o.lost == 0 && o.attempts_not_logged == 0 && o.dead_lettered == 0)
         .count();
     println!(
         "\nchaos: {passed} passed, {} failed",
         outcomes.len() - passed
     );
     if lost > 0 {
-        bail!("deliveries were lost or attempts went unlogged");
+        bail!("deliveries were lost, attempts went unlogged or messages were dead-lettered");
     }
     Ok(())
 }
@@ -173,6 +201,20 @@ async fn scenarios(args: &ChaosArgs, run: &Run) -> anyhow::Result<Vec<Outcome>> 
             Fault::Receiver(Mode::HugeBody),
         ),
         ("receiver redirects", Fault::Receiver(Mode::Redirect)),
+        (
+            "database refuses connections 30 s",
+            Fault::RefuseDatabase { millis: 30_000 },
+        ),
+        (
+            "retry queues refuse publishes 30 s",
+            Fault::RefusePublish { millis: 30_000 },
+        ),
+        ("stale cache: webhook re-enabled", Fault::StaleCache),
+        ("webhook row with an unknown type", Fault::PoisonRow),
+        (
+            "secret does not decrypt 2 s",
+            Fault::BrokenSecret { millis: 2000 },
+        ),
     ];
     let mut outcomes = Vec::new();
     for (index, (name, fault)) in list.into_iter().enumerate() {
@@ -224,7 +266,42 @@ async fn scenario(
         webhook_ids.push(created["id"].as_str().context("webhook id")?.to_owned());
         receivers.push(receiver);
     }
-    tokio::time::sleep(Duration::from_millis(400)).await; // subscription cache
+    // Faults that are in place before the first event.
+    match fault {
+        Fault::StaleCache => {
+            let client = reqwest::Client::new();
+            let url = format!("{api}/v1/webhooks/{}", webhook_ids[0]);
+            for step in [
+                client.patch(&url).json(&json!({"is_active": false})),
+                client.post(format!("{url}/ping")),
+                client.patch(&url).json(&json!({"is_active": true})),
+            ] {
+                let status = step.bearer_auth(&key).send().await?.status();
+                if !status.is_success() {
+                    bail!("stale-cache set-up answered {status}");
+                }
+            }
+        }
+        Fault::PoisonRow => {
+            database(
+                run,
+                &format!(
+                    "UPDATE webhooks SET events = ARRAY['*', 'qr.teleported'] WHERE id = '{}'",
+                    webhook_ids[0]
+                ),
+            )
+            .await?;
+        }
+        Fault::BrokenSecret { .. } => {
+            database(run, &format!(
+                "INSERT INTO webhook_previous_secrets (webhook_id, secret_ciphertext, rotated_at, expires_at) \
+                 VALUES ('{}', '\\x00'::bytea, now(), now() + interval '1 hour')",
+                webhook_ids[2]
+            ))
+            .await?;
+        }
+        _ => {}
+    }
 
     // The steady stream, in the background.
     let exchange = format!("{}.events", run.prefix);
@@ -307,6 +384,53 @@ async fn scenario(
                 &format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true"),
             )
             .await?;
+            recovered_from.push(Instant::now());
+        }
+        Fault::StaleCache | Fault::PoisonRow => {}
+        Fault::BrokenSecret { millis } => {
+            let hook = &webhook_ids[1];
+            database(run, &format!(
+                "CREATE TABLE IF NOT EXISTS chaos_saved_secrets (id text PRIMARY KEY, ciphertext bytea);
+                 INSERT INTO chaos_saved_secrets SELECT id, secret_ciphertext FROM webhooks WHERE id = '{hook}';
+                 UPDATE webhooks SET secret_ciphertext = '\\x00'::bytea WHERE id = '{hook}'"
+            ))
+            .await?;
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+            database(
+                run,
+                &format!(
+                "UPDATE webhooks w SET secret_ciphertext = s.ciphertext FROM chaos_saved_secrets s \
+                 WHERE w.id = s.id AND s.id = '{hook}'"
+            ),
+            )
+            .await?;
+            recovered_from.push(Instant::now());
+        }
+        Fault::RefusePublish { millis } => {
+            let policy = format!("{}-chaos-refuse", run.prefix);
+            let pattern = format!("^{}\\.retry\\.", run.prefix);
+            rabbitmqctl(&[
+                "set_policy",
+                "-q",
+                "--apply-to",
+                "queues",
+                "--priority",
+                "10",
+                &policy,
+                &pattern,
+                r#"{"max-length": 0}"#,
+            ])?;
+            // The broker applies a policy within moments; the receivers fail after.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for r in &receivers {
+                r.set(Mode::Status500);
+            }
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            for r in &receivers {
+                r.set(Mode::Ok);
+            }
+            tokio::time::sleep(Duration::from_millis(millis.saturating_sub(1700))).await;
+            rabbitmqctl(&["clear_policy", "-q", &policy])?;
             recovered_from.push(Instant::now());
         }
         Fault::Receiver(mode) => {
@@ -402,6 +526,7 @@ async fn scenario(
         })
         .max()
         .unwrap_or(0);
+    let dead_lettered = drain_dead_letters(run, publisher).await?;
     Ok(Outcome {
         scenario: name.to_owned(),
         events,
@@ -410,8 +535,48 @@ async fn scenario(
         lost: expected - delivered.min(expected),
         duplicates,
         attempts_not_logged: not_logged,
+        dead_lettered,
         recovery_ms,
     })
+}
+
+/// Takes every message off the run's two `.dead` queues and says how many there were.
+async fn drain_dead_letters(run: &Run, publisher: &Publisher) -> anyhow::Result<usize> {
+    let channel = publisher.channel();
+    let mut count = 0;
+    for queue in [
+        format!("{}.ingest.dead", run.prefix),
+        format!("{}.deliveries.dead", run.prefix),
+    ] {
+        while let Some(message) = channel
+            .basic_get(
+                queue.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await?
+        {
+            count += 1;
+            let reason = message
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("x-qr3-reason").cloned());
+            println!("chaos: dead letter on {queue}: {reason:?}");
+        }
+    }
+    Ok(count)
+}
+
+fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("rabbitmqctl")
+        .args(args)
+        .status()
+        .context("rabbitmqctl")?;
+    if !status.success() {
+        bail!("rabbitmqctl {} failed", args.join(" "));
+    }
+    Ok(())
 }
 
 /// Closes this run's broker connections (and only those: their names carry the prefix).

@@ -49,23 +49,37 @@ pub enum Link {
     Down,
 }
 
+/// A session error that reconnecting cannot mend: a task the consumer relies on (the
+/// sender's log writer, say) has stopped. [`consume_reconnecting`] returns it, so the
+/// role ends and the process exits for its supervisor to restart it, instead of
+/// holding its prefetch window with nobody to settle it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Fatal(pub String);
+
 /// Runs `session` on a fresh connection, again and again, until `shutdown`: connects
 /// with back-off, lets the session consume until it returns, closes the connection and
 /// starts over after an error. The session must return once `shutdown` fires, after
-/// finishing its in-flight work.
+/// finishing its in-flight work. A session error that is (or wraps) [`Fatal`] ends the
+/// loop with that error.
 pub async fn consume_reconnecting(
     url: &str,
     name: &str,
     shutdown: &CancellationToken,
     on_link: impl Fn(Link),
     mut session: impl for<'c> FnMut(&'c Connection) -> SessionFuture<'c>,
-) {
+) -> anyhow::Result<()> {
     while !shutdown.is_cancelled() {
         let Some(connection) = connect_with_retry(url, name, shutdown).await else {
             break;
         };
         on_link(Link::Up);
         if let Err(error) = session(&connection).await {
+            if error.downcast_ref::<Fatal>().is_some() {
+                on_link(Link::Down);
+                let _ = connection.close(200, "closing".into()).await;
+                return Err(error);
+            }
             tracing::warn!(
                 connection = name,
                 error = format!("{error:#}"),
@@ -79,4 +93,5 @@ pub async fn consume_reconnecting(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    Ok(())
 }

@@ -22,6 +22,7 @@ const CREATED: &str = "x-qr3-event-created-ms";
 const ATTEMPT: &str = "x-qr3-attempt";
 const TRIGGER: &str = "x-qr3-trigger";
 const DEFERRALS: &str = "x-qr3-deferrals";
+const FAILURES: &str = "x-qr3-failures";
 const JOBS: &str = "x-qr3-jobs";
 const PAYLOAD: &str = "x-qr3-payload";
 const PAYLOAD_LENGTHS: &str = "x-qr3-payload-lengths";
@@ -361,6 +362,23 @@ pub fn with_deferrals(properties: &BasicProperties, deferrals: u32) -> BasicProp
         DEFERRALS.into(),
         AMQPValue::LongLongInt(i64::from(deferrals)),
     );
+    properties.clone().with_headers(headers)
+}
+
+/// How many times the job of a single-job message failed before any attempt could be
+/// made (0 when never). A failed job always travels alone, so the count is the job's.
+pub fn failures(properties: &BasicProperties) -> u32 {
+    properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| int_header(headers, FAILURES).ok())
+        .map_or(0, |n| u32::try_from(n.max(0)).unwrap_or(u32::MAX))
+}
+
+/// `properties` with the job's failure count set to `failures`.
+pub fn with_failures(properties: &BasicProperties, failures: u32) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(FAILURES.into(), AMQPValue::LongLongInt(i64::from(failures)));
     properties.clone().with_headers(headers)
 }
 

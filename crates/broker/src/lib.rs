@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acks;
+pub mod backoff;
 pub mod connect;
 pub mod job;
 pub mod message;
@@ -14,8 +15,12 @@ pub mod publish;
 pub mod topology;
 
 pub use acks::{AckTracker, Settlement};
-pub use connect::{connect, connect_with_retry, consume_reconnecting, Link};
-pub use job::{deferrals, read_jobs, with_deferrals, DeliveryJob, InvalidJob, Packer, Trigger};
+pub use backoff::Backoff;
+pub use connect::{connect, connect_with_retry, consume_reconnecting, Fatal, Link};
+pub use job::{
+    deferrals, failures, read_jobs, with_deferrals, with_failures, DeliveryJob, InvalidJob, Packer,
+    Trigger,
+};
 pub use message::{EventMessage, IncomingEvent, Rejection};
 pub use publish::{Outgoing, PublishError, Publisher, SharedPublisher};
 pub use topology::Topology;

@@ -25,7 +25,7 @@
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 use qr3_config::Settings;
 
 /// How many defer queues there are, each waiting twice as long as the one before.
@@ -39,6 +39,8 @@ pub struct Topology {
     pub retry_delays_ms: Vec<u64>,
     /// How long a job deferred by the per-webhook in-flight cap waits.
     pub defer_ms: u64,
+    /// `x-delivery-limit` of the two main queues.
+    pub delivery_limit: u32,
 }
 
 fn text(s: &str) -> AMQPValue {
@@ -52,6 +54,7 @@ impl Topology {
             prefix: settings.amqp.prefix.clone(),
             retry_delays_ms: settings.delivery.retry_delays_ms.clone(),
             defer_ms: settings.delivery.defer_ms,
+            delivery_limit: settings.amqp.delivery_limit,
         }
     }
 
@@ -125,7 +128,12 @@ impl Topology {
     }
 
     /// Declares everything; safe to repeat and to run from several processes at once.
-    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+    /// Uses channels of its own on `connection`: a main queue declared by an earlier
+    /// release without `x-delivery-limit` makes RabbitMQ refuse the new arguments and
+    /// close the channel, and is then only checked to exist (with a warning: its limit
+    /// is set by a policy instead, see docs/operations.md).
+    pub async fn declare(&self, connection: &Connection) -> lapin::Result<()> {
+        let channel = connection.create_channel().await?;
         channel
             .exchange_declare(
                 self.events_exchange.as_str().into(),
@@ -149,20 +157,28 @@ impl Topology {
             )
             .await?;
         for queue in [self.ingest_dead_queue(), self.deliveries_dead_queue()] {
-            declare_quorum(channel, &queue, FieldTable::default()).await?;
+            declare_quorum(&channel, &queue, FieldTable::default()).await?;
         }
-        // A message the broker itself gives up on (a delivery limit, as RabbitMQ 4
-        // sets by default on quorum queues) is dead-lettered, never dropped.
-        for (queue, dead) in [
-            (self.ingest_queue(), self.ingest_dead_queue()),
-            (self.deliveries_queue(), self.deliveries_dead_queue()),
-        ] {
-            let mut args = FieldTable::default();
-            args.insert("x-dead-letter-exchange".into(), text(""));
-            args.insert("x-dead-letter-routing-key".into(), text(&dead));
-            args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
-            args.insert("x-overflow".into(), text("reject-publish"));
-            declare_quorum(channel, &queue, args).await?;
+        let mut channel = channel;
+        for queue in [self.ingest_queue(), self.deliveries_queue()] {
+            match self.declare_named(&channel, &queue).await {
+                Ok(_) => {}
+                Err(error) if is_precondition_failed(&error) => {
+                    tracing::warn!(queue = %queue, %error, "queue exists with other arguments (declared by an earlier release?); keeping them: set its delivery limit with a policy");
+                    channel = connection.create_channel().await?;
+                    channel
+                        .queue_declare(
+                            queue.as_str().into(),
+                            QueueDeclareOptions {
+                                passive: true,
+                                ..Default::default()
+                            },
+                            FieldTable::default(),
+                        )
+                        .await?;
+                }
+                Err(error) => return Err(error),
+            }
         }
         channel
             .queue_bind(
@@ -173,22 +189,56 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        for (name, delay) in self.delay_queues() {
-            let mut args = FieldTable::default();
+        for (name, _) in self.delay_queues() {
+            self.declare_named(&channel, &name).await?;
+        }
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(())
+    }
+
+    /// Declares one of this deployment's queues again by name (after a publish found it
+    /// missing: deleted by an operator). `Ok(false)` for a name that is not ours.
+    pub async fn declare_named(&self, channel: &Channel, name: &str) -> lapin::Result<bool> {
+        let dead_letter = |args: &mut FieldTable, to: &str| {
+            args.insert("x-dead-letter-exchange".into(), text(""));
+            args.insert("x-dead-letter-routing-key".into(), text(to));
+            args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+            args.insert("x-overflow".into(), text("reject-publish"));
+        };
+        let mut args = FieldTable::default();
+        if name == self.ingest_queue() || name == self.deliveries_queue() {
+            // A message the broker itself gives up on (after delivery_limit deliveries:
+            // a consumer crashing on it again and again) is dead-lettered, never
+            // dropped. Explicit, because RabbitMQ 4 sets 20 on quorum queues anyway.
+            let dead = if name == self.ingest_queue() {
+                self.ingest_dead_queue()
+            } else {
+                self.deliveries_dead_queue()
+            };
+            dead_letter(&mut args, &dead);
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(i64::from(self.delivery_limit)),
+            );
+        } else if name == self.ingest_dead_queue() || name == self.deliveries_dead_queue() {
+        } else if let Some((_, delay)) = self.delay_queues().into_iter().find(|(q, _)| q == name) {
             args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(delay as i64));
             // The default exchange routes by queue name: expired messages go back to
             // the delivery queue.
-            args.insert("x-dead-letter-exchange".into(), text(""));
-            args.insert(
-                "x-dead-letter-routing-key".into(),
-                text(&self.deliveries_queue()),
-            );
-            args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
-            args.insert("x-overflow".into(), text("reject-publish"));
-            declare_quorum(channel, &name, args).await?;
+            dead_letter(&mut args, &self.deliveries_queue());
+        } else {
+            return Ok(false);
         }
-        Ok(())
+        declare_quorum(channel, name, args).await?;
+        Ok(true)
     }
+}
+
+/// RabbitMQ refused a declaration whose arguments differ from the existing queue's.
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e)
+        if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)))
 }
 
 async fn declare_quorum(channel: &Channel, name: &str, mut args: FieldTable) -> lapin::Result<()> {

@@ -64,9 +64,8 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     let connection = qr3_broker::connect(settings.amqp.url.expose(), "qr3-migrate")
         .await
         .context("cannot connect to RabbitMQ")?;
-    let channel = connection.create_channel().await?;
     Topology::from_settings(settings)
-        .declare(&channel)
+        .declare(&connection)
         .await
         .context("cannot declare the broker topology")?;
     let _ = connection.close(200, "migrated".into()).await;

@@ -76,6 +76,7 @@ pub struct AmqpSettings {
     pub events_exchange: String,
     pub prefix: String,
     pub prefetch: u16,
+    pub delivery_limit: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -99,6 +100,9 @@ pub struct MetricsSettings {
 #[serde(deny_unknown_fields)]
 pub struct IngestSettings {
     pub max_event_bytes: usize,
+    /// Deprecated and ignored: ingest reads subscriptions fresh for every batch, so a
+    /// webhook created or re-enabled before an event is published gets it. Still
+    /// accepted so existing configuration files keep loading.
     pub subscription_cache_ms: u64,
     pub concurrency: usize,
     pub jobs_per_message: usize,
@@ -120,6 +124,7 @@ pub struct DeliverySettings {
     pub log_flush_ms: u64,
     pub response_body_bytes: usize,
     pub rate_limit_share: u32,
+    pub job_failure_limit: u32,
 }
 
 impl DeliverySettings {
@@ -317,6 +322,12 @@ impl Settings {
         }
         if self.delivery.response_body_bytes > 65536 {
             return invalid("delivery.response_body_bytes must be at most 65536");
+        }
+        if self.amqp.delivery_limit < 2 {
+            return invalid("amqp.delivery_limit must be at least 2");
+        }
+        if self.delivery.job_failure_limit == 0 {
+            return invalid("delivery.job_failure_limit must be at least 1");
         }
         if self.delivery.rate_limit_share == 0 {
             return invalid("delivery.rate_limit_share must be at least 1");

@@ -174,6 +174,22 @@ impl Subscriptions {
         Ok(Self(filters))
     }
 
+    /// Reads a stored list leniently: the names this build knows, and apart the ones it
+    /// does not (written by a newer release before a rollback, or outside the API).
+    /// `None` when no known name is left. The API keeps using [`Subscriptions::parse`].
+    pub fn parse_known<S: AsRef<str>>(names: &[S]) -> (Option<Self>, Vec<String>) {
+        let mut filters: Vec<EventFilter> = Vec::with_capacity(names.len());
+        let mut unknown = Vec::new();
+        for name in names {
+            match name.as_ref().parse::<EventFilter>() {
+                Ok(filter) if !filters.contains(&filter) => filters.push(filter),
+                Ok(_) => {}
+                Err(_) => unknown.push(name.as_ref().to_owned()),
+            }
+        }
+        ((!filters.is_empty()).then_some(Self(filters)), unknown)
+    }
+
     pub fn matches(&self, event: EventType) -> bool {
         self.0.iter().any(|f| f.matches(event))
     }
@@ -190,6 +206,17 @@ impl Subscriptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_list_keeps_its_known_names_and_reports_the_others() {
+        let (known, unknown) = Subscriptions::parse_known(&["qr.scanned", "qr.teleported", "*"]);
+        let known = known.expect("two known names");
+        assert_eq!(known.to_strings(), ["qr.scanned", "*"]);
+        assert_eq!(unknown, ["qr.teleported"]);
+        let (none, unknown) = Subscriptions::parse_known(&["qr.teleported"]);
+        assert!(none.is_none());
+        assert_eq!(unknown.len(), 1);
+    }
 
     fn subs(names: &[&str]) -> Subscriptions {
         Subscriptions::parse(names).unwrap()

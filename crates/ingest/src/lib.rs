@@ -9,11 +9,8 @@
 
 #![forbid(unsafe_code)]
 
-mod subscriptions;
-
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -23,16 +20,14 @@ use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use qr3_broker::{
-    AckTracker, DeliveryJob, IncomingEvent, Outgoing, Packer, Publisher, Rejection, Settlement,
-    Topology, Trigger,
+    AckTracker, Backoff, DeliveryJob, IncomingEvent, Outgoing, Packer, Publisher, Rejection,
+    Settlement, Topology, Trigger,
 };
 use qr3_config::Settings;
 use qr3_domain::Payload;
 use qr3_store::{ClaimOutcome, EventKey, Store};
 use qr3_telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
-
-use subscriptions::SubscriptionCache;
 
 /// How long an unfinished claim protects an event from a second ingest worker.
 const CLAIM_LEASE: Duration = Duration::from_secs(10);
@@ -50,10 +45,8 @@ struct Inner {
     settings: Settings,
     topology: Topology,
     metrics: Metrics,
-    subscriptions: SubscriptionCache,
-    /// Consecutive batches that failed for want of the database or broker: the pause
-    /// before requeueing grows with it, so an outage does not spin the queue.
-    failures: AtomicU32,
+    /// Webhook rows already reported as unreadable (logged once each, counted always).
+    reported: Mutex<HashSet<String>>,
 }
 
 /// What happened to one event message.
@@ -63,7 +56,8 @@ pub enum Outcome {
     FannedOut(usize),
     /// Already fanned out before (or twice in one batch): acknowledged, not published.
     Duplicate,
-    /// Another worker is fanning it out right now: requeued after a pause.
+    /// Another worker is fanning it out right now: held, and processed again once that
+    /// worker has finished or its claim has lapsed.
     Busy,
     /// Moved to the dead-letter queue for this reason.
     Rejected(&'static str),
@@ -78,16 +72,13 @@ pub struct Message<'a> {
 impl Ingest {
     pub fn new(store: Store, settings: Settings, metrics: Metrics) -> Self {
         let topology = Topology::from_settings(&settings);
-        let subscriptions =
-            SubscriptionCache::new(Duration::from_millis(settings.ingest.subscription_cache_ms));
         Self {
             inner: Arc::new(Inner {
                 store,
                 settings,
                 topology,
                 metrics,
-                subscriptions,
-                failures: AtomicU32::new(0),
+                reported: Mutex::default(),
             }),
         }
     }
@@ -112,8 +103,7 @@ impl Ingest {
                 Box::pin(async move { this.consume(connection, &token).await })
             },
         )
-        .await;
-        Ok(())
+        .await
     }
 
     async fn consume(
@@ -128,7 +118,7 @@ impl Ingest {
             .context("cannot open a channel")?;
         inner
             .topology
-            .declare(&channel)
+            .declare(connection)
             .await
             .context("cannot declare the broker topology")?;
         // Prefetch bounds how many unacknowledged events this process holds: its memory,
@@ -183,7 +173,7 @@ impl Ingest {
                 let publisher = publisher.clone();
                 async move {
                     if !batch.is_empty() {
-                        self.handle(&publisher, batch).await;
+                        self.handle(&publisher, batch, shutdown).await;
                     }
                 }
             })
@@ -194,56 +184,92 @@ impl Ingest {
         Ok(())
     }
 
-    /// Processes one batch and settles every message of it (ack, or requeue).
-    async fn handle(&self, publisher: &Publisher, batch: Vec<(Delivery, Settlement)>) {
-        let messages: Vec<(String, &Delivery)> = batch
-            .iter()
-            .map(|(d, _)| (d.routing_key.to_string(), d))
-            .collect();
-        let views: Vec<Message<'_>> = messages
-            .iter()
-            .map(|(key, d)| Message {
-                body: &d.data,
-                routing_key: key.as_str(),
-            })
-            .collect();
-        let failures = &self.inner.failures;
-        match self.process(publisher, &views).await {
-            Ok(outcomes) => {
-                failures.store(0, Ordering::Relaxed);
-                let busy = outcomes.contains(&Outcome::Busy);
-                if busy {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                let mut done = Vec::with_capacity(batch.len());
-                let mut tracker = None;
-                for ((_, settle), outcome) in batch.into_iter().zip(outcomes) {
-                    if outcome == Outcome::Busy {
-                        settle.requeue().await;
-                    } else {
-                        done.push(settle.tag);
-                        tracker.get_or_insert_with(|| settle.tracker().clone());
+    /// Processes one batch and settles every message of it. Nothing is handed back to the
+    /// broker to wait (each return counts towards the queue's delivery limit): while the
+    /// database or broker is away the batch is held and processed again with backoff,
+    /// and events another worker is fanning out are held until it has finished or its
+    /// claim has lapsed. Only stopping (or a lost channel, when the broker redelivers
+    /// anyway) hands messages back.
+    async fn handle(
+        &self,
+        publisher: &Publisher,
+        batch: Vec<(Delivery, Settlement)>,
+        shutdown: &CancellationToken,
+    ) {
+        let inner = &self.inner;
+        let mut pending = batch;
+        let mut outage = Backoff::dependency();
+        let mut busy = Backoff::new(Duration::from_millis(500), CLAIM_LEASE);
+        while !pending.is_empty() {
+            let routing_keys: Vec<String> = pending
+                .iter()
+                .map(|(d, _)| d.routing_key.to_string())
+                .collect();
+            let views: Vec<Message<'_>> = pending
+                .iter()
+                .zip(&routing_keys)
+                .map(|((d, _), key)| Message {
+                    body: &d.data,
+                    routing_key: key.as_str(),
+                })
+                .collect();
+            let wait = match self.process(publisher, &views).await {
+                Ok(outcomes) => {
+                    outage.reset();
+                    let mut done = Vec::with_capacity(pending.len());
+                    let mut still = Vec::new();
+                    for ((delivery, settle), outcome) in pending.into_iter().zip(outcomes) {
+                        if outcome == Outcome::Busy {
+                            still.push((delivery, settle));
+                        } else {
+                            done.push(settle);
+                        }
                     }
+                    if let Some(first) = done.first() {
+                        let tracker = first.tracker().clone();
+                        tracker.ack(done.iter().map(|s| s.tag)).await;
+                    }
+                    pending = still;
+                    if pending.is_empty() {
+                        break;
+                    }
+                    &mut busy
                 }
-                if let Some(tracker) = tracker {
-                    tracker.ack(done).await;
+                Err(error) => {
+                    if !publisher.channel().status().connected() {
+                        // The broker redelivers everything this channel held.
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            "broker channel lost mid-batch"
+                        );
+                        return;
+                    }
+                    let dependency = if error.downcast_ref::<qr3_store::StoreError>().is_some() {
+                        "database"
+                    } else {
+                        "broker"
+                    };
+                    inner
+                        .metrics
+                        .dependency_waits_total
+                        .with_label_values(&[dependency])
+                        .inc();
+                    if outage.tries().is_power_of_two() || outage.tries() == 0 {
+                        tracing::error!(
+                            error = format!("{error:#}"),
+                            events = pending.len(),
+                            tries = outage.tries(),
+                            "cannot ingest events; holding them and trying again"
+                        );
+                    }
+                    &mut outage
                 }
-            }
-            Err(error) => {
-                // Database or broker trouble: the batch goes back to the queue, nothing
-                // is acknowledged that was not done.
-                let n = failures.fetch_add(1, Ordering::Relaxed).min(9);
-                let pause = Duration::from_millis(100 << n).min(Duration::from_secs(30));
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    events = batch.len(),
-                    pause_ms = pause.as_millis() as u64,
-                    "cannot ingest events; requeueing"
-                );
-                tokio::time::sleep(pause).await;
-                for (_, settle) in batch {
+            };
+            if !wait.wait(shutdown).await {
+                for (_, settle) in pending {
                     settle.requeue().await;
                 }
+                return;
             }
         }
     }
@@ -290,6 +316,24 @@ impl Ingest {
             })
             .collect();
         let claims = inner.store.claim_events(&keys, CLAIM_LEASE).await?;
+        // The subscriptions of the batch's claimed events, read now (one query): a
+        // webhook created or re-enabled before an event was published gets it.
+        let workspaces: Vec<&qr3_domain::WorkspaceId> = {
+            let mut seen = HashSet::new();
+            events
+                .iter()
+                .zip(&claims)
+                .filter(|(_, claim)| **claim == ClaimOutcome::Claimed)
+                .map(|((_, e), _)| &e.workspace_id)
+                .filter(|w| seen.insert(*w))
+                .collect()
+        };
+        let subscribers = inner
+            .store
+            .active_subscribers(&workspaces)
+            .await
+            .context("cannot read subscriptions")?;
+        self.report_unreadable(&subscribers.unreadable);
         let queue = inner.topology.deliveries_queue();
         // The batch's jobs, packed into bundles: the broker moves one message for many
         // deliveries, and one event's payload once per bundle whatever its fan-out.
@@ -312,10 +356,7 @@ impl Ingest {
                 }
                 ClaimOutcome::Claimed => {}
             }
-            let subscriptions = inner
-                .subscriptions
-                .get(&inner.store, &event.workspace_id)
-                .await?;
+            let subscriptions = subscribers.of(&event.workspace_id);
             let targets: Vec<_> = subscriptions
                 .iter()
                 .filter(|s| s.wants(event.event_type))
@@ -376,6 +417,22 @@ impl Ingest {
             .into_iter()
             .map(|o| o.expect("every message got an outcome"))
             .collect())
+    }
+
+    /// Counts the webhook rows this batch could not fully read, and says each once.
+    fn report_unreadable(&self, unreadable: &[qr3_store::Unreadable]) {
+        for row in unreadable {
+            self.inner
+                .metrics
+                .webhook_rows_unreadable_total
+                .with_label_values(&[row.reason.as_str()])
+                .inc();
+            let mut reported = self.inner.reported.lock().expect("never poisoned");
+            if reported.len() < 10_000 && reported.insert(row.webhook.clone()) {
+                tracing::warn!(webhook_id = %row.webhook, reason = ?row.reason,
+                    "a webhook row is unreadable in part; fanning out what can be read");
+            }
+        }
     }
 
     async fn dead_letter(

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod fairness;
+mod hold;
 pub mod http;
 mod parking;
 mod parts;
@@ -21,14 +22,17 @@ use hyper::header::{HeaderName, HeaderValue};
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
-use qr3_broker::{DeliveryJob, InvalidJob, Outgoing, Publisher, Settlement, Topology, Trigger};
+use qr3_broker::{
+    Backoff, DeliveryJob, Fatal, InvalidJob, Outgoing, Publisher, Settlement, Topology, Trigger,
+};
 use qr3_config::Settings;
 use qr3_domain::{signature, DeliveryId, TargetPolicy, Timestamp, WebhookUrl};
-use qr3_store::{AttemptDetail, AttemptRecord, AttemptStatus, AttemptTrigger, Store};
+use qr3_store::{AttemptDetail, AttemptRecord, AttemptStatus, AttemptTrigger, Store, StoreError};
 use qr3_telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use hold::Hold;
 pub use http::{HttpClient, HttpOutcome};
 use parts::Part;
 use targets::TargetCache;
@@ -116,7 +120,7 @@ impl Sender {
             shutdown.clone(),
         ));
         let metrics = &inner.metrics;
-        qr3_broker::consume_reconnecting(
+        let ended = qr3_broker::consume_reconnecting(
             &url,
             &format!("qr3-sender/{}", inner.settings.amqp.prefix),
             &shutdown,
@@ -132,7 +136,7 @@ impl Sender {
         )
         .await;
         maintenance.abort();
-        Ok(())
+        ended
     }
 
     async fn consume(
@@ -147,7 +151,7 @@ impl Sender {
             .context("cannot open a channel")?;
         inner
             .topology
-            .declare(&channel)
+            .declare(connection)
             .await
             .context("cannot declare the broker topology")?;
         // Prefetch = delivery.concurrency: at most that many unacknowledged messages
@@ -172,14 +176,28 @@ impl Sender {
             .context("cannot consume the delivery queue")?;
         tracing::info!(queue = %inner.topology.deliveries_queue(), prefetch, "sender consuming");
 
-        let (writer, writer_task) = writer::spawn(self.clone(), publisher.clone());
-        let (parking, parking_task) = parking::spawn(self.clone(), publisher.clone());
+        // `died`: the log writer or the parking task stopped (they only stop once every
+        // handle is dropped, after this loop): nothing could settle what this consumer
+        // holds, so the session ends as `Fatal` and the process exits to be restarted.
+        // `broken`: the publishing channel closed; the session starts over.
+        let died = CancellationToken::new();
+        let hold = Hold {
+            shutdown: shutdown.clone(),
+            broken: CancellationToken::new(),
+        };
+        let (writer, writer_task) =
+            writer::spawn(self.clone(), publisher.clone(), hold.clone(), died.clone());
+        let (parking, parking_task) =
+            parking::spawn(self.clone(), publisher.clone(), hold.clone(), died.clone());
         let acks = qr3_broker::AckTracker::new(channel.clone());
         let tracker = TaskTracker::new();
         let slots = Arc::new(tokio::sync::Semaphore::new(
             inner.settings.delivery.concurrency,
         ));
-        let mut consumer = std::pin::pin!(consumer.take_until(shutdown.cancelled()));
+        let mut consumer = std::pin::pin!(consumer
+            .take_until(shutdown.cancelled())
+            .take_until(hold.broken.cancelled())
+            .take_until(died.cancelled()));
         let mut failure = None;
         while let Some(delivery) = consumer.next().await {
             let delivery = match delivery {
@@ -193,9 +211,9 @@ impl Sender {
             let jobs = match qr3_broker::read_jobs(&delivery.properties, &delivery.data) {
                 Ok(jobs) => jobs,
                 Err(invalid) => {
-                    let (this, publisher) = (self.clone(), publisher.clone());
+                    let (this, publisher, hold) = (self.clone(), publisher.clone(), hold.clone());
                     tracker.spawn(async move {
-                        this.dead_letter(delivery, invalid, settle, &publisher)
+                        this.dead_letter(delivery, invalid, settle, &publisher, &hold)
                             .await
                     });
                     continue;
@@ -203,33 +221,46 @@ impl Sender {
             };
             let origin = Origin {
                 deferrals: qr3_broker::deferrals(&delivery.properties),
+                failures: qr3_broker::failures(&delivery.properties),
                 redelivered: delivery.redelivered,
             };
             let parts = Part::split(settle, jobs.len());
             for (job, part) in jobs.into_iter().zip(parts) {
-                let slot = slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed");
+                let slot = tokio::select! {
+                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                    _ = died.cancelled() => break,
+                };
                 let this = self.clone();
                 let writer = writer.clone();
                 let parking = parking.clone();
+                let shutdown = shutdown.clone();
                 tracker.spawn(async move {
                     this.inner.metrics.deliveries_in_flight.inc();
-                    this.handle(job, origin, part, &writer, &parking).await;
+                    this.handle(job, origin, part, &writer, &parking, &shutdown)
+                        .await;
                     this.inner.metrics.deliveries_in_flight.dec();
                     drop(slot);
                 });
             }
         }
         tracker.close();
-        tracker.wait().await;
         drop((writer, parking));
+        if died.is_cancelled() {
+            // What the dead task held can no longer be settled; the broker hands it
+            // out again once this process is gone.
+            tracing::error!(
+                "an internal task of the sender stopped; ending the process so it is restarted"
+            );
+            return Err(Fatal("the sender's log writer or parking task stopped".into()).into());
+        }
+        tracker.wait().await;
         writer_task.await.context("the log writer panicked")?;
         parking_task.await.context("the parking task panicked")?;
         match failure {
             Some(error) => Err(error).context("consumer stream failed"),
+            None if hold.broken.is_cancelled() && !shutdown.is_cancelled() => {
+                Err(anyhow::anyhow!("the publishing channel closed"))
+            }
             None => Ok(()),
         }
     }
@@ -241,6 +272,7 @@ impl Sender {
         invalid: InvalidJob,
         settle: Settlement,
         publisher: &Publisher,
+        hold: &Hold,
     ) {
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         headers.insert(
@@ -260,14 +292,19 @@ impl Sender {
             body: delivery.data,
         };
         tracing::warn!(error = %invalid, "delivery job dead-lettered");
-        if publisher
-            .publish_all(std::slice::from_ref(&message))
-            .await
-            .is_ok()
+        let inner = &self.inner;
+        match hold::publish(
+            publisher,
+            &inner.topology,
+            &inner.metrics,
+            hold,
+            "dead letter",
+            std::slice::from_ref(&message),
+        )
+        .await
         {
-            settle.ack().await;
-        } else {
-            settle.requeue().await;
+            Ok(()) => settle.ack().await,
+            Err(hold::Abandoned) => settle.requeue().await,
         }
     }
 
@@ -280,6 +317,7 @@ impl Sender {
         part: Part,
         writer: &writer::Handle,
         parking: &parking::Handle,
+        shutdown: &CancellationToken,
     ) {
         // Fair sharing: a webhook already at its cap does not get another slot; unless it
         // frees one soon, its job waits in a defer queue so the slot goes to another
@@ -300,14 +338,15 @@ impl Sender {
                     job,
                     part,
                     deferrals,
+                    failures: origin.failures,
                 })
                 .await;
             return;
         };
         // A job back from a defer queue may have a twin: its bundle was requeued after
         // it was parked. Like a redelivered one, it is checked against the log first.
-        let recheck = origin.redelivered || origin.deferrals > 0;
-        let attempted = self.attempt(&job, recheck).await;
+        let recheck = origin.redelivered || origin.deferrals > 0 || origin.failures > 0;
+        let attempted = self.attempt_holding(&job, recheck, shutdown).await;
         drop(permit);
         match attempted {
             // The rate limit knows when the next slot is: no longer wait than that.
@@ -317,6 +356,7 @@ impl Sender {
                         job,
                         part,
                         deferrals: 0,
+                        failures: origin.failures,
                     })
                     .await
             }
@@ -329,12 +369,60 @@ impl Sender {
                     })
                     .await
             }
-            Err(error) => {
-                // Could not even look the webhook up (database down): after a pause,
-                // hand the job back to the broker to be tried again.
-                tracing::error!(error = format!("{error:#}"), webhook_id = %job.webhook_id, "cannot attempt delivery");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                part.requeue().await;
+            // Stopping while the database is away: the broker hands the job out again.
+            Err(JobFailure::Stopping) => part.requeue().await,
+            // Something about this job alone: it waits on a defer queue, and after
+            // delivery.job_failure_limit failures it is dead-lettered by itself.
+            Err(JobFailure::Job(error)) => {
+                parking
+                    .fail(parking::Failed {
+                        job,
+                        part,
+                        failures: origin.failures.saturating_add(1),
+                        error,
+                    })
+                    .await
+            }
+        }
+    }
+
+    /// [`Sender::attempt`], holding the job while the database is unavailable (backing
+    /// off, in the process) and turning anything else that stops it, a panic included,
+    /// into a failure of this job alone.
+    async fn attempt_holding(
+        &self,
+        job: &DeliveryJob,
+        recheck: bool,
+        shutdown: &CancellationToken,
+    ) -> Result<Attempted, JobFailure> {
+        use futures_util::FutureExt;
+        let mut backoff = Backoff::dependency();
+        loop {
+            let attempt = std::panic::AssertUnwindSafe(self.attempt(job, recheck)).catch_unwind();
+            let error = match attempt.await {
+                Ok(Ok(attempted)) => return Ok(attempted),
+                Ok(Err(error)) if error.is_unavailable() => error,
+                Ok(Err(error)) => return Err(JobFailure::Job(format!("{error:#}"))),
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".to_owned());
+                    return Err(JobFailure::Job(format!("panicked: {what}")));
+                }
+            };
+            self.inner
+                .metrics
+                .dependency_waits_total
+                .with_label_values(&["database"])
+                .inc();
+            if backoff.tries().is_power_of_two() || backoff.tries() == 0 {
+                tracing::error!(error = format!("{error:#}"), webhook_id = %job.webhook_id, tries = backoff.tries(),
+                    "cannot look the webhook up; holding the job until the database answers");
+            }
+            if !backoff.wait(shutdown).await {
+                return Err(JobFailure::Stopping);
             }
         }
     }
@@ -360,7 +448,7 @@ impl Sender {
     /// already (the broker handed it out before, a sender having stopped or a bundle
     /// having been requeued after some of its jobs were delivered; or it was parked and
     /// may have a twin), so the log is checked first.
-    pub async fn attempt(&self, job: &DeliveryJob, recheck: bool) -> anyhow::Result<Attempted> {
+    pub async fn attempt(&self, job: &DeliveryJob, recheck: bool) -> Result<Attempted, StoreError> {
         let inner = &self.inner;
         let Some(target) = inner.targets.get(&inner.store, &job.webhook_id).await? else {
             inner
@@ -550,11 +638,34 @@ fn stuck_level(stuck: Duration, defer: Duration) -> u32 {
     level
 }
 
+/// Why a job could not be attempted.
+#[derive(Debug)]
+enum JobFailure {
+    /// Something about this job alone (its webhook row or secret unreadable, a panic).
+    Job(String),
+    /// The process is stopping while the job waited for the database.
+    Stopping,
+}
+
+/// A named fault-injection point, for tests of what happens when an internal task dies
+/// (the `failpoints` feature: `fail::cfg("<amqp.prefix>/<name>", "panic")`). Without the
+/// feature it is nothing.
+#[cfg(feature = "failpoints")]
+pub(crate) fn failpoint(prefix: &str, name: &str) {
+    fail::fail_point!(&format!("{prefix}/{name}"));
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub(crate) fn failpoint(_prefix: &str, _name: &str) {}
+
 /// Where a job came from: what its message says besides the job itself.
 #[derive(Debug, Clone, Copy)]
 struct Origin {
     /// Times the message was parked in a defer queue.
     deferrals: u32,
+    /// Times its job failed before an attempt could be made (a single-job message).
+    failures: u32,
     /// The broker delivered the message before.
     redelivered: bool,
 }

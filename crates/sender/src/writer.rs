@@ -2,7 +2,12 @@
 //! one transaction, then publishes the retries the batch calls for (confirmed, packed
 //! into bundles per delay queue), and only then acknowledges the batch's jobs. A crash
 //! anywhere before the ack leaves the jobs in the broker: at worst an attempt is made
-//! and logged twice, never lost.
+//! and logged twice (and counted once towards disabling), never lost.
+//!
+//! While the database is away the writer waits and writes the batch again; while the
+//! broker refuses the retries, the batch's jobs are held (`hold`) in a task of their own
+//! so later batches, healthy webhooks' among them, keep being logged and acknowledged.
+//! Nothing is handed back to the broker to wait.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -11,7 +16,10 @@ use qr3_broker::{DeliveryJob, Outgoing, Publisher, Trigger};
 use qr3_store::{AttemptRecord, AttemptStatus};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::hold::{self, Hold};
 use crate::parts::{self, Part};
 use crate::{Attempted, Sender};
 
@@ -32,24 +40,46 @@ impl Handle {
     }
 }
 
-pub fn spawn(sender: Sender, publisher: Publisher) -> (Handle, JoinHandle<()>) {
+/// Starts the writer. It runs until every handle is dropped and its held batches are
+/// settled; if it stops before (a panic), `died` is cancelled so the consumer ends the
+/// process rather than hold its prefetch window with nobody to settle it.
+pub fn spawn(
+    sender: Sender,
+    publisher: Publisher,
+    hold: Hold,
+    died: CancellationToken,
+) -> (Handle, JoinHandle<()>) {
     let capacity = sender.inner.settings.delivery.log_batch_size * 4;
     let (tx, rx) = mpsc::channel(capacity);
-    let task = tokio::spawn(run(sender, publisher, rx));
+    let task = tokio::spawn(async move {
+        let alive = died.drop_guard();
+        run(sender, publisher, hold, rx).await;
+        alive.disarm();
+    });
     (Handle(tx), task)
 }
 
-async fn run(sender: Sender, publisher: Publisher, mut rx: mpsc::Receiver<Pending>) {
+async fn run(sender: Sender, publisher: Publisher, hold: Hold, mut rx: mpsc::Receiver<Pending>) {
     let settings = &sender.inner.settings.delivery;
     let max = settings.log_batch_size;
     let linger = Duration::from_millis(settings.log_flush_ms);
+    let held = TaskTracker::new();
     while let Some(batch) = parts::next_batch(&mut rx, max, linger).await {
-        flush(&sender, &publisher, batch).await;
+        flush(&sender, &publisher, &hold, &held, batch).await;
     }
+    held.close();
+    held.wait().await;
 }
 
-async fn flush(sender: &Sender, publisher: &Publisher, batch: Vec<Pending>) {
+async fn flush(
+    sender: &Sender,
+    publisher: &Publisher,
+    hold: &Hold,
+    held: &TaskTracker,
+    batch: Vec<Pending>,
+) {
     let inner = &sender.inner;
+    crate::failpoint(&inner.settings.amqp.prefix, "sender-log-writer");
     let started = Instant::now();
     let records: Vec<AttemptRecord> = batch
         .iter()
@@ -60,7 +90,7 @@ async fn flush(sender: &Sender, publisher: &Publisher, batch: Vec<Pending>) {
         .collect();
     // The log must be durable before anything is acknowledged: keep trying while the
     // database is away (the jobs stay unacknowledged in the broker meanwhile).
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = qr3_broker::Backoff::dependency();
     let recorded = loop {
         match inner
             .store
@@ -73,9 +103,15 @@ async fn flush(sender: &Sender, publisher: &Publisher, batch: Vec<Pending>) {
             }
             Err(error) => {
                 inner.metrics.database_up.set(0);
-                tracing::error!(error = %error, rows = records.len(), "cannot write the delivery log; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                inner
+                    .metrics
+                    .dependency_waits_total
+                    .with_label_values(&["database"])
+                    .inc();
+                if backoff.tries().is_power_of_two() || backoff.tries() == 0 {
+                    tracing::error!(error = %error, rows = records.len(), tries = backoff.tries(), "cannot write the delivery log; holding the batch and retrying");
+                }
+                tokio::time::sleep(backoff.next_wait()).await;
             }
         }
     };
@@ -116,30 +152,50 @@ async fn flush(sender: &Sender, publisher: &Publisher, batch: Vec<Pending>) {
             .or_default()
             .push(pending.job.next_attempt());
     }
-    if !retries.is_empty() {
-        let mut messages = Vec::new();
-        for (delay_ms, jobs) in &retries {
-            messages.extend(sender.pack(inner.topology.retry_queue(*delay_ms), jobs));
-        }
-        if let Err(error) = publisher.publish_all(&messages).await {
-            // Without the retry safely queued the jobs must not be acknowledged: hand
-            // them back to the broker to be attempted again.
-            tracing::error!(%error, "cannot schedule retries; requeueing the batch");
+    if retries.is_empty() {
+        // A bundle is acknowledged with its last job.
+        parts::finish_all(batch.into_iter().map(|p| p.part)).await;
+        return;
+    }
+    let mut messages = Vec::new();
+    for (delay_ms, jobs) in &retries {
+        messages.extend(sender.pack(inner.topology.retry_queue(*delay_ms), jobs));
+    }
+    let scheduled: Vec<(u64, u64)> = retries
+        .iter()
+        .map(|(delay_ms, jobs)| (*delay_ms, jobs.len() as u64))
+        .collect();
+    let (sender, publisher, hold) = (sender.clone(), publisher.clone(), hold.clone());
+    // The jobs are acknowledged only once their retries are safely queued. Until then
+    // they are held here, apart, while the writer goes on with the next batches.
+    held.spawn(async move {
+        let inner = &sender.inner;
+        let published = hold::publish(
+            &publisher,
+            &inner.topology,
+            &inner.metrics,
+            &hold,
+            "retries",
+            &messages,
+        )
+        .await;
+        if published.is_err() {
+            // Stopping, or the channel is gone: the broker redelivers the jobs; their
+            // attempts are logged, and a repeated failure counts once.
             for pending in batch {
                 pending.part.requeue().await;
             }
             return;
         }
-        for (delay_ms, jobs) in &retries {
+        for (delay_ms, jobs) in scheduled {
             inner
                 .metrics
                 .retries_scheduled_total
                 .with_label_values(&[&delay_ms.to_string()])
-                .inc_by(jobs.len() as u64);
+                .inc_by(jobs);
         }
-    }
-    // A bundle is acknowledged with its last job.
-    parts::finish_all(batch.into_iter().map(|p| p.part)).await;
+        parts::finish_all(batch.into_iter().map(|p| p.part)).await;
+    });
 }
 
 /// Publishes `webhook.disabled` on the operator exchange for each webhook this batch

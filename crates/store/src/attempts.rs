@@ -5,7 +5,7 @@
 //! `UPDATE … FROM unnest(…)`. That update is also where a webhook is disabled when its
 //! count reaches the threshold; a success resets the count.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use qr3_domain::{DeliveryId, EventId, EventType, Timestamp, WebhookId, WorkspaceId};
@@ -155,15 +155,30 @@ pub struct RecordedBatch {
     pub disabled: Vec<WebhookId>,
 }
 
+/// One failed attempt of an event on a webhook: what counts once towards disabling.
+type FailureKey<'a> = (&'a WebhookId, &'a EventId, u16);
+
 /// Per webhook, in batch order: does the batch contain a success, and how many failures
-/// follow the last success (or the whole batch's failures when there is none).
-fn failure_deltas(batch: &[AttemptRecord]) -> BTreeMap<&WebhookId, (bool, i32)> {
+/// follow the last success (or the whole batch's failures when there is none). A
+/// failure counts once per (event, attempt): one logged before (`logged`, a redelivered
+/// or requeued job attempted again) or earlier in the batch does not count again, so
+/// one event adds at most one failure per attempt number.
+fn failure_deltas<'a>(
+    batch: &'a [AttemptRecord],
+    logged: &HashSet<FailureKey<'_>>,
+) -> BTreeMap<&'a WebhookId, (bool, i32)> {
     let mut deltas: BTreeMap<&WebhookId, (bool, i32)> = BTreeMap::new();
+    let mut counted: HashSet<FailureKey<'_>> = HashSet::new();
     for record in batch.iter().filter(|r| r.trigger == AttemptTrigger::Event) {
         let entry = deltas.entry(&record.webhook_id).or_default();
         match record.status {
             AttemptStatus::Success => *entry = (true, 0),
-            AttemptStatus::Failed => entry.1 += 1,
+            AttemptStatus::Failed => {
+                let key = (&record.webhook_id, &record.event_id, record.attempt);
+                if !logged.contains(&key) && counted.insert(key) {
+                    entry.1 += 1;
+                }
+            }
         }
     }
     deltas
@@ -269,15 +284,52 @@ impl Store {
             request_bodies.push(r.detail.as_ref().map(|d| d.request_body.as_str()));
             response_bodies.push(r.detail.as_ref().and_then(|d| d.response_body.as_deref()));
         }
-        let deltas = failure_deltas(batch);
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // Failed event attempts already in the log (same webhook, event and attempt
+        // number): a job attempted again after a redelivery counts once.
+        let failed: Vec<&AttemptRecord> = batch
+            .iter()
+            .filter(|r| r.trigger == AttemptTrigger::Event && r.status == AttemptStatus::Failed)
+            .collect();
+        let mut logged_rows = Vec::new();
+        if !failed.is_empty() {
+            let f_webhooks: Vec<&str> = failed.iter().map(|r| r.webhook_id.as_str()).collect();
+            let f_events: Vec<&str> = failed.iter().map(|r| r.event_id.as_str()).collect();
+            let f_attempts: Vec<i16> = failed.iter().map(|r| r.attempt as i16).collect();
+            let repeats = tx
+                .prepare_cached(
+                    "SELECT u.webhook_id, u.event_id, u.attempt
+                     FROM unnest($1::text[], $2::text[], $3::smallint[]) AS u(webhook_id, event_id, attempt)
+                     WHERE EXISTS (SELECT 1 FROM delivery_attempts d
+                                   WHERE d.event_id = u.event_id AND d.webhook_id = u.webhook_id
+                                     AND d.attempt = u.attempt AND d.trigger = 'event')",
+                )
+                .await?;
+            logged_rows = tx
+                .query(&repeats, &[&f_webhooks, &f_events, &f_attempts])
+                .await?;
+        }
+        let logged: HashSet<FailureKey<'_>> = logged_rows
+            .iter()
+            .filter_map(|row| {
+                let (webhook, event, attempt): (&str, &str, i16) =
+                    (row.get(0), row.get(1), row.get(2));
+                failed.iter().find_map(|r| {
+                    (r.webhook_id.as_str() == webhook
+                        && r.event_id.as_str() == event
+                        && r.attempt as i16 == attempt)
+                        .then_some((&r.webhook_id, &r.event_id, r.attempt))
+                })
+            })
+            .collect();
+        let deltas = failure_deltas(batch, &logged);
         let delta_ids: Vec<&str> = deltas.keys().map(|id| id.as_str()).collect();
         let delta_reset: Vec<bool> = deltas.values().map(|(reset, _)| *reset).collect();
         let delta_failures: Vec<i32> = deltas.values().map(|(_, failures)| *failures).collect();
         let threshold = i32::try_from(disable_after).unwrap_or(i32::MAX);
         let reason = format!("{disable_after} consecutive failed delivery attempts");
 
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
         let insert = tx
             .prepare_cached(
                 "INSERT INTO delivery_attempts (id, webhook_id, workspace_id, event_id, event_type, status, \
@@ -593,8 +645,30 @@ mod tests {
             record(&b, Failed, Event),
             record(&b, Failed, Ping),
         ];
-        let d = failure_deltas(&batch);
+        let d = failure_deltas(&batch, &HashSet::new());
         assert_eq!(d[&a], (true, 1));
         assert_eq!(d[&b], (false, 2), "pings do not count");
+    }
+
+    #[test]
+    fn the_same_failed_attempt_counts_once() {
+        use AttemptStatus::*;
+        use AttemptTrigger::*;
+        let a = WebhookId::generate();
+        let first = record(&a, Failed, Event);
+        let mut again = first.clone();
+        again.id = DeliveryId::generate();
+        let mut next = first.clone();
+        next.id = DeliveryId::generate();
+        next.attempt = 2;
+        let earlier = record(&a, Failed, Event);
+        let batch = [first, again, next, earlier.clone()];
+        let logged = HashSet::from([(&earlier.webhook_id, &earlier.event_id, earlier.attempt)]);
+        let d = failure_deltas(&batch, &logged);
+        assert_eq!(
+            d[&a],
+            (false, 2),
+            "attempt 1 twice counts once, attempt 2 once, the logged one not"
+        );
     }
 }

@@ -46,6 +46,23 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
         Ok(value)
     }
 
+    /// The cached value if it is younger than the time to live.
+    pub fn get(&self, key: &K) -> Option<V> {
+        let entries = self.entries.lock().expect("cache lock poisoned");
+        let (at, value) = entries.get(key)?;
+        (at.elapsed() < self.ttl).then(|| value.clone())
+    }
+
+    /// Caches `value` for `key` from now.
+    pub fn insert(&self, key: K, value: V) {
+        let mut entries = self.entries.lock().expect("cache lock poisoned");
+        if entries.len() > SWEEP_ABOVE {
+            let ttl = self.ttl;
+            entries.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+        entries.insert(key, (Instant::now(), value));
+    }
+
     /// Forgets one key, so the next read loads it again.
     pub fn forget(&self, key: &K) {
         self.entries

@@ -27,8 +27,8 @@ pub use migrate::{migrate, run_retention};
 pub use pool::{connect, create_database_if_missing, database_name};
 pub use stats::{LatencyPercentiles, StatsWindow, WebhookStats};
 pub use webhooks::{
-    DeliveryTarget, NewWebhook, RotatedSecret, SigningSecret, Webhook, WebhookPatch,
-    WebhookSummary, MAX_PREVIOUS_SECRETS,
+    DeliveryTarget, NewWebhook, RotatedSecret, SigningSecret, Subscribers, Unreadable,
+    UnreadableReason, Webhook, WebhookPatch, WebhookSummary, MAX_PREVIOUS_SECRETS,
 };
 pub use workspaces::{ApiKey, CreatedWorkspace};
 
@@ -43,6 +43,36 @@ pub enum StoreError {
     Database(#[from] tokio_postgres::Error),
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether the error says the database is unreachable or refusing work for now
+    /// (connection lost or refused, pool exhausted, server shutting down or starting,
+    /// out of resources, a serialization failure or deadlock, a read-only standby
+    /// during failover): waiting and trying again is the answer. Anything else, such as
+    /// an unreadable row, is about the data at hand and would fail again the same way.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Pool(_) => true,
+            StoreError::Database(error) => match error.code() {
+                // No SQLSTATE: the connection itself failed (I/O, closed, TLS).
+                None => true,
+                Some(code) => is_transient_sqlstate(code.code()),
+            },
+            StoreError::Corrupt(_) => false,
+        }
+    }
+}
+
+/// SQLSTATE classes that describe the server's state, not the statement or its data:
+/// 08 connection exception, 53 insufficient resources, 57 operator intervention
+/// (admin shutdown, cannot connect now), 58 system error, 40 transaction rollback
+/// (serialization failure, deadlock), 55P03 lock not available and 25006 read-only
+/// transaction (a standby promoted mid-failover).
+fn is_transient_sqlstate(code: &str) -> bool {
+    matches!(code.get(..2), Some("08" | "53" | "57" | "58" | "40"))
+        || code == "55P03"
+        || code == "25006"
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -77,5 +107,23 @@ impl Store {
         let client = self.pool.get().await?;
         client.simple_query("SELECT 1").await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_states_are_transient_and_data_errors_are_not() {
+        for code in [
+            "08006", "53300", "57P01", "57P03", "40001", "40P01", "55P03", "25006",
+        ] {
+            assert!(is_transient_sqlstate(code), "{code}");
+        }
+        for code in ["22P02", "23505", "42P01", "XX000"] {
+            assert!(!is_transient_sqlstate(code), "{code}");
+        }
+        assert!(!StoreError::Corrupt("x".into()).is_unavailable());
     }
 }

@@ -408,11 +408,19 @@ impl Store {
             secret: secret.clone(),
             expires_at: None,
         }];
+        // A previous secret only adds a signature during its grace period: one that does
+        // not decrypt is left out (and said), so it cannot stop deliveries signed with
+        // the current secret.
         for (sealed, expires_at) in previous.iter().zip(expiries) {
-            secrets.push(SigningSecret {
-                secret: self.cipher.open(id, sealed)?,
-                expires_at: Some(Timestamp::from(expires_at)),
-            });
+            match self.cipher.open(id, sealed) {
+                Ok(secret) => secrets.push(SigningSecret {
+                    secret,
+                    expires_at: Some(Timestamp::from(expires_at)),
+                }),
+                Err(error) => {
+                    tracing::warn!(webhook_id = %id, %error, "a previous secret is unreadable; signing without it")
+                }
+            }
         }
         Ok(Some(DeliveryTarget {
             id: id.clone(),
@@ -425,26 +433,101 @@ impl Store {
         }))
     }
 
-    /// A workspace's active webhooks and what they subscribe to (ingest fan-out).
-    pub async fn active_subscriptions(
-        &self,
-        workspace: &WorkspaceId,
-    ) -> Result<Vec<WebhookSummary>> {
+    /// The active webhooks of `workspaces` and what they subscribe to (ingest fan-out),
+    /// in one query. Rows are read one by one: a row this build cannot fully read
+    /// affects only that webhook. Event types it does not know are left out (the
+    /// webhook still gets the ones it knows); a row with no known type or an unreadable
+    /// id is left out. Either way it is reported in [`Subscribers::unreadable`].
+    pub async fn active_subscribers(&self, workspaces: &[&WorkspaceId]) -> Result<Subscribers> {
+        let mut subscribers = Subscribers::default();
+        if workspaces.is_empty() {
+            return Ok(subscribers);
+        }
+        let ids: Vec<&str> = workspaces.iter().map(|w| w.as_str()).collect();
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT id, events FROM webhooks WHERE workspace_id = $1 AND is_active ORDER BY id",
+                "SELECT workspace_id, id, events FROM webhooks \
+                 WHERE workspace_id = ANY($1) AND is_active ORDER BY workspace_id, id",
             )
             .await?;
-        let rows = client.query(&stmt, &[&workspace.as_str()]).await?;
-        rows.iter()
-            .map(|row| {
-                let events: Vec<String> = row.get(1);
-                Ok(WebhookSummary {
-                    id: WebhookId::parse(row.get(0)).map_err(corrupt)?,
-                    events: Subscriptions::parse(&events).map_err(corrupt)?,
-                })
-            })
-            .collect()
+        let rows = client.query(&stmt, &[&ids]).await?;
+        for row in &rows {
+            let workspace: &str = row.get(0);
+            let id: &str = row.get(1);
+            let names: Vec<String> = row.get(2);
+            let Some(workspace) = workspaces.iter().find(|w| w.as_str() == workspace) else {
+                continue;
+            };
+            let Ok(webhook) = WebhookId::parse(id) else {
+                subscribers.unreadable.push(Unreadable {
+                    webhook: id.to_owned(),
+                    reason: UnreadableReason::Id,
+                });
+                continue;
+            };
+            let (events, unknown) = Subscriptions::parse_known(&names);
+            if !unknown.is_empty() {
+                subscribers.unreadable.push(Unreadable {
+                    webhook: id.to_owned(),
+                    reason: UnreadableReason::UnknownEventTypes(unknown),
+                });
+            }
+            if let Some(events) = events {
+                subscribers
+                    .by_workspace
+                    .entry((*workspace).clone())
+                    .or_default()
+                    .push(WebhookSummary {
+                        id: webhook,
+                        events,
+                    });
+            }
+        }
+        Ok(subscribers)
+    }
+}
+
+/// What [`Store::active_subscribers`] read.
+#[derive(Debug, Default)]
+pub struct Subscribers {
+    /// Each workspace's active webhooks (absent: none).
+    pub by_workspace: std::collections::HashMap<WorkspaceId, Vec<WebhookSummary>>,
+    /// Rows read only in part, or not at all.
+    pub unreadable: Vec<Unreadable>,
+}
+
+impl Subscribers {
+    pub fn of(&self, workspace: &WorkspaceId) -> &[WebhookSummary] {
+        self.by_workspace
+            .get(workspace)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+}
+
+/// A webhook row ingest could not fully read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// The row's id, as stored.
+    pub webhook: String,
+    pub reason: UnreadableReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnreadableReason {
+    /// The id is not a webhook id: the row is left out.
+    Id,
+    /// These names are not event types this build knows: left out of the row.
+    UnknownEventTypes(Vec<String>),
+}
+
+impl UnreadableReason {
+    /// The metric label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UnreadableReason::Id => "unreadable_id",
+            UnreadableReason::UnknownEventTypes(_) => "unknown_event_type",
+        }
     }
 }

@@ -58,8 +58,22 @@ pub struct Metrics {
     /// Retries put on a delay queue, by delay in milliseconds.
     pub retries_scheduled_total: IntCounterVec,
     /// Delivery jobs dropped without an attempt, by reason (`webhook_deleted`,
-    /// `webhook_disabled`, `already_delivered`).
+    /// `webhook_disabled`, `already_delivered`), each decided on a fresh read of
+    /// Postgres.
     pub deliveries_skipped_total: IntCounterVec,
+    /// Delivery jobs that failed before any attempt could be made (their webhook row or
+    /// secret unreadable, or a fault in handling that job alone), by what became of
+    /// them: `parked` (tried again after a wait) or `dead_lettered` (after
+    /// `delivery.job_failure_limit` failures, alone, to `<prefix>.deliveries.dead`).
+    pub delivery_jobs_failed_total: IntCounterVec,
+    /// Webhook rows ingest could read only in part or not at all, by reason
+    /// (`unknown_event_type`: left out of the row; `unreadable_id`: row left out), per
+    /// batch that read them.
+    pub webhook_rows_unreadable_total: IntCounterVec,
+    /// Waits of a role holding work until a dependency comes back, by dependency
+    /// (`database`, `broker`). Work is held in the process, never handed back to the
+    /// broker to wait.
+    pub dependency_waits_total: IntCounterVec,
     /// Delivery jobs parked in the defer queue because their webhook was at its
     /// in-flight cap (`delivery.max_in_flight_per_webhook`) or had no `max_per_second`
     /// slot within `delivery.defer_ms`.
@@ -196,6 +210,36 @@ impl Metrics {
                     &["reason"],
                 )?,
             )?,
+            delivery_jobs_failed_total: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "qr3_delivery_jobs_failed_total",
+                        "Delivery jobs that failed before an attempt could be made, by outcome.",
+                    ),
+                    &["outcome"],
+                )?,
+            )?,
+            webhook_rows_unreadable_total: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "qr3_webhook_rows_unreadable_total",
+                        "Webhook rows ingest could read only in part or not at all, by reason.",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+            dependency_waits_total: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "qr3_dependency_waits_total",
+                        "Waits of a role holding work until a dependency comes back, by dependency.",
+                    ),
+                    &["dependency"],
+                )?,
+            )?,
             deliveries_deferred_total: register(
                 &registry,
                 IntCounter::new(
@@ -272,6 +316,28 @@ impl Metrics {
             metrics.registry.register(Box::new(
                 prometheus::process_collector::ProcessCollector::new(pid, "qr3"),
             ))?;
+        }
+        // Series whose label values are known start at 0, so they are on /metrics from
+        // the first scrape and `increase()` sees their first increment.
+        for reason in ["webhook_deleted", "webhook_disabled", "already_delivered"] {
+            metrics
+                .deliveries_skipped_total
+                .with_label_values(&[reason]);
+        }
+        for outcome in ["parked", "dead_lettered"] {
+            metrics
+                .delivery_jobs_failed_total
+                .with_label_values(&[outcome]);
+        }
+        for reason in ["unknown_event_type", "unreadable_id"] {
+            metrics
+                .webhook_rows_unreadable_total
+                .with_label_values(&[reason]);
+        }
+        for dependency in ["database", "broker"] {
+            metrics
+                .dependency_waits_total
+                .with_label_values(&[dependency]);
         }
         Ok(metrics)
     }
@@ -362,6 +428,9 @@ mod tests {
             "qr3_delivery_lag_seconds",
             "qr3_retries_scheduled_total",
             "qr3_deliveries_skipped_total",
+            "qr3_delivery_jobs_failed_total",
+            "qr3_webhook_rows_unreadable_total",
+            "qr3_dependency_waits_total",
             "qr3_deliveries_deferred_total",
             "qr3_deliveries_rate_limited_total",
             "qr3_webhooks_disabled_total",

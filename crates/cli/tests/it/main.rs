@@ -5,6 +5,7 @@ mod backlog;
 mod bundles;
 mod cli;
 mod delivery;
+mod failure_classes;
 mod helpers;
 mod hostile;
 mod manual;

@@ -63,6 +63,15 @@ pub enum Outcome {
     Rejected(&'static str),
 }
 
+/// What earlier tries of a held batch did.
+#[derive(Default)]
+struct Progress {
+    /// Claims this worker took for the batch and has not finished.
+    claims: HashSet<(qr3_domain::WorkspaceId, qr3_domain::EventId)>,
+    /// The batch's unreadable messages are on the dead-letter queue already.
+    dead_lettered: bool,
+}
+
 /// One message of a batch: its body and routing key.
 pub struct Message<'a> {
     pub body: &'a [u8],
@@ -198,6 +207,7 @@ impl Ingest {
     ) {
         let inner = &self.inner;
         let mut pending = batch;
+        let mut progress = Progress::default();
         let mut outage = Backoff::dependency();
         let mut busy = Backoff::new(Duration::from_millis(500), CLAIM_LEASE);
         while !pending.is_empty() {
@@ -213,7 +223,7 @@ impl Ingest {
                     routing_key: key.as_str(),
                 })
                 .collect();
-            let wait = match self.process(publisher, &views).await {
+            let wait = match self.process_again(publisher, &views, &mut progress).await {
                 Ok(outcomes) => {
                     outage.reset();
                     let mut done = Vec::with_capacity(pending.len());
@@ -282,6 +292,19 @@ impl Ingest {
         publisher: &Publisher,
         messages: &[Message<'_>],
     ) -> anyhow::Result<Vec<Outcome>> {
+        self.process_again(publisher, messages, &mut Progress::default())
+            .await
+    }
+
+    /// [`Ingest::process`] of a batch that may have been tried before: what the earlier
+    /// tries did (`progress`) is not done again, and claims they took are this worker's
+    /// own, not another worker's fan-out in progress.
+    async fn process_again(
+        &self,
+        publisher: &Publisher,
+        messages: &[Message<'_>],
+        progress: &mut Progress,
+    ) -> anyhow::Result<Vec<Outcome>> {
         let inner = &self.inner;
         let mut outcomes: Vec<Option<Outcome>> = vec![None; messages.len()];
         let mut rejected = Vec::new();
@@ -303,8 +326,9 @@ impl Ingest {
                 }
             }
         }
-        if !rejected.is_empty() {
+        if !rejected.is_empty() && !progress.dead_lettered {
             self.dead_letter(publisher, &rejected).await?;
+            progress.dead_lettered = true;
         }
 
         let keys: Vec<EventKey> = events
@@ -315,7 +339,19 @@ impl Ingest {
                 event_type: e.event_type,
             })
             .collect();
-        let claims = inner.store.claim_events(&keys, CLAIM_LEASE).await?;
+        let mut claims = inner.store.claim_events(&keys, CLAIM_LEASE).await?;
+        for (key, claim) in keys.iter().zip(claims.iter_mut()) {
+            let id = (key.workspace_id.clone(), key.event_id.clone());
+            match claim {
+                ClaimOutcome::Claimed => {
+                    progress.claims.insert(id);
+                }
+                ClaimOutcome::InProgress if progress.claims.contains(&id) => {
+                    *claim = ClaimOutcome::Claimed;
+                }
+                _ => {}
+            }
+        }
         // The subscriptions of the batch's claimed events, read now (one query): a
         // webhook created or re-enabled before an event was published gets it.
         let workspaces: Vec<&qr3_domain::WorkspaceId> = {

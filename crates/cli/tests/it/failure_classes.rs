@@ -332,7 +332,11 @@ async fn a_refused_retry_publish_holds_the_job_instead_of_looping() {
         .map(|r| r.header("x-qr3-delivery-attempt").unwrap_or("?").to_owned())
         .collect();
     clear_policy(&policy);
-    assert_eq!(during, ["1"], "one attempt while the retry could not be queued");
+    assert_eq!(
+        during,
+        ["1"],
+        "one attempt while the retry could not be queued"
+    );
     assert_eq!(
         consecutive_failures(&app, hook.id.as_str()).await,
         (1, true)

@@ -8,12 +8,14 @@
 
 pub mod acks;
 pub mod connect;
+pub mod dead_letters;
 pub mod job;
 pub mod message;
 pub mod publish;
 pub mod topology;
 
 pub use acks::{AckTracker, Settlement};
+pub use dead_letters::{DeadLetter, DeadQueue, RedriveMode, RedriveSummary, Scope};
 pub use connect::{connect, connect_with_retry, consume_reconnecting, Link};
 pub use job::{deferrals, read_jobs, with_deferrals, DeliveryJob, InvalidJob, Packer, Trigger};
 pub use message::{EventMessage, IncomingEvent, Rejection};

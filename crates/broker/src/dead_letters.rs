@@ -56,6 +56,8 @@ pub const ORIGIN: &str = "x-qr3-queue";
 pub const ROUTING_KEY: &str = "x-qr3-routing-key";
 /// RabbitMQ's record of dead-lettering, most recent first.
 const X_DEATH: &str = "x-death";
+/// How often a quorum queue has handed the message out before, added to each delivery.
+const DELIVERY_COUNT: &str = "x-delivery-count";
 
 /// Headers a redriven message no longer carries: our verdict and the broker's history.
 /// A redriven message starts afresh; its job headers (ids, attempt, trigger) stay.
@@ -70,7 +72,7 @@ const STRIPPED_ON_REDRIVE: &[&str] = &[
     "x-last-death-reason",
     "x-last-death-queue",
     "x-last-death-exchange",
-    "x-delivery-count",
+    DELIVERY_COUNT,
 ];
 
 // The job headers `job.rs` writes that say whom a dead job was for (kept in step by the
@@ -212,17 +214,27 @@ pub fn origin(topology: &Topology, dead: DeadQueue, headers: &FieldTable) -> Str
 /// The properties a redriven message is published with: the same, without the headers
 /// of [`STRIPPED_ON_REDRIVE`], and persistent.
 pub fn redrive_properties(properties: &BasicProperties) -> BasicProperties {
-    let mut properties = properties.clone().with_delivery_mode(2);
-    if let Some(headers) = properties.headers().as_ref() {
-        let kept: BTreeMap<_, _> = headers
-            .inner()
-            .iter()
-            .filter(|(name, _)| !STRIPPED_ON_REDRIVE.contains(&name.as_str()))
-            .map(|(name, value)| (name.clone(), value.clone()))
-            .collect();
-        properties = properties.with_headers(FieldTable::from(kept));
-    }
-    properties
+    without_headers(properties, STRIPPED_ON_REDRIVE).with_delivery_mode(2)
+}
+
+/// The properties a listed message is put back with: the same, without the delivery
+/// count the broker added when it handed the message out (it describes that delivery,
+/// not the message).
+fn rotate_properties(properties: &BasicProperties) -> BasicProperties {
+    without_headers(properties, &[DELIVERY_COUNT])
+}
+
+fn without_headers(properties: &BasicProperties, names: &[&str]) -> BasicProperties {
+    let Some(headers) = properties.headers().as_ref() else {
+        return properties.clone();
+    };
+    let kept: BTreeMap<_, _> = headers
+        .inner()
+        .iter()
+        .filter(|(name, _)| !names.contains(&name.as_str()))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    properties.clone().with_headers(FieldTable::from(kept))
 }
 
 fn last_death(headers: &FieldTable) -> Option<&FieldTable> {
@@ -260,15 +272,15 @@ fn integer(value: &AMQPValue) -> Option<i64> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
-    #[error("cannot read queue {queue} (is `qr3-webhooks migrate` done?): {source}")]
+    #[error("cannot read queue {queue} (is `qr3-webhooks migrate` done?)")]
     Queue {
         queue: String,
         #[source]
         source: lapin::Error,
     },
-    #[error("broker error: {0}")]
+    #[error("broker error")]
     Broker(#[from] lapin::Error),
-    #[error("cannot publish to {queue}: {source}")]
+    #[error("cannot publish to {queue}")]
     Publish {
         queue: String,
         #[source]
@@ -332,13 +344,13 @@ async fn move_message(
     Ok(())
 }
 
-/// Puts `delivery` back at the tail of `queue` as it is, then acknowledges the original.
+/// Puts `delivery` back at the tail of `queue` as it was, then acknowledges the original.
 async fn rotate(
     publisher: &Publisher,
     delivery: Delivery,
     queue: &str,
 ) -> Result<(), DeadLetterError> {
-    let properties = delivery.properties.clone();
+    let properties = rotate_properties(&delivery.properties);
     move_message(publisher, delivery, queue, properties).await
 }
 
@@ -508,13 +520,17 @@ pub fn watch_depth_every(
                     tracing::warn!(queue, %error, "cannot read the depth of a dead-letter queue");
                 }
                 Err(_) => {
-                    tracing::warn!(queue, "reading the depth of a dead-letter queue timed out; reconnecting");
+                    tracing::warn!(
+                        queue,
+                        "reading the depth of a dead-letter queue timed out; reconnecting"
+                    );
                     link = None;
                 }
             }
         }
         if let Some((connection, _)) = link {
-            let _ = tokio::time::timeout(DEPTH_TIMEOUT, connection.close(200, "shutdown".into())).await;
+            let _ =
+                tokio::time::timeout(DEPTH_TIMEOUT, connection.close(200, "shutdown".into())).await;
         }
     })
 }
@@ -706,5 +722,17 @@ mod tests {
         let back = DeliveryJob::from_message(&redriven, b"{}".to_vec()).unwrap();
         assert_eq!(back.attempt, 3);
         assert_eq!(back.event_id, single.event_id);
+    }
+
+    #[test]
+    fn a_listed_message_goes_back_as_it_was_without_the_broker_s_delivery_count() {
+        let mut headers = table(&[
+            (REASON, long("job_failed")),
+            x_death("p.deliveries", "rejected", "p.deliveries"),
+        ]);
+        let stored = properties(&[]).with_headers(headers.clone());
+        headers.insert(DELIVERY_COUNT.into(), AMQPValue::LongLongInt(0));
+        let delivered = stored.clone().with_headers(headers);
+        assert_eq!(rotate_properties(&delivered), stored);
     }
 }

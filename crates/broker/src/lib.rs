@@ -15,8 +15,8 @@ pub mod publish;
 pub mod topology;
 
 pub use acks::{AckTracker, Settlement};
-pub use dead_letters::{DeadLetter, DeadQueue, RedriveMode, RedriveSummary, Scope};
 pub use connect::{connect, connect_with_retry, consume_reconnecting, Link};
+pub use dead_letters::{DeadLetter, DeadQueue, RedriveMode, RedriveSummary, Scope};
 pub use job::{deferrals, read_jobs, with_deferrals, DeliveryJob, InvalidJob, Packer, Trigger};
 pub use message::{EventMessage, IncomingEvent, Rejection};
 pub use publish::{Outgoing, PublishError, Publisher, SharedPublisher};

@@ -553,3 +553,30 @@ async fn the_roles_export_the_depth_and_a_redriven_job_is_delivered() {
     drop(broker);
     app.stop().await;
 }
+
+#[test]
+fn the_subcommand_documents_itself_and_refuses_a_zero_limit() {
+    let bin = || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_qr3-webhooks"));
+        cmd.env_remove("RUST_LOG");
+        cmd
+    };
+    let help = bin().arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("dead-letters"));
+    for args in [
+        &["dead-letters", "--help"][..],
+        &["dead-letters", "list", "--help"],
+        &["dead-letters", "redrive", "--help"],
+    ] {
+        assert!(
+            bin().args(args).output().unwrap().status.success(),
+            "{args:?}"
+        );
+    }
+    let zero = bin()
+        .args(["dead-letters", "redrive", "--limit", "0"])
+        .output()
+        .unwrap();
+    assert!(!zero.status.success());
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("--limit"));
+}

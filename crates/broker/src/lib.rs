@@ -9,6 +9,7 @@
 pub mod acks;
 pub mod backoff;
 pub mod connect;
+pub mod dead_letters;
 pub mod job;
 pub mod message;
 pub mod publish;
@@ -17,6 +18,7 @@ pub mod topology;
 pub use acks::{AckTracker, Settlement};
 pub use backoff::Backoff;
 pub use connect::{connect, connect_with_retry, consume_reconnecting, Fatal, Link};
+pub use dead_letters::{DeadLetter, DeadQueue, RedriveMode, RedriveSummary, Scope};
 pub use job::{
     deferrals, failures, read_jobs, with_deferrals, with_failures, DeliveryJob, InvalidJob, Packer,
     Trigger,

@@ -42,6 +42,8 @@ pub enum Command {
     },
     /// Publish one event to the events exchange exactly as the platform does.
     Publish(PublishArgs),
+    /// List the dead-letter queues' messages, or move them back where they came from.
+    DeadLetters(crate::dead_letters::DeadLettersArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,5 +103,6 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::json!({ "event_id": event_id }));
             Ok(())
         }
+        Command::DeadLetters(args) => crate::dead_letters::run(&settings, args).await,
     }
 }

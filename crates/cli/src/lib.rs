@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod dead_letters;
 pub mod publish;
 
 pub use app::{Roles, Running};

@@ -98,6 +98,12 @@ impl Ingest {
         let inner = &self.inner;
         let url = inner.settings.amqp.url.expose().clone();
         let metrics = &inner.metrics;
+        qr3_broker::dead_letters::watch_depth(
+            &inner.settings,
+            qr3_broker::DeadQueue::Ingest,
+            &metrics.dead_letters,
+            &shutdown,
+        );
         qr3_broker::consume_reconnecting(
             &url,
             &format!("qr3-ingest/{}", inner.settings.amqp.prefix),

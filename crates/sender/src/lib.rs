@@ -120,6 +120,12 @@ impl Sender {
             shutdown.clone(),
         ));
         let metrics = &inner.metrics;
+        qr3_broker::dead_letters::watch_depth(
+            &inner.settings,
+            qr3_broker::DeadQueue::Deliveries,
+            &metrics.dead_letters,
+            &shutdown,
+        );
         let ended = qr3_broker::consume_reconnecting(
             &url,
             &format!("qr3-sender/{}", inner.settings.amqp.prefix),

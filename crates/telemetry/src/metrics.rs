@@ -4,8 +4,8 @@
 //! `docs/metrics.md` describes each metric and which role exports it.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 const WEBHOOKS_PER_EVENT_BUCKETS: &[f64] =
@@ -97,6 +97,9 @@ pub struct Metrics {
     pub broker_reconnects_total: IntCounter,
     /// 1 once shutdown has begun and the process is draining, else 0.
     pub process_draining: IntGauge,
+    /// Messages on a dead-letter queue, by `queue` (`ingest`, `deliveries`): read from
+    /// the broker every 15 s by the role that feeds it (`qr3_broker::dead_letters`).
+    pub dead_letters: IntGaugeVec,
 }
 
 impl Metrics {
@@ -309,6 +312,16 @@ impl Metrics {
                     "1 once shutdown has begun and the process is draining.",
                 )?,
             )?,
+            dead_letters: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "qr3_dead_letters",
+                        "Messages on a dead-letter queue, read from the broker every 15 s.",
+                    ),
+                    &["queue"],
+                )?,
+            )?,
             registry,
         };
         #[cfg(target_os = "linux")]
@@ -413,6 +426,7 @@ mod tests {
             .deliveries_skipped_total
             .with_label_values(&["webhook_deleted"])
             .inc();
+        metrics.dead_letters.with_label_values(&["ingest"]).set(0);
 
         let text = metrics.render();
         for name in [
@@ -441,6 +455,7 @@ mod tests {
             "qr3_database_up",
             "qr3_broker_reconnects_total",
             "qr3_process_draining",
+            "qr3_dead_letters",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }

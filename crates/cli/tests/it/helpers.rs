@@ -180,7 +180,7 @@ impl Drop for TestApp {
     }
 }
 
-async fn delete_broker_objects(settings: &Settings) {
+pub async fn delete_broker_objects(settings: &Settings) {
     let Ok(connection) = qr3_broker::connect(settings.amqp.url.expose(), "test-cleanup").await
     else {
         return;

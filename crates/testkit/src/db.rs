@@ -17,6 +17,17 @@ pub struct TestDb {
 impl TestDb {
     /// Creates `qr3_db_<ulid>` on the test server and applies the migrations.
     pub async fn new() -> anyhow::Result<Self> {
+        let db = Self::empty().await?;
+        qr3_store::migrate(
+            db.store.pool(),
+            Settings::defaults().retention.delivery_log_days,
+        )
+        .await?;
+        Ok(db)
+    }
+
+    /// Creates `qr3_db_<ulid>` on the test server without migrating it: no tables.
+    pub async fn empty() -> anyhow::Result<Self> {
         let admin_url = database_server_url();
         let name = unique_name("db");
         let base = admin_url
@@ -31,7 +42,6 @@ impl TestDb {
             s
         };
         let pool = qr3_store::connect(&url, 8)?;
-        qr3_store::migrate(&pool, settings.retention.delivery_log_days).await?;
         let store = Store::new(pool, SecretCipher::new(&settings.encryption_key()?));
         Ok(Self {
             name,

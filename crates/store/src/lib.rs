@@ -23,7 +23,9 @@ pub use attempts::{
 pub use cache::TtlCache;
 pub use crypto::SecretCipher;
 pub use events::{ClaimOutcome, EventKey};
-pub use migrate::{check_schema, migrate, required_schema_version, run_retention, SchemaCheck};
+pub use migrate::{
+    check_schema, migrate, migrate_to, required_schema_version, run_retention, SchemaCheck,
+};
 pub use pool::{connect, create_database_if_missing, database_name, is_missing_database};
 pub use stats::{LatencyPercentiles, StatsWindow, WebhookStats};
 pub use webhooks::{

@@ -75,6 +75,18 @@ pub async fn check_schema(pool: &Pool) -> anyhow::Result<SchemaCheck> {
 /// Applies pending migrations and creates the delivery-log partitions. Several processes
 /// may call it at once: a session-level advisory lock lets one migrate at a time.
 pub async fn migrate(pool: &Pool, retention_days: u32) -> anyhow::Result<()> {
+    apply(pool, refinery::Target::Latest).await?;
+    run_retention(pool, retention_days).await
+}
+
+/// Applies the migrations up to `version` only, as an older release would have left the
+/// database (for tests of a schema older than this build needs; there is no way back
+/// down).
+pub async fn migrate_to(pool: &Pool, version: u32) -> anyhow::Result<()> {
+    apply(pool, refinery::Target::Version(version)).await
+}
+
+async fn apply(pool: &Pool, target: refinery::Target) -> anyhow::Result<()> {
     let mut client = pool.get().await.context("cannot connect to the database")?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
@@ -83,6 +95,7 @@ pub async fn migrate(pool: &Pool, retention_days: u32) -> anyhow::Result<()> {
     let result = async {
         let client: &mut tokio_postgres::Client = &mut client;
         let report = embedded::migrations::runner()
+            .set_target(target)
             .run_async(client)
             .await
             .context("migration failed")?;
@@ -96,8 +109,7 @@ pub async fn migrate(pool: &Pool, retention_days: u32) -> anyhow::Result<()> {
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await
         .context("cannot release the migration lock")?;
-    result?;
-    run_retention(pool, retention_days).await
+    result
 }
 
 /// Keeps the delivery log's partitions in shape: creates the next week's daily

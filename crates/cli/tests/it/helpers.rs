@@ -18,7 +18,7 @@ pub struct TestApp {
     pub workspace: WorkspaceId,
     pub api_key: String,
     pub api: String,
-    running: Option<Running>,
+    pub running: Option<Running>,
     _db: TestDb,
 }
 
@@ -180,7 +180,7 @@ impl Drop for TestApp {
     }
 }
 
-async fn delete_broker_objects(settings: &Settings) {
+pub async fn delete_broker_objects(settings: &Settings) {
     let Ok(connection) = qr3_broker::connect(settings.amqp.url.expose(), "test-cleanup").await
     else {
         return;

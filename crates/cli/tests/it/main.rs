@@ -16,4 +16,6 @@ mod secrets;
 mod shutdown;
 mod ssrf;
 mod standard_webhooks;
+mod startup;
+mod supervision;
 mod verifiers;

@@ -160,7 +160,10 @@ async fn waits_out(roles: Roles, away: Away) {
                 .await
                 .unwrap();
             let ping = client
-                .post(format!("{ops}/v1/webhooks/{}/ping", created["id"].as_str().unwrap()))
+                .post(format!(
+                    "{ops}/v1/webhooks/{}/ping",
+                    created["id"].as_str().unwrap()
+                ))
                 .bearer_auth(&api_key)
                 .send()
                 .await
@@ -328,8 +331,7 @@ async fn an_api_on_an_older_schema_serves_nothing_until_it_is_migrated() {
 
     app::migrate(&settings).await.unwrap();
     wait_until_ready(&ops).await;
-    let (status, body) =
-        authed_get(&format!("{ops}/v1/webhooks"), workspace.api_key.token()).await;
+    let (status, body) = authed_get(&format!("{ops}/v1/webhooks"), workspace.api_key.token()).await;
     assert_eq!(status, 200, "{body}");
 
     api.stop().await.unwrap();
@@ -391,7 +393,11 @@ async fn a_role_that_migrates_an_existing_database_needs_no_maintenance_database
         qr3_store::SchemaCheck::UpToDate { .. }
     ));
     app::migrate(&settings).await.unwrap();
-    assert_eq!(gate.refused(), 0, "nothing asked for the maintenance database");
+    assert_eq!(
+        gate.refused(),
+        0,
+        "nothing asked for the maintenance database"
+    );
 
     sender.stop().await.unwrap();
     delete_broker_objects(&settings).await;
@@ -450,11 +456,15 @@ async fn readyz_waiting_for(ops: &str, dependency: &str) -> Value {
         assert_eq!(status, 503, "not ready while waiting: {body}");
         let body: Value = serde_json::from_str(&body).unwrap();
         let reason = body["reason"].as_str().unwrap_or_default();
-        if reason.contains(&format!("waiting for the {dependency} (")) && !reason.contains("not tried yet")
+        if reason.contains(&format!("waiting for the {dependency} ("))
+            && !reason.contains("not tried yet")
         {
             return body;
         }
-        assert!(Instant::now() < deadline, "never waited for the {dependency}: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "never waited for the {dependency}: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -13,7 +13,13 @@ async fn a_role_that_fails_stops_every_role_and_the_process_fails() {
     let mut app = spawn_app().await;
     let running = app.running.take().unwrap();
     let api = app.api.clone();
-    assert_eq!(reqwest::get(format!("{api}/readyz")).await.unwrap().status(), 200);
+    assert_eq!(
+        reqwest::get(format!("{api}/readyz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     let failing_at = Instant::now() + Duration::from_millis(50);
     running

@@ -29,7 +29,8 @@ const FIRST_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_secs(5);
 /// At the longest pause, a dependency still missing is logged again this often.
 const REMINDER: Duration = Duration::from_secs(60);
-/// One try that takes longer than this counts as failed (a host that drops packets).
+/// Connecting or checking that takes longer than this counts as a failed try (a host
+/// that drops packets). Migrating has no such limit: it takes what it takes.
 const TRY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What start-up waits for, and how it prepares each dependency.
@@ -62,8 +63,10 @@ impl Dependencies {
     async fn prepare_database(&self) -> anyhow::Result<()> {
         let url = self.settings.database.url.expose();
         if self.migrate {
+            // Shutdown may cut a migration short: its transaction is rolled back when
+            // the connection closes, and the next start applies it again.
             let migrated = async {
-                qr3_store::create_database_if_missing(url).await?;
+                within(qr3_store::create_database_if_missing(url)).await?;
                 qr3_store::migrate(self.store.pool(), self.settings.retention.delivery_log_days)
                     .await
             }
@@ -71,7 +74,7 @@ impl Dependencies {
             self.metrics.database_up.set(i64::from(migrated.is_ok()));
             return migrated;
         }
-        let check = qr3_store::check_schema(self.store.pool()).await;
+        let check = within(qr3_store::check_schema(self.store.pool())).await;
         let answered = matches!(
             check,
             Ok(SchemaCheck::UpToDate { .. } | SchemaCheck::Behind { .. })
@@ -83,13 +86,16 @@ impl Dependencies {
     /// The broker accepts a connection and the topology is declared.
     async fn prepare_broker(&self) -> anyhow::Result<()> {
         let settings = &self.settings;
-        let connection = qr3_broker::connect(
-            settings.amqp.url.expose(),
-            &format!("qr3-startup/{}", settings.amqp.prefix),
-        )
-        .await
-        .context("cannot connect to RabbitMQ")?;
-        let declared = async {
+        let connection = within(async {
+            qr3_broker::connect(
+                settings.amqp.url.expose(),
+                &format!("qr3-startup/{}", settings.amqp.prefix),
+            )
+            .await
+            .context("cannot connect to RabbitMQ")
+        })
+        .await?;
+        let declared = within(async {
             let channel = connection
                 .create_channel()
                 .await
@@ -98,11 +104,18 @@ impl Dependencies {
                 .declare(&channel)
                 .await
                 .context("cannot declare the broker topology")
-        }
+        })
         .await;
         let _ = connection.close(200, "started".into()).await;
         declared
     }
+}
+
+/// `step`, failed when it takes longer than [`TRY_TIMEOUT`].
+async fn within<T>(step: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::time::timeout(TRY_TIMEOUT, step)
+        .await
+        .unwrap_or_else(|_| Err(anyhow!("no answer within {} s", TRY_TIMEOUT.as_secs())))
 }
 
 /// `Ok` when the schema `check` found lets this build run; otherwise an error saying
@@ -148,8 +161,7 @@ where
         let outcome = tokio::select! {
             biased;
             () = shutdown.cancelled() => return false,
-            outcome = tokio::time::timeout(TRY_TIMEOUT, attempt()) => outcome
-                .unwrap_or_else(|_| Err(anyhow!("no answer within {} s", TRY_TIMEOUT.as_secs()))),
+            outcome = attempt() => outcome,
         };
         let error = match outcome {
             Ok(()) => {

@@ -1,34 +1,36 @@
 //! A TCP proxy on 127.0.0.1 that lets a test take Postgres or RabbitMQ away from one
 //! process and bring it back, without touching the shared servers other tests use.
 //!
-//! Point the process under test at [`TcpProxy::addr`]. While the proxy is closed
-//! nothing listens there, so connecting fails at once with "connection refused", as if
-//! the service were stopped; [`TcpProxy::open`] starts forwarding to the real service,
-//! and [`TcpProxy::close`] stops listening again and cuts every forwarded connection.
+//! Point the process under test at [`TcpProxy::addr`]. While the proxy is closed it
+//! closes every connection as soon as it is accepted, before a byte is exchanged, as a
+//! stopped service behind a load balancer looks, so connecting fails at once;
+//! [`TcpProxy::open`] starts forwarding to the real service, and [`TcpProxy::close`]
+//! stops again and cuts every forwarded connection. The port stays bound throughout,
+//! so no other test's socket can take it in between.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 /// Decides from the first bytes a client sends whether to refuse its connection.
 pub type Refusal = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
 
-/// A loopback TCP proxy to `target` that can be opened and closed.
+/// A loopback TCP proxy to a target service that can be opened and closed.
 pub struct TcpProxy {
     addr: SocketAddr,
-    target: SocketAddr,
-    refuse: Option<Refusal>,
+    open: watch::Sender<bool>,
     refused: Arc<AtomicUsize>,
-    accepting: Mutex<Option<JoinHandle<()>>>,
+    refuse: Arc<std::sync::Mutex<Option<Refusal>>>,
+    accepting: JoinHandle<()>,
 }
 
 impl TcpProxy {
-    /// A proxy to `target` (`host:port`, resolved now) on a free loopback port, closed:
-    /// nothing listens on [`addr`](Self::addr) until [`open`](Self::open).
+    /// A closed proxy to `target` (`host:port`, resolved now) on a free loopback port.
     pub async fn closed(target: &str) -> std::io::Result<Self> {
         let target = tokio::net::lookup_host(target)
             .await?
@@ -36,22 +38,57 @@ impl TcpProxy {
             .ok_or_else(|| {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "target does not resolve")
             })?;
-        // Bind port 0 to have the OS pick a free port, then let it go: nothing listens
-        // there until `open` binds it again.
-        let addr = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (open, opened) = watch::channel(false);
+        let refused = Arc::new(AtomicUsize::new(0));
+        let refuse: Arc<std::sync::Mutex<Option<Refusal>>> = Arc::default();
+        let accepting = tokio::spawn({
+            let (refused, refuse) = (refused.clone(), refuse.clone());
+            async move {
+                // Dropped with this task when the proxy is, which cuts every connection.
+                let mut connections = JoinSet::new();
+                loop {
+                    tokio::select! {
+                        accepted = listener.accept() => {
+                            let Ok((client, _)) = accepted else { continue };
+                            if !*opened.borrow() {
+                                drop(client);
+                                continue;
+                            }
+                            let rule = refuse
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .clone();
+                            connections.spawn(forward(
+                                client,
+                                target,
+                                rule,
+                                refused.clone(),
+                                opened.clone(),
+                            ));
+                        }
+                        Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                    }
+                }
+            }
+        });
         Ok(Self {
             addr,
-            target,
-            refuse: None,
-            refused: Arc::new(AtomicUsize::new(0)),
-            accepting: Mutex::new(None),
+            open,
+            refused,
+            refuse,
+            accepting,
         })
     }
 
     /// Refuses (closes without forwarding) every connection whose first bytes
     /// `refuse` rejects, like a server's access rules would.
-    pub fn refusing(mut self, refuse: impl Fn(&[u8]) -> bool + Send + Sync + 'static) -> Self {
-        self.refuse = Some(Arc::new(refuse));
+    pub fn refusing(self, refuse: impl Fn(&[u8]) -> bool + Send + Sync + 'static) -> Self {
+        *self
+            .refuse
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(refuse));
         self
     }
 
@@ -65,52 +102,21 @@ impl TcpProxy {
         self.refused.load(Ordering::SeqCst)
     }
 
-    /// Starts listening and forwarding. Does nothing when already open.
-    pub async fn open(&self) -> std::io::Result<()> {
-        if self.lock().is_some() {
-            return Ok(());
-        }
-        let listener = TcpListener::bind(self.addr).await?;
-        let (target, refuse, refused) = (self.target, self.refuse.clone(), self.refused.clone());
-        let task = tokio::spawn(async move {
-            // Dropped with this task when the proxy closes, which cuts every connection.
-            let mut connections = JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((client, _)) = accepted else { continue };
-                        let (refuse, refused) = (refuse.clone(), refused.clone());
-                        connections.spawn(forward(client, target, refuse, refused));
-                    }
-                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                }
-            }
-        });
-        *self.lock() = Some(task);
-        Ok(())
+    /// Starts forwarding new connections.
+    pub fn open(&self) {
+        self.open.send_replace(true);
     }
 
-    /// Stops listening and cuts every forwarded connection.
-    pub async fn close(&self) {
-        let task = self.lock().take();
-        if let Some(task) = task {
-            task.abort();
-            let _ = task.await;
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<JoinHandle<()>>> {
-        self.accepting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Stops forwarding: new connections are closed at once, and every forwarded one
+    /// is cut.
+    pub fn close(&self) {
+        self.open.send_replace(false);
     }
 }
 
 impl Drop for TcpProxy {
     fn drop(&mut self) {
-        if let Some(task) = self.lock().take() {
-            task.abort();
-        }
+        self.accepting.abort();
     }
 }
 
@@ -119,6 +125,7 @@ async fn forward(
     target: SocketAddr,
     refuse: Option<Refusal>,
     refused: Arc<AtomicUsize>,
+    mut opened: watch::Receiver<bool>,
 ) {
     let mut first = Vec::new();
     if let Some(refuse) = refuse {
@@ -139,7 +146,10 @@ async fn forward(
     if upstream.write_all(&first).await.is_err() {
         return;
     }
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+        _ = opened.wait_for(|open| !*open) => {}
+    }
 }
 
 /// The database a Postgres client asks for in its startup message (the first bytes it

@@ -4,9 +4,9 @@
 //! schema the migration Job brings instead of running against an older one, and only
 //! creating a missing database needs the `postgres` maintenance database.
 //!
-//! "Away" is a loopback port where nothing listens ([`TcpProxy`], closed); opening the
-//! proxy brings the real service back for that process only, so the shared servers the
-//! other tests use are never touched.
+//! "Away" is a closed [`TcpProxy`]: the process's connections to it are closed as soon
+//! as they are accepted. Opening the proxy brings the real service back for that process
+//! only, so the shared servers the other tests use are never touched.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -137,7 +137,7 @@ async fn waits_out(roles: Roles, away: Away) {
     assert_eq!(get(&format!("{ops}/readyz")).await.0, 503, "still waiting");
     assert!(receiver.received().is_empty(), "nothing delivered yet");
 
-    proxy.open().await.unwrap();
+    proxy.open();
     let back = Instant::now();
     wait_until_ready(&ops).await;
     match event_id {
@@ -382,7 +382,7 @@ async fn a_role_that_migrates_an_existing_database_needs_no_maintenance_database
         .await
         .unwrap()
         .refusing(|first| postgres_startup_database(first).as_deref() == Some("postgres"));
-    gate.open().await.unwrap();
+    gate.open();
     settings.database.url = Redacted::new(url_via(&db.url, gate.addr()));
     settings.database.migrate_on_start = MigrateOnStart::Always;
 

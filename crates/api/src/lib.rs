@@ -49,6 +49,12 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// A JSON 503 (`service_unavailable`) with `message`, for a `/v1` request the process
+/// cannot serve yet (it is still waiting for its dependencies at start-up).
+pub fn unavailable(message: &'static str) -> axum::response::Response {
+    axum::response::IntoResponse::into_response(error::ApiError::Unavailable(message))
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then lets in-flight
 /// requests finish before returning.
 pub async fn serve(

@@ -35,8 +35,8 @@ pub async fn connect_with_retry(
 }
 
 /// One consuming session on a connection (boxed so the loop stays `Send`).
-pub type SessionFuture<'c> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send + 'c>>;
+pub type SessionFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
 
 /// What happened to a consuming role's broker link, for its metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,14 +67,17 @@ pub async fn consume_reconnecting(
     name: &str,
     shutdown: &CancellationToken,
     on_link: impl Fn(Link),
-    mut session: impl for<'c> FnMut(&'c Connection) -> SessionFuture<'c>,
+    mut session: impl FnMut(std::sync::Arc<Connection>) -> SessionFuture,
 ) -> anyhow::Result<()> {
     while !shutdown.is_cancelled() {
         let Some(connection) = connect_with_retry(url, name, shutdown).await else {
             break;
         };
         on_link(Link::Up);
-        if let Err(error) = session(&connection).await {
+        // Shared with the session, which may open channels of its own on it later
+        // (a publisher whose channel the broker keeps refusing).
+        let connection = std::sync::Arc::new(connection);
+        if let Err(error) = session(connection.clone()).await {
             if error.downcast_ref::<Fatal>().is_some() {
                 on_link(Link::Down);
                 let _ = connection.close(200, "closing".into()).await;

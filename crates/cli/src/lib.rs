@@ -1,5 +1,6 @@
-//! The wiring of qr3 webhooks: command line, start-up (migrations, broker topology) and
-//! the roles running in one process or several. `main` is a thin shell over this, so
+//! The wiring of qr3 webhooks: command line, start-up (waiting for Postgres and
+//! RabbitMQ, migrations where configured, broker topology), and the roles running in one
+//! process or several under supervision. `main` is a thin shell over this, so
 //! tests start the real thing in-process on port 0.
 
 #![forbid(unsafe_code)]
@@ -8,5 +9,7 @@ pub mod app;
 pub mod cli;
 pub mod dead_letters;
 pub mod publish;
+mod startup;
+mod supervise;
 
 pub use app::{Roles, Running};

@@ -67,6 +67,51 @@ pub struct DatabaseSettings {
     /// May hold a password, hence redacted.
     pub url: Redacted<String>,
     pub pool_size: usize,
+    pub migrate_on_start: MigrateOnStart,
+}
+
+/// Whether a role migrates the database at start-up (`database.migrate_on_start`):
+/// `true`, `false`, or `"auto"` (only `all`, the single-process mode for local use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrateOnStart {
+    /// Migrate when the process runs every role (`all`); a separate role does not.
+    Auto,
+    Always,
+    Never,
+}
+
+impl MigrateOnStart {
+    /// Whether a process migrates at start-up, given whether it runs every role.
+    pub fn applies(self, runs_every_role: bool) -> bool {
+        match self {
+            MigrateOnStart::Auto => runs_every_role,
+            MigrateOnStart::Always => true,
+            MigrateOnStart::Never => false,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MigrateOnStart {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Flag(true) => Ok(MigrateOnStart::Always),
+            Raw::Flag(false) => Ok(MigrateOnStart::Never),
+            Raw::Text(text) => match text.trim().to_ascii_lowercase().as_str() {
+                "auto" => Ok(MigrateOnStart::Auto),
+                "true" => Ok(MigrateOnStart::Always),
+                "false" => Ok(MigrateOnStart::Never),
+                _ => Err(serde::de::Error::custom(format!(
+                    "database.migrate_on_start: `{text}` is not true, false or \"auto\""
+                ))),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -420,6 +465,34 @@ mod tests {
         assert_eq!(s.delivery.delay_before(3), Some(Duration::from_secs(300)));
         assert_eq!(s.delivery.delay_before(4), None);
         assert_eq!(s.secrets.rotation_grace(), Duration::from_secs(24 * 3600));
+        assert_eq!(s.database.migrate_on_start, MigrateOnStart::Auto);
+    }
+
+    #[test]
+    fn migrate_on_start_is_a_flag_or_auto() {
+        let parse = |value: &str| {
+            config::Config::builder()
+                .add_source(config::File::from_str(
+                    DEFAULTS_TOML,
+                    config::FileFormat::Toml,
+                ))
+                .add_source(config::File::from_str(
+                    &format!("[database]\nmigrate_on_start = {value}"),
+                    config::FileFormat::Toml,
+                ))
+                .build()
+                .and_then(|c| c.try_deserialize::<Settings>())
+                .map(|s| s.database.migrate_on_start)
+        };
+        assert_eq!(parse("true").unwrap(), MigrateOnStart::Always);
+        assert_eq!(parse("false").unwrap(), MigrateOnStart::Never);
+        assert_eq!(parse("\"auto\"").unwrap(), MigrateOnStart::Auto);
+        assert_eq!(parse("\"false\"").unwrap(), MigrateOnStart::Never);
+        assert!(parse("\"sometimes\"").is_err());
+        assert!(MigrateOnStart::Auto.applies(true));
+        assert!(!MigrateOnStart::Auto.applies(false));
+        assert!(MigrateOnStart::Always.applies(false));
+        assert!(!MigrateOnStart::Never.applies(true));
     }
 
     #[test]

@@ -115,7 +115,7 @@ impl Ingest {
             },
             |connection| {
                 let (this, token) = (self.clone(), shutdown.clone());
-                Box::pin(async move { this.consume(connection, &token).await })
+                Box::pin(async move { this.consume(&connection, &token).await })
             },
         )
         .await

@@ -3,9 +3,14 @@
 //! broker (a requeue is a redelivery, counted towards the queue's delivery limit, and a
 //! requeued job is attempted again at once: a tight loop).
 //!
-//! A queue that was deleted is declared again; a publishing channel that closed ends
-//! the session (`Hold::broken`), so the consumer reconnects and everything it held is
-//! redelivered by the broker.
+//! A queue that was deleted is declared again. A refusal (nack) is tried again on a
+//! fresh channel: a quorum queue that overflowed with `reject-publish` keeps refusing
+//! the channels it refused until it drops below its low watermark by consumption, which
+//! never comes for a delay queue drained by expiry (seen on RabbitMQ 3.10). A publishing
+//! channel that closed ends the session (`Hold::broken`), so the consumer reconnects and
+//! everything it held is redelivered by the broker.
+
+use std::sync::Arc;
 
 use qr3_broker::{Backoff, Outgoing, PublishError, Publisher, Topology};
 use qr3_telemetry::Metrics;
@@ -18,6 +23,8 @@ pub struct Hold {
     pub shutdown: CancellationToken,
     /// Cancelled once the publishing channel is found closed: the session starts over.
     pub broken: CancellationToken,
+    /// The session's connection, for a fresh channel after a refusal.
+    pub connection: Arc<lapin::Connection>,
 }
 
 /// The held publish was given up (shutdown, or the channel is gone): whatever it was for
@@ -37,7 +44,10 @@ pub async fn publish(
     messages: &[Outgoing],
 ) -> Result<(), Abandoned> {
     let mut backoff = Backoff::dependency();
+    let mut current = publisher.clone();
+    let mut replaced = false;
     loop {
+        let publisher = &current;
         let error = match publisher.publish_all(messages).await {
             Ok(()) => {
                 if backoff.tries() > 0 {
@@ -63,6 +73,20 @@ pub async fn publish(
                 Ok(false) => {}
                 Err(declare) => {
                     tracing::warn!(what, %queue, error = %declare, "cannot declare the missing queue")
+                }
+            }
+        }
+        if matches!(error, PublishError::Nacked(_)) {
+            match Publisher::open(&hold.connection).await {
+                Ok(fresh) => {
+                    let old = std::mem::replace(&mut current, fresh);
+                    if replaced {
+                        let _ = old.channel().close(200, "refused".into()).await;
+                    }
+                    replaced = true;
+                }
+                Err(open) => {
+                    tracing::warn!(what, error = %open, "cannot open a fresh publishing channel")
                 }
             }
         }

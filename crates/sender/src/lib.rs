@@ -137,7 +137,7 @@ impl Sender {
             },
             |connection| {
                 let (this, token) = (self.clone(), shutdown.clone());
-                Box::pin(async move { this.consume(connection, &token).await })
+                Box::pin(async move { this.consume(&connection, &token).await })
             },
         )
         .await;
@@ -147,7 +147,7 @@ impl Sender {
 
     async fn consume(
         &self,
-        connection: &lapin::Connection,
+        connection: &Arc<lapin::Connection>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         let inner = &self.inner;
@@ -190,6 +190,7 @@ impl Sender {
         let hold = Hold {
             shutdown: shutdown.clone(),
             broken: CancellationToken::new(),
+            connection: connection.clone(),
         };
         let (writer, writer_task) =
             writer::spawn(self.clone(), publisher.clone(), hold.clone(), died.clone());

@@ -23,8 +23,10 @@ pub use attempts::{
 pub use cache::TtlCache;
 pub use crypto::SecretCipher;
 pub use events::{ClaimOutcome, EventKey};
-pub use migrate::{migrate, run_retention};
-pub use pool::{connect, create_database_if_missing, database_name};
+pub use migrate::{
+    check_schema, migrate, migrate_to, required_schema_version, run_retention, SchemaCheck,
+};
+pub use pool::{connect, create_database_if_missing, database_name, is_missing_database};
 pub use stats::{LatencyPercentiles, StatsWindow, WebhookStats};
 pub use webhooks::{
     DeliveryTarget, NewWebhook, RotatedSecret, SigningSecret, Subscribers, Unreadable,

@@ -1,4 +1,5 @@
-//! Schema migrations (plain SQL in `migrations/`, applied by refinery) and retention.
+//! Schema migrations (plain SQL in `migrations/`, applied by refinery), the check that a
+//! database's schema is recent enough for this build, and retention.
 
 use anyhow::Context;
 use chrono::{Days, Utc};
@@ -12,9 +13,80 @@ mod embedded {
 const MIGRATION_LOCK: i64 = 0x7172_3377_6862_0001;
 const RETENTION_LOCK: i64 = 0x7172_3377_6862_0002;
 
+/// refinery's record of the migrations applied to a database.
+const HISTORY_TABLE: &str = "refinery_schema_history";
+
+/// A database's schema compared with what this build needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaCheck {
+    /// The database does not exist.
+    NoDatabase,
+    /// The schema is older than this build: migrations up to `applied` are applied
+    /// (`None`: none at all) and this build needs `required`.
+    Behind { applied: Option<u32>, required: u32 },
+    /// At least `required` is applied. It may be newer (a later release migrated it):
+    /// migrations keep the previous release working, so that is fine.
+    UpToDate { applied: u32, required: u32 },
+}
+
+/// The schema version this build needs: its newest embedded migration.
+pub fn required_schema_version() -> u32 {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| m.version())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Compares the database's schema with [`required_schema_version`], reading only
+/// refinery's history table: it needs no privilege beyond reading it, and changes
+/// nothing.
+pub async fn check_schema(pool: &Pool) -> anyhow::Result<SchemaCheck> {
+    let client = match pool.get().await {
+        Ok(client) => client,
+        Err(deadpool_postgres::PoolError::Backend(error)) if crate::is_missing_database(&error) => {
+            return Ok(SchemaCheck::NoDatabase)
+        }
+        Err(error) => return Err(error).context("cannot connect to the database"),
+    };
+    let required = required_schema_version();
+    let has_history: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&HISTORY_TABLE])
+        .await
+        .context("cannot look for the migration history")?
+        .get(0);
+    let applied: Option<i32> = if has_history {
+        client
+            .query_one(&format!("SELECT max(version) FROM {HISTORY_TABLE}"), &[])
+            .await
+            .context("cannot read the migration history")?
+            .get(0)
+    } else {
+        None
+    };
+    let applied = applied.and_then(|v| u32::try_from(v).ok());
+    Ok(match applied {
+        Some(applied) if applied >= required => SchemaCheck::UpToDate { applied, required },
+        applied => SchemaCheck::Behind { applied, required },
+    })
+}
+
 /// Applies pending migrations and creates the delivery-log partitions. Several processes
 /// may call it at once: a session-level advisory lock lets one migrate at a time.
 pub async fn migrate(pool: &Pool, retention_days: u32) -> anyhow::Result<()> {
+    apply(pool, refinery::Target::Latest).await?;
+    run_retention(pool, retention_days).await
+}
+
+/// Applies the migrations up to `version` only, as an older release would have left the
+/// database (for tests of a schema older than this build needs; there is no way back
+/// down).
+pub async fn migrate_to(pool: &Pool, version: u32) -> anyhow::Result<()> {
+    apply(pool, refinery::Target::Version(version)).await
+}
+
+async fn apply(pool: &Pool, target: refinery::Target) -> anyhow::Result<()> {
     let mut client = pool.get().await.context("cannot connect to the database")?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
@@ -23,6 +95,7 @@ pub async fn migrate(pool: &Pool, retention_days: u32) -> anyhow::Result<()> {
     let result = async {
         let client: &mut tokio_postgres::Client = &mut client;
         let report = embedded::migrations::runner()
+            .set_target(target)
             .run_async(client)
             .await
             .context("migration failed")?;
@@ -36,8 +109,7 @@ pub async fn migrate(pool: &Pool, retention_days: u32) -> anyhow::Result<()> {
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await
         .context("cannot release the migration lock")?;
-    result?;
-    run_retention(pool, retention_days).await
+    result
 }
 
 /// Keeps the delivery log's partitions in shape: creates the next week's daily

@@ -1,5 +1,6 @@
 //! Telemetry shared by every qr3 webhooks role: logging, Prometheus metrics, shutdown
-//! signals and the ops HTTP endpoints (`/healthz`, `/readyz`, `/metrics`).
+//! signals, the ops HTTP endpoints (`/healthz`, `/readyz`, `/metrics`) and the start-up
+//! state `/readyz` reports while a process waits for its dependencies.
 #![forbid(unsafe_code)]
 
 mod http;
@@ -7,9 +8,11 @@ mod logging;
 mod metrics;
 mod ops;
 mod shutdown;
+mod startup;
 
 pub use http::track_http;
 pub use logging::init_tracing;
 pub use metrics::Metrics;
 pub use ops::{ops_router, ready_check, serve, ReadyCheck, READY_CHECK_TIMEOUT};
 pub use shutdown::shutdown_token;
+pub use startup::{Startup, Waiting};

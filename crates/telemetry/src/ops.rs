@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::Metrics;
+use crate::{Metrics, Startup};
 
 /// Answers whether the process can do its work (database and broker reachable).
 /// `Err` carries a short reason shown in the `/readyz` body.
@@ -41,21 +41,32 @@ where
 #[derive(Clone)]
 struct OpsState {
     metrics: Metrics,
+    startup: Startup,
     ready: ReadyCheck,
     draining: CancellationToken,
 }
 
-/// `GET /healthz` (alive), `GET /readyz` (ready and not draining) and `GET /metrics`.
+/// `GET /healthz` (alive), `GET /readyz` (started, ready and not draining) and
+/// `GET /metrics`.
 ///
-/// `draining` is the process's shutdown token: once it is cancelled `/readyz` answers
-/// 503 with reason `draining` and `qr3_process_draining` reads 1.
-pub fn ops_router(metrics: Metrics, ready: ReadyCheck, draining: CancellationToken) -> Router {
+/// `/healthz` answers 200 from the moment the router serves, also while the process
+/// waits for its dependencies. `/readyz` answers 503 with reason `draining` once
+/// `draining` (the process's shutdown token) is cancelled, and `qr3_process_draining`
+/// then reads 1; before that, while `startup` is not finished, 503 with what the process
+/// waits for (`waiting_for`); after it, whatever `ready` says.
+pub fn ops_router(
+    metrics: Metrics,
+    startup: Startup,
+    ready: ReadyCheck,
+    draining: CancellationToken,
+) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .with_state(OpsState {
             metrics,
+            startup,
             ready,
             draining,
         })
@@ -68,6 +79,17 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(state): State<OpsState>) -> Response {
     if state.draining.is_cancelled() {
         return not_ready("draining");
+    }
+    if let Some(waiting) = state.startup.waiting_for() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "not_ready",
+                "reason": waiting.reason,
+                "waiting_for": waiting.dependencies,
+            })),
+        )
+            .into_response();
     }
     match tokio::time::timeout(READY_CHECK_TIMEOUT, (state.ready)()).await {
         Ok(Ok(())) => Json(json!({ "status": "ready" })).into_response(),

@@ -17,6 +17,25 @@ pub struct TestDb {
 impl TestDb {
     /// Creates `qr3_db_<ulid>` on the test server and applies the migrations.
     pub async fn new() -> anyhow::Result<Self> {
+        let db = Self::empty().await?;
+        qr3_store::migrate(
+            db.store.pool(),
+            Settings::defaults().retention.delivery_log_days,
+        )
+        .await?;
+        Ok(db)
+    }
+
+    /// Creates `qr3_db_<ulid>` on the test server without migrating it: no tables.
+    pub async fn empty() -> anyhow::Result<Self> {
+        let db = Self::missing()?;
+        qr3_store::create_database_if_missing(&db.url).await?;
+        Ok(db)
+    }
+
+    /// Names `qr3_db_<ulid>` on the test server without creating it; dropped at the end
+    /// if something created it meanwhile.
+    pub fn missing() -> anyhow::Result<Self> {
         let admin_url = database_server_url();
         let name = unique_name("db");
         let base = admin_url
@@ -24,14 +43,12 @@ impl TestDb {
             .map(|(base, _)| base)
             .unwrap_or(&admin_url);
         let url = format!("{base}/{name}");
-        qr3_store::create_database_if_missing(&url).await?;
         let settings = {
             let mut s = Settings::defaults();
             s.secrets.allow_insecure_dev_key = true;
             s
         };
         let pool = qr3_store::connect(&url, 8)?;
-        qr3_store::migrate(&pool, settings.retention.delivery_log_days).await?;
         let store = Store::new(pool, SecretCipher::new(&settings.encryption_key()?));
         Ok(Self {
             name,
@@ -39,6 +56,20 @@ impl TestDb {
             store,
             admin_url,
         })
+    }
+
+    /// Whether the database exists on the server (asked through the maintenance
+    /// database).
+    pub async fn exists(&self) -> anyhow::Result<bool> {
+        let (client, conn) = tokio_postgres::connect(&self.admin_url, NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client
+            .query_opt(
+                "SELECT 1 FROM pg_database WHERE datname = $1",
+                &[&self.name],
+            )
+            .await?
+            .is_some())
     }
 
     /// Runs one SQL statement and returns its rows (for assertions on raw rows).

@@ -1,13 +1,16 @@
 //! Test harness shared by the integration tests: every test gets its own Postgres
 //! database and its own broker namespace (`amqp.prefix`), so tests run in parallel
-//! against the real services, and a recording HTTP receiver on 127.0.0.1.
+//! against the real services, a recording HTTP receiver on 127.0.0.1, and a TCP proxy
+//! that takes a service away from one process and brings it back.
 
 #![forbid(unsafe_code)]
 
 pub mod db;
+pub mod proxy;
 pub mod receiver;
 
 pub use db::TestDb;
+pub use proxy::TcpProxy;
 pub use receiver::{Behaviour, Received, Receiver};
 
 use qr3_config::Settings;
@@ -56,4 +59,58 @@ pub fn test_settings(database_url: &str) -> Settings {
     s.secrets.allow_insecure_dev_key = true;
     s.shutdown.grace_period_ms = 5000;
     s
+}
+
+/// `url` (`scheme://[user[:password]@]host[:port]/…`) with its host and port replaced by
+/// `addr`: the same service, reached through a [`TcpProxy`].
+pub fn url_via(url: &str, addr: std::net::SocketAddr) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let userinfo = authority
+        .rsplit_once('@')
+        .map(|(user, _)| format!("{user}@"))
+        .unwrap_or_default();
+    format!("{scheme}://{userinfo}{addr}{path}")
+}
+
+/// The `host:port` of `url`, for [`TcpProxy::closed`].
+pub fn host_port(url: &str, default_port: u16) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if host
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+    {
+        host.to_owned()
+    } else {
+        format!("{host}:{default_port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redirected_to_a_proxy() {
+        let addr: std::net::SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        assert_eq!(
+            url_via("postgres://postgres@127.0.0.1:5432/qr3_db_x", addr),
+            "postgres://postgres@127.0.0.1:4000/qr3_db_x"
+        );
+        assert_eq!(
+            url_via("amqp://guest:guest@localhost:5672/%2f", addr),
+            "amqp://guest:guest@127.0.0.1:4000/%2f"
+        );
+        assert_eq!(
+            host_port("amqp://guest:guest@localhost:5672/%2f", 5672),
+            "localhost:5672"
+        );
+        assert_eq!(host_port("postgres://postgres@db/x", 5432), "db:5432");
+    }
 }

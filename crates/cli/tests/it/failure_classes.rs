@@ -466,83 +466,29 @@ async fn the_same_failed_attempt_logged_twice_counts_once() {
 }
 
 /// Class 7: when a task the sender's consumer relies on dies (here the log writer,
-/// through a fault-injection point), the sender role ends with an error promptly
-/// instead of holding its prefetch window forever.
+/// through a fault-injection point), the sender role ends with an error promptly, and
+/// with it the process, instead of holding its prefetch window forever.
 #[tokio::test]
-async fn a_dead_log_writer_ends_the_sender() {
-    let db = qr3_testkit::TestDb::new().await.unwrap();
-    let settings = qr3_testkit::test_settings(&db.url);
-    qr3_webhooks::app::migrate(&settings).await.unwrap();
+async fn a_dead_log_writer_ends_the_process() {
+    let mut app = spawn_app_with(|_| {}).await;
     let receiver = Receiver::start(Behaviour::Status(200)).await;
-    let workspace = db.store.create_workspace("w").await.unwrap();
-    let hook = db
-        .store
-        .insert_webhook(
-            &workspace.id,
-            qr3_store::NewWebhook {
-                url: qr3_domain::WebhookUrl::parse(
-                    &receiver.url(),
-                    qr3_domain::TargetPolicy {
-                        require_https: false,
-                        allow_private: true,
-                    },
-                )
-                .unwrap(),
-                events: qr3_domain::Subscriptions::parse(&["*"]).unwrap(),
-                secret: qr3_domain::WebhookSecret::parse(crate::helpers::SECRET).unwrap(),
-                max_per_second: None,
-            },
-        )
+    app.webhook(&receiver.url(), &["*"]).await;
+    let point = format!("{}/sender-log-writer", app.settings.amqp.prefix);
+    fail::cfg(&point, "panic").unwrap();
+    app.publish("qr.scanned", None, json!({"n": 1})).await;
+    let running = app.running.take().expect("running");
+    let noticed = tokio::time::timeout(Duration::from_secs(10), running.failed()).await;
+    fail::remove(&point);
+    noticed.expect("the process noticed its sender ended");
+    let error = tokio::time::timeout(Duration::from_secs(10), running.stop())
         .await
-        .unwrap();
-    fail::cfg(
-        format!("{}/sender-log-writer", settings.amqp.prefix),
-        "panic",
-    )
-    .unwrap();
-    let sender = qr3_sender::Sender::new(
-        db.store.clone(),
-        settings.clone(),
-        qr3_telemetry::Metrics::new(),
-    )
-    .unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let running = tokio::spawn(sender.run(shutdown.clone()));
-    let job = qr3_broker::DeliveryJob {
-        webhook_id: hook.id.clone(),
-        workspace_id: workspace.id.clone(),
-        event_id: qr3_domain::EventId::generate(),
-        event_type: qr3_domain::EventType::QrScanned,
-        event_created: qr3_domain::Timestamp::now(),
-        attempt: 1,
-        trigger: qr3_broker::Trigger::Event,
-        body: br#"{"id":"x"}"#.to_vec(),
-    };
-    qr3_broker::SharedPublisher::new(settings.amqp.url.expose().clone(), "t")
-        .publish_all(&[Outgoing {
-            exchange: String::new(),
-            routing_key: qr3_broker::Topology::from_settings(&settings).deliveries_queue(),
-            properties: job.properties(),
-            body: job.body.clone(),
-        }])
-        .await
-        .unwrap();
-    let ended = tokio::time::timeout(Duration::from_secs(10), running)
-        .await
-        .expect("the sender ended promptly")
-        .expect("no panic escaped");
-    fail::remove(format!("{}/sender-log-writer", settings.amqp.prefix));
-    let error = ended.expect_err("it ended with an error");
-    assert!(format!("{error:#}").contains("stopped"), "{error:#}");
+        .expect("the other roles drained")
+        .expect_err("the process ends with an error");
+    let error = format!("{error:#}");
+    assert!(
+        error.contains("sender") && error.contains("stopped"),
+        "{error}"
+    );
     assert_eq!(receiver.received().len(), 1, "the attempt was made");
-    let topology = qr3_broker::Topology::from_settings(&settings);
-    let connection = qr3_broker::connect(settings.amqp.url.expose(), "cleanup")
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    for queue in topology.queues() {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), Default::default())
-            .await;
-    }
+    crate::helpers::delete_broker_objects(&app.settings).await;
 }

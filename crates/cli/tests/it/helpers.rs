@@ -18,7 +18,7 @@ pub struct TestApp {
     pub workspace: WorkspaceId,
     pub api_key: String,
     pub api: String,
-    running: Option<Running>,
+    pub running: Option<Running>,
     _db: TestDb,
 }
 

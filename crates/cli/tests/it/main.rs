@@ -18,4 +18,6 @@ mod secrets;
 mod shutdown;
 mod ssrf;
 mod standard_webhooks;
+mod startup;
+mod supervision;
 mod verifiers;

@@ -51,8 +51,24 @@ impl Role {
         }
     }
 
-    /// The address it serves HTTP on (the API, or a worker's ops endpoints).
+    /// The address it serves HTTP on (the API, or a worker's ops endpoints), once
+    /// `/readyz` there says it is ready: it listens before it has reached its
+    /// dependencies, and its `/v1` answers 503 until then.
     async fn addr(&self) -> String {
+        let addr = self.listening().await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while reqwest::get(format!("http://{addr}/readyz"))
+            .await
+            .map_or(true, |r| r.status() != 200)
+        {
+            assert!(Instant::now() < deadline, "{addr} never became ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        addr
+    }
+
+    /// The address it logged when it started listening.
+    async fn listening(&self) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = self.logs.lock().unwrap().clone();

@@ -237,7 +237,7 @@ async fn sigterm_mid_burst_loses_no_delivery_and_logs_no_secret() {
     cleanup(&settings).await;
 }
 
-async fn wait_for_ops_addr(logs: &Arc<Mutex<String>>) -> String {
+pub async fn wait_for_ops_addr(logs: &Arc<Mutex<String>>) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let text = logs.lock().unwrap().clone();

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use qr3_telemetry::{ops_router, ready_check, serve, Metrics};
+use qr3_telemetry::{ops_router, ready_check, serve, Metrics, Startup};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -13,6 +13,7 @@ async fn serves_until_the_token_is_cancelled() {
     let shutdown = CancellationToken::new();
     let router = ops_router(
         Metrics::new(),
+        Startup::new(),
         ready_check(|| async { Ok(()) }),
         shutdown.clone(),
     );

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod operator;
 pub mod publish;
 
 pub use app::{Roles, Running};

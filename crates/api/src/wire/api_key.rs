@@ -2,7 +2,21 @@
 //! shown once, and the key as listings show it, without its secret.
 
 use serde::Serialize;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
+
+/// The ids of `/admin/v1/workspaces/{workspace_id}/api-keys/{key_id}`, for the OpenAPI
+/// document (`routes::admin::path` parses them).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // only described
+pub struct ApiKeyParams {
+    /// The platform's id for the workspace: 1 to 64 of `A-Z a-z 0-9 _ -`.
+    #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    pub workspace_id: String,
+    /// The key's id: `key_` and 26 lowercase characters.
+    #[param(pattern = "^key_[0-9a-hjkmnp-tv-z]{26}$")]
+    pub key_id: String,
+}
 
 /// `POST /admin/v1/workspaces/{workspace_id}/api-keys`: the only response that shows the
 /// key itself.

@@ -2,7 +2,18 @@
 //! workspace object.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
+
+/// The `{workspace_id}` of every `/admin/v1/workspaces/{workspace_id}…` path, for the
+/// OpenAPI document (`routes::admin::path` parses it).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // only described
+pub struct WorkspaceIdParam {
+    /// The platform's id for the workspace: 1 to 64 of `A-Z a-z 0-9 _ -`.
+    #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    pub workspace_id: String,
+}
 
 /// `PUT /admin/v1/workspaces/{workspace_id}`.
 #[derive(Debug, Deserialize, ToSchema)]

@@ -16,4 +16,5 @@ mod secrets;
 mod shutdown;
 mod ssrf;
 mod standard_webhooks;
+mod tenants;
 mod verifiers;

@@ -21,9 +21,10 @@ use crate::{
     pagination::PageRequest,
     state::ApiState,
     wire::{
-        api_key::{ApiKey, ApiKeyPage, CreatedApiKey},
+        api_key::{ApiKey, ApiKeyPage, ApiKeyParams, CreatedApiKey},
         error::ErrorBody,
         page::{Page, PageQuery},
+        workspace::WorkspaceIdParam,
     },
 };
 
@@ -52,7 +53,7 @@ pub(crate) struct Doc;
     path = "/admin/v1/workspaces/{workspace_id}/api-keys",
     tag = "admin",
     operation_id = "create_api_key",
-    params(("workspace_id" = String, Path, description = "The platform's id for the workspace.")),
+    params(WorkspaceIdParam),
     responses(
         (status = 201, description = "The new key, shown this once.", body = CreatedApiKey,
             headers(("Cache-Control" = String, description = "`no-store`: the body holds the key."))),
@@ -89,7 +90,7 @@ pub(crate) async fn create(
     path = "/admin/v1/workspaces/{workspace_id}/api-keys",
     tag = "admin",
     operation_id = "list_api_keys",
-    params(("workspace_id" = String, Path, description = "The platform's id for the workspace."), PageQuery),
+    params(WorkspaceIdParam, PageQuery),
     responses(
         (status = 200, description = "A page of keys, without their secrets.", body = ApiKeyPage),
         (status = 401, description = "Missing, malformed or invalid admin token.", body = ErrorBody),
@@ -126,10 +127,7 @@ pub(crate) async fn list(
     path = "/admin/v1/workspaces/{workspace_id}/api-keys/{key_id}",
     tag = "admin",
     operation_id = "revoke_api_key",
-    params(
-        ("workspace_id" = String, Path, description = "The platform's id for the workspace."),
-        ("key_id" = String, Path, description = "The key's id (`key_…`)."),
-    ),
+    params(ApiKeyParams),
     responses(
         (status = 204, description = "Revoked; empty body."),
         (status = 401, description = "Missing, malformed or invalid admin token.", body = ErrorBody),

@@ -24,7 +24,7 @@ use crate::{
     wire::{
         error::ErrorBody,
         page::{Page, PageQuery},
-        workspace::{PutWorkspace, Workspace, WorkspacePage},
+        workspace::{PutWorkspace, Workspace, WorkspaceIdParam, WorkspacePage},
     },
 };
 
@@ -51,8 +51,7 @@ pub(crate) struct Doc;
     path = "/admin/v1/workspaces/{workspace_id}",
     tag = "admin",
     operation_id = "put_workspace",
-    params(("workspace_id" = String, Path, description = "The platform's id for the workspace: 1 to 64 of `A-Z a-z 0-9 _ -`.",
-        min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]{1,64}$")),
+    params(WorkspaceIdParam),
     request_body = PutWorkspace,
     responses(
         (status = 201, description = "Created.", body = Workspace,
@@ -109,7 +108,7 @@ pub(crate) async fn put(
     path = "/admin/v1/workspaces/{workspace_id}",
     tag = "admin",
     operation_id = "get_workspace",
-    params(("workspace_id" = String, Path, description = "The platform's id for the workspace.")),
+    params(WorkspaceIdParam),
     responses(
         (status = 200, description = "The workspace.", body = Workspace),
         (status = 401, description = "Missing, malformed or invalid admin token.", body = ErrorBody),
@@ -187,7 +186,7 @@ pub(crate) async fn list(
     path = "/admin/v1/workspaces/{workspace_id}",
     tag = "admin",
     operation_id = "delete_workspace",
-    params(("workspace_id" = String, Path, description = "The platform's id for the workspace.")),
+    params(WorkspaceIdParam),
     responses(
         (status = 204, description = "Erased; empty body."),
         (status = 401, description = "Missing, malformed or invalid admin token.", body = ErrorBody),

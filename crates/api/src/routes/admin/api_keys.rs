@@ -58,7 +58,7 @@ pub(crate) struct Doc;
         (status = 201, description = "The new key, shown this once.", body = CreatedApiKey,
             headers(("Cache-Control" = String, description = "`no-store`: the body holds the key."))),
         (status = 401, description = "Missing, malformed or invalid admin token.", body = ErrorBody),
-        (status = 404, description = "No such workspace.", body = ErrorBody),
+        (status = 404, description = "No such workspace, or the admin API is off.", body = ErrorBody),
         (status = 422, description = "Malformed `workspace_id`.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
@@ -94,7 +94,7 @@ pub(crate) async fn create(
     responses(
         (status = 200, description = "A page of keys, without their secrets.", body = ApiKeyPage),
         (status = 401, description = "Missing, malformed or invalid admin token.", body = ErrorBody),
-        (status = 404, description = "No such workspace.", body = ErrorBody),
+        (status = 404, description = "No such workspace, or the admin API is off.", body = ErrorBody),
         (status = 422, description = "Malformed `workspace_id`, invalid `limit` or `cursor`, or an unknown parameter.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
@@ -131,7 +131,7 @@ pub(crate) async fn list(
     responses(
         (status = 204, description = "Revoked; empty body."),
         (status = 401, description = "Missing, malformed or invalid admin token.", body = ErrorBody),
-        (status = 404, description = "No such key in this workspace (or no such workspace).", body = ErrorBody),
+        (status = 404, description = "No such key in this workspace (or no such workspace), or the admin API is off.", body = ErrorBody),
         (status = 422, description = "Malformed `workspace_id` or `key_id`.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),

@@ -59,6 +59,7 @@ pub(crate) struct Doc;
         (status = 200, description = "It existed; its name is now the one given.", body = Workspace),
         (status = 400, description = "Not JSON, not an object, or not `application/json`.", body = ErrorBody),
         (status = 401, description = "Missing, malformed or invalid admin token.", body = ErrorBody),
+        (status = 404, description = "The admin API is off: no admin token is configured.", body = ErrorBody),
         (status = 409, description = "A workspace with this id is being deleted: repeat the DELETE first.", body = ErrorBody),
         (status = 413, description = "Body larger than the configured limit.", body = ErrorBody),
         (status = 422, description = "Malformed `workspace_id` or invalid `name`; `field` names it.", body = ErrorBody),
@@ -112,7 +113,7 @@ pub(crate) async fn put(
     responses(
         (status = 200, description = "The workspace.", body = Workspace),
         (status = 401, description = "Missing, malformed or invalid admin token.", body = ErrorBody),
-        (status = 404, description = "No such workspace (or it is being deleted).", body = ErrorBody),
+        (status = 404, description = "No such workspace (or it is being deleted), or the admin API is off.", body = ErrorBody),
         (status = 422, description = "Malformed `workspace_id`.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
@@ -142,6 +143,7 @@ pub(crate) async fn read(
     responses(
         (status = 200, description = "A page of workspaces.", body = WorkspacePage),
         (status = 401, description = "Missing, malformed or invalid admin token.", body = ErrorBody),
+        (status = 404, description = "The admin API is off: no admin token is configured.", body = ErrorBody),
         (status = 422, description = "Invalid `limit` or `cursor`, or an unknown parameter.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
@@ -190,7 +192,7 @@ pub(crate) async fn list(
     responses(
         (status = 204, description = "Erased; empty body."),
         (status = 401, description = "Missing, malformed or invalid admin token.", body = ErrorBody),
-        (status = 404, description = "No such workspace (never created, or already erased).", body = ErrorBody),
+        (status = 404, description = "No such workspace (never created, or already erased), or the admin API is off.", body = ErrorBody),
         (status = 422, description = "Malformed `workspace_id`.", body = ErrorBody),
         (status = 500, description = "Unexpected error; repeat the request.", body = ErrorBody),
     ),

@@ -60,7 +60,11 @@ pub fn fuzz(root: &Path, examples: u32, seed: Option<u64>) -> anyhow::Result<()>
     // its own; the other part would only ever answer 401.
     for (part, credential, filter) in [
         ("/v1 with the API key", &api_key, "--exclude-tag"),
-        ("/admin/v1 with the admin token", &admin_token, "--include-tag"),
+        (
+            "/admin/v1 with the admin token",
+            &admin_token,
+            "--include-tag",
+        ),
     ] {
         let authorization = format!("Authorization: Bearer {credential}");
         let mut args = vec![

@@ -51,12 +51,9 @@ impl AdminTokens {
     /// whichever matches.
     fn accepts(&self, presented: &str) -> bool {
         let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let matched = self
-            .0
-            .iter()
-            .fold(Choice::from(0), |any, token| {
-                any | token.as_slice().ct_eq(presented.as_slice())
-            });
+        let matched = self.0.iter().fold(Choice::from(0), |any, token| {
+            any | token.as_slice().ct_eq(presented.as_slice())
+        });
         matched.into()
     }
 }
@@ -114,7 +111,13 @@ mod tests {
         let tokens = tokens(&[&new, &old]).unwrap();
         assert!(tokens.accepts(&new));
         assert!(tokens.accepts(&old));
-        for wrong in ["", "n", &"n".repeat(31), &"n".repeat(33), &format!("{new} ")] {
+        for wrong in [
+            "",
+            "n",
+            &"n".repeat(31),
+            &"n".repeat(33),
+            &format!("{new} "),
+        ] {
             assert!(!tokens.accepts(wrong), "{wrong:?}");
         }
     }

@@ -57,9 +57,8 @@ impl Modify for BearerAuth {
         );
         components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
         let mut admin = Http::new(HttpAuthScheme::Bearer);
-        admin.description = Some(
-            "An operator token from `api.admin_token`; only for `/admin/v1`.".into(),
-        );
+        admin.description =
+            Some("An operator token from `api.admin_token`; only for `/admin/v1`.".into());
         components.add_security_scheme("admin_token", SecurityScheme::Http(admin));
     }
 }
@@ -67,7 +66,10 @@ impl Modify for BearerAuth {
 /// The whole document: the base above plus every `/v1` resource's paths.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
-    for resource in routes::v1_docs().into_iter().chain(routes::admin::admin_docs()) {
+    for resource in routes::v1_docs()
+        .into_iter()
+        .chain(routes::admin::admin_docs())
+    {
         doc.merge(resource);
     }
     doc

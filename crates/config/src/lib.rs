@@ -540,7 +540,9 @@ mod tests {
     #[test]
     fn admin_tokens_are_long_printable_and_not_api_keys() {
         let good = "a".repeat(32);
-        assert!(with_admin_tokens(&[&good, &"b".repeat(512)]).validate().is_ok());
+        assert!(with_admin_tokens(&[&good, &"b".repeat(512)])
+            .validate()
+            .is_ok());
         let long = "c".repeat(513);
         let prefixed = format!("qr3k_{}", "d".repeat(40));
         let spaced = format!("{} x", "e".repeat(40));
@@ -550,8 +552,14 @@ mod tests {
             (prefixed.as_str(), "must not start with `qr3k_`"),
             (spaced.as_str(), "printable ASCII"),
         ] {
-            let error = with_admin_tokens(&[&good, bad]).validate().unwrap_err().to_string();
-            assert!(error.contains("token 2") && error.contains(expected), "{error}");
+            let error = with_admin_tokens(&[&good, bad])
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("token 2") && error.contains(expected),
+                "{error}"
+            );
             assert!(!error.contains(bad), "the token is not echoed: {error}");
         }
     }
@@ -560,7 +568,10 @@ mod tests {
     fn admin_tokens_read_from_a_string_a_list_or_a_comma_separated_string() {
         let from_toml = |toml: &str| -> Vec<String> {
             config::Config::builder()
-                .add_source(config::File::from_str(DEFAULTS_TOML, config::FileFormat::Toml))
+                .add_source(config::File::from_str(
+                    DEFAULTS_TOML,
+                    config::FileFormat::Toml,
+                ))
                 .add_source(config::File::from_str(toml, config::FileFormat::Toml))
                 .build()
                 .and_then(|c| c.try_deserialize::<Settings>())
@@ -571,7 +582,10 @@ mod tests {
                 .clone()
         };
         let (a, b) = ("a".repeat(32), "b".repeat(32));
-        assert_eq!(from_toml(&format!("[api]\nadmin_token = \"{a}\"")), [a.clone()]);
+        assert_eq!(
+            from_toml(&format!("[api]\nadmin_token = \"{a}\"")),
+            std::slice::from_ref(&a)
+        );
         assert_eq!(
             from_toml(&format!("[api]\nadmin_token = [\"{a}\", \"{b}\"]")),
             [a.clone(), b.clone()]
@@ -589,7 +603,10 @@ mod tests {
         let from_env = |value: &str| -> Vec<String> {
             let vars = [("QR3__API__ADMIN_TOKEN".to_owned(), value.to_owned())];
             config::Config::builder()
-                .add_source(config::File::from_str(DEFAULTS_TOML, config::FileFormat::Toml))
+                .add_source(config::File::from_str(
+                    DEFAULTS_TOML,
+                    config::FileFormat::Toml,
+                ))
                 .add_source(environment().source(Some(vars.into_iter().collect())))
                 .build()
                 .and_then(|c| c.try_deserialize::<Settings>())
@@ -599,7 +616,7 @@ mod tests {
                 .expose()
                 .clone()
         };
-        assert_eq!(from_env(&a), [a.clone()]);
+        assert_eq!(from_env(&a), std::slice::from_ref(&a));
         assert_eq!(from_env(&format!("{a},{b}")), [a.clone(), b.clone()]);
         assert!(from_env("").is_empty());
     }

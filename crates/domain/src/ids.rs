@@ -344,7 +344,14 @@ mod tests {
         let generated = WorkspaceId::generate();
         assert!(generated.as_str().starts_with("ws_"));
         assert_eq!(WorkspaceId::parse(generated.as_str()).unwrap(), generated);
-        for ok in ["acme", "ACME-42", "a", "tenant_0001", &"x".repeat(64), "ws_abc"] {
+        for ok in [
+            "acme",
+            "ACME-42",
+            "a",
+            "tenant_0001",
+            &"x".repeat(64),
+            "ws_abc",
+        ] {
             assert_eq!(WorkspaceId::parse(ok).unwrap().as_str(), ok);
         }
         assert_ne!(
@@ -352,7 +359,15 @@ mod tests {
             WorkspaceId::parse("acme").unwrap(),
             "case-sensitive"
         );
-        for bad in ["", "a b", "acme.io", "a/b", "é", &"x".repeat(65), "ws_\u{0}"] {
+        for bad in [
+            "",
+            "a b",
+            "acme.io",
+            "a/b",
+            "é",
+            &"x".repeat(65),
+            "ws_\u{0}",
+        ] {
             let error = WorkspaceId::parse(bad).unwrap_err().to_string();
             assert!(error.contains("1 to 64 of A-Z"), "{bad}: {error}");
         }

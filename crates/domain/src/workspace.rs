@@ -72,7 +72,10 @@ mod tests {
     #[test]
     fn blank_long_and_control_names_are_refused() {
         assert_eq!(WorkspaceName::parse(""), Err(InvalidWorkspaceName::Blank));
-        assert_eq!(WorkspaceName::parse(" \t "), Err(InvalidWorkspaceName::Blank));
+        assert_eq!(
+            WorkspaceName::parse(" \t "),
+            Err(InvalidWorkspaceName::Blank)
+        );
         assert_eq!(
             WorkspaceName::parse("é".repeat(201)),
             Err(InvalidWorkspaceName::TooLong { len: 201, max: 200 })

@@ -87,7 +87,11 @@ impl Store {
         Ok(rows
             .iter()
             .map(|row| {
-                match (row.get::<_, bool>(2), row.get::<_, bool>(0), row.get::<_, bool>(1)) {
+                match (
+                    row.get::<_, bool>(2),
+                    row.get::<_, bool>(0),
+                    row.get::<_, bool>(1),
+                ) {
                     (false, _, _) => ClaimOutcome::UnknownWorkspace,
                     (true, true, _) => ClaimOutcome::Claimed,
                     (true, false, true) => ClaimOutcome::AlreadyDone,

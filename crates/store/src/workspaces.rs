@@ -125,9 +125,7 @@ fn key_from_row(row: &Row) -> Result<ApiKeyInfo> {
     Ok(ApiKeyInfo {
         id: ApiKeyId::parse(row.get(0)).map_err(corrupt)?,
         created_at: Timestamp::from(row.get::<_, DateTime<Utc>>(1)),
-        revoked_at: row
-            .get::<_, Option<DateTime<Utc>>>(2)
-            .map(Timestamp::from),
+        revoked_at: row.get::<_, Option<DateTime<Utc>>>(2).map(Timestamp::from),
     })
 }
 
@@ -276,7 +274,11 @@ impl Store {
                  ) k ON true
                  WHERE w.id = $1 AND w.deleted_at IS NULL
                  ORDER BY k.id DESC",
-                &[&workspace.as_str(), &after.map(ApiKeyId::as_str), &(limit + 1)],
+                &[
+                    &workspace.as_str(),
+                    &after.map(ApiKeyId::as_str),
+                    &(limit + 1),
+                ],
             )
             .await?;
         if rows.is_empty() {

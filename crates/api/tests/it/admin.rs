@@ -78,20 +78,35 @@ async fn only_an_admin_token_opens_admin_v1_and_it_never_opens_v1() {
     let app = spawn_admin().await;
     let cases: Vec<(Option<String>, &str)> = vec![
         (None, "missing admin token"),
-        (Some("Basic dXNlcjpwYXNz".into()), "malformed Authorization header"),
+        (
+            Some("Basic dXNlcjpwYXNz".into()),
+            "malformed Authorization header",
+        ),
         (Some("Bearer".into()), "malformed Authorization header"),
-        (Some(format!("Bearer {TOKEN} x")), "malformed Authorization header"),
+        (
+            Some(format!("Bearer {TOKEN} x")),
+            "malformed Authorization header",
+        ),
         (Some("Bearer wrong".into()), "invalid admin token"),
         (Some(format!("Bearer {TOKEN}x")), "invalid admin token"),
-        (Some(format!("Bearer {}", &TOKEN[1..])), "invalid admin token"),
+        (
+            Some(format!("Bearer {}", &TOKEN[1..])),
+            "invalid admin token",
+        ),
         // A workspace's API key is not an admin token.
-        (Some(format!("Bearer {}", app.api_key)), "invalid admin token"),
+        (
+            Some(format!("Bearer {}", app.api_key)),
+            "invalid admin token",
+        ),
     ];
     for (authorization, expected) in cases {
         for (method, path) in [
             (Method::GET, "/admin/v1/workspaces"),
             (Method::PUT, "/admin/v1/workspaces/acme"),
-            (Method::DELETE, &format!("/admin/v1/workspaces/{}", app.workspace)),
+            (
+                Method::DELETE,
+                &format!("/admin/v1/workspaces/{}", app.workspace),
+            ),
             (Method::GET, "/admin/v1/workspaces/not.valid"),
         ] {
             let mut request = app
@@ -105,11 +120,20 @@ async fn only_an_admin_token_opens_admin_v1_and_it_never_opens_v1() {
             assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
             let message =
                 assert_error(response, StatusCode::UNAUTHORIZED, "unauthorized", None).await;
-            assert!(message.starts_with(expected), "{authorization:?} {path}: {message}");
+            assert!(
+                message.starts_with(expected),
+                "{authorization:?} {path}: {message}"
+            );
         }
     }
     // Nothing was created or deleted by the refused requests.
-    assert!(app.db.store.get_workspace(&app.workspace).await.unwrap().is_some());
+    assert!(app
+        .db
+        .store
+        .get_workspace(&app.workspace)
+        .await
+        .unwrap()
+        .is_some());
     let acme = qr3_domain::WorkspaceId::parse("acme").unwrap();
     assert!(app.db.store.get_workspace(&acme).await.unwrap().is_none());
 
@@ -126,8 +150,7 @@ async fn only_an_admin_token_opens_admin_v1_and_it_never_opens_v1() {
             .send()
             .await
             .unwrap();
-        let message =
-            assert_error(response, StatusCode::UNAUTHORIZED, "unauthorized", None).await;
+        let message = assert_error(response, StatusCode::UNAUTHORIZED, "unauthorized", None).await;
         assert_eq!(message, "invalid API key");
     }
 }
@@ -153,7 +176,11 @@ async fn put_creates_a_workspace_under_the_platforms_id_then_renames_it() {
     .await;
     assert_eq!(renamed["name"], "Acme GmbH");
     assert_eq!(renamed["created_at"], created["created_at"]);
-    let same = json_body(put_workspace(&app, "Acme_42-eu", "Acme GmbH").await, StatusCode::OK).await;
+    let same = json_body(
+        put_workspace(&app, "Acme_42-eu", "Acme GmbH").await,
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(same, renamed, "repeating a PUT changes nothing");
     let read = json_body(
         admin(&app, Method::GET, "/admin/v1/workspaces/Acme_42-eu")
@@ -165,7 +192,11 @@ async fn put_creates_a_workspace_under_the_platforms_id_then_renames_it() {
     .await;
     assert_eq!(read, renamed);
     // Ids are case-sensitive, and a generated `ws_…` id is one like any other.
-    let other = json_body(put_workspace(&app, "acme_42-eu", "other").await, StatusCode::CREATED).await;
+    let other = json_body(
+        put_workspace(&app, "acme_42-eu", "other").await,
+        StatusCode::CREATED,
+    )
+    .await;
     assert_eq!(other["name"], "other");
     let existing = json_body(
         put_workspace(&app, app.workspace.as_str(), "renamed test").await,
@@ -215,13 +246,25 @@ async fn bad_input_answers_404_422_or_400_in_the_json_error_shape() {
     .send()
     .await
     .unwrap();
-    assert_error(response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("key_id")).await;
+    assert_error(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        Some("key_id"),
+    )
+    .await;
 
     for (method, path) in [
         (Method::GET, "/admin/v1/workspaces/unknown".to_owned()),
         (Method::DELETE, "/admin/v1/workspaces/unknown".to_owned()),
-        (Method::POST, "/admin/v1/workspaces/unknown/api-keys".to_owned()),
-        (Method::GET, "/admin/v1/workspaces/unknown/api-keys".to_owned()),
+        (
+            Method::POST,
+            "/admin/v1/workspaces/unknown/api-keys".to_owned(),
+        ),
+        (
+            Method::GET,
+            "/admin/v1/workspaces/unknown/api-keys".to_owned(),
+        ),
         (
             Method::DELETE,
             "/admin/v1/workspaces/unknown/api-keys/key_01kmnd4e2x7r4h1v3f5s8q0c9b".to_owned(),
@@ -249,7 +292,13 @@ async fn bad_input_answers_404_422_or_400_in_the_json_error_shape() {
             .send()
             .await
             .unwrap();
-        assert_error(response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some(field)).await;
+        assert_error(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some(field),
+        )
+        .await;
     }
     let response = admin(&app, Method::PUT, "/admin/v1/workspaces/acme")
         .header(header::CONTENT_TYPE, "application/json")
@@ -262,14 +311,29 @@ async fn bad_input_answers_404_422_or_400_in_the_json_error_shape() {
         .send()
         .await
         .unwrap();
-    assert_error(response, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None).await;
+    assert_error(
+        response,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        None,
+    )
+    .await;
     let response = admin(&app, Method::GET, "/admin/v1/workspaces?limit=0")
         .send()
         .await
         .unwrap();
-    assert_error(response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("limit")).await;
+    assert_error(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        Some("limit"),
+    )
+    .await;
     let acme = qr3_domain::WorkspaceId::parse("acme").unwrap();
-    assert!(app.db.store.get_workspace(&acme).await.unwrap().is_none(), "no refused PUT created it");
+    assert!(
+        app.db.store.get_workspace(&acme).await.unwrap().is_none(),
+        "no refused PUT created it"
+    );
 }
 
 #[tokio::test]
@@ -283,17 +347,27 @@ async fn workspaces_page_newest_first_without_repeats_or_gaps() {
     let mut pages = 0;
     loop {
         let page = json_body(
-            admin(&app, Method::GET, &format!("/admin/v1/workspaces?limit=3&cursor={cursor}"))
-                .send()
-                .await
-                .unwrap(),
+            admin(
+                &app,
+                Method::GET,
+                &format!("/admin/v1/workspaces?limit=3&cursor={cursor}"),
+            )
+            .send()
+            .await
+            .unwrap(),
             StatusCode::OK,
         )
         .await;
         pages += 1;
         let data = page["data"].as_array().unwrap();
-        let created: Vec<&str> = data.iter().map(|w| w["created_at"].as_str().unwrap()).collect();
-        assert!(created.windows(2).all(|p| p[0] >= p[1]), "newest first: {created:?}");
+        let created: Vec<&str> = data
+            .iter()
+            .map(|w| w["created_at"].as_str().unwrap())
+            .collect();
+        assert!(
+            created.windows(2).all(|p| p[0] >= p[1]),
+            "newest first: {created:?}"
+        );
         ids.extend(data.iter().map(|w| w["id"].as_str().unwrap().to_owned()));
         match page["next_cursor"].as_str() {
             Some(next) => {
@@ -342,16 +416,34 @@ async fn workspaces_page_newest_first_without_repeats_or_gaps() {
     .send()
     .await
     .unwrap();
-    assert_error(response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("cursor")).await;
+    assert_error(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        Some("cursor"),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn keys_rotate_without_downtime_and_a_revoked_key_is_refused_at_once() {
     let app = spawn_admin().await;
-    json_body(put_workspace(&app, "acme", "Acme").await, StatusCode::CREATED).await;
+    json_body(
+        put_workspace(&app, "acme", "Acme").await,
+        StatusCode::CREATED,
+    )
+    .await;
     let list_path = "/admin/v1/workspaces/acme/api-keys";
-    let empty = json_body(admin(&app, Method::GET, list_path).send().await.unwrap(), StatusCode::OK).await;
-    assert_eq!(empty["data"], json!([]), "creating a workspace mints no key");
+    let empty = json_body(
+        admin(&app, Method::GET, list_path).send().await.unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        empty["data"],
+        json!([]),
+        "creating a workspace mints no key"
+    );
 
     let old = mint_key(&app, "acme").await;
     assert_eq!(old.as_object().unwrap().len(), 3, "{old}");
@@ -368,12 +460,18 @@ async fn keys_rotate_without_downtime_and_a_revoked_key_is_refused_at_once() {
         .error_for_status()
         .unwrap();
     let seen = json_body(
-        app.request_as(&old_key, Method::GET, "/v1/webhooks").send().await.unwrap(),
+        app.request_as(&old_key, Method::GET, "/v1/webhooks")
+            .send()
+            .await
+            .unwrap(),
         StatusCode::OK,
     )
     .await;
     assert_eq!(seen["data"].as_array().unwrap().len(), 1);
-    assert_eq!(json_body(app.get("/v1/webhooks").await, StatusCode::OK).await["data"], json!([]));
+    assert_eq!(
+        json_body(app.get("/v1/webhooks").await, StatusCode::OK).await["data"],
+        json!([])
+    );
     // An API key never opens the admin API, not even for its own workspace.
     let response = app
         .request_as(&old_key, Method::GET, list_path)
@@ -387,7 +485,11 @@ async fn keys_rotate_without_downtime_and_a_revoked_key_is_refused_at_once() {
     let new_key = new["api_key"].as_str().unwrap().to_owned();
     assert_eq!(status_with_key(&app, &old_key).await, StatusCode::OK);
     assert_eq!(status_with_key(&app, &new_key).await, StatusCode::OK);
-    let listed = json_body(admin(&app, Method::GET, list_path).send().await.unwrap(), StatusCode::OK).await;
+    let listed = json_body(
+        admin(&app, Method::GET, list_path).send().await.unwrap(),
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(
         listed["data"],
         json!([
@@ -397,7 +499,10 @@ async fn keys_rotate_without_downtime_and_a_revoked_key_is_refused_at_once() {
         "newest first, never a secret"
     );
     let first_page = json_body(
-        admin(&app, Method::GET, &format!("{list_path}?limit=1")).send().await.unwrap(),
+        admin(&app, Method::GET, &format!("{list_path}?limit=1"))
+            .send()
+            .await
+            .unwrap(),
         StatusCode::OK,
     )
     .await;
@@ -406,7 +511,10 @@ async fn keys_rotate_without_downtime_and_a_revoked_key_is_refused_at_once() {
         admin(
             &app,
             Method::GET,
-            &format!("{list_path}?limit=1&cursor={}", first_page["next_cursor"].as_str().unwrap()),
+            &format!(
+                "{list_path}?limit=1&cursor={}",
+                first_page["next_cursor"].as_str().unwrap()
+            ),
         )
         .send()
         .await
@@ -421,19 +529,31 @@ async fn keys_rotate_without_downtime_and_a_revoked_key_is_refused_at_once() {
     let response = admin(&app, Method::DELETE, &revoke).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert!(response.bytes().await.unwrap().is_empty());
-    let refused = app.request_as(&old_key, Method::GET, "/v1/webhooks").send().await.unwrap();
+    let refused = app
+        .request_as(&old_key, Method::GET, "/v1/webhooks")
+        .send()
+        .await
+        .unwrap();
     let message = assert_error(refused, StatusCode::UNAUTHORIZED, "unauthorized", None).await;
     assert_eq!(message, "invalid API key");
     assert_eq!(status_with_key(&app, &new_key).await, StatusCode::OK);
 
-    let listed = json_body(admin(&app, Method::GET, list_path).send().await.unwrap(), StatusCode::OK).await;
+    let listed = json_body(
+        admin(&app, Method::GET, list_path).send().await.unwrap(),
+        StatusCode::OK,
+    )
+    .await;
     let revoked_at = listed["data"][1]["revoked_at"].clone();
     assert!(is_timestamp(revoked_at.as_str().unwrap()));
     assert_eq!(listed["data"][0]["revoked_at"], Value::Null);
     // Revoking again changes nothing.
     let response = admin(&app, Method::DELETE, &revoke).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    let listed = json_body(admin(&app, Method::GET, list_path).send().await.unwrap(), StatusCode::OK).await;
+    let listed = json_body(
+        admin(&app, Method::GET, list_path).send().await.unwrap(),
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(listed["data"][1]["revoked_at"], revoked_at);
     // A key is revoked only through its own workspace.
     let elsewhere = format!(
@@ -441,7 +561,10 @@ async fn keys_rotate_without_downtime_and_a_revoked_key_is_refused_at_once() {
         app.workspace,
         new["id"].as_str().unwrap()
     );
-    let response = admin(&app, Method::DELETE, &elsewhere).send().await.unwrap();
+    let response = admin(&app, Method::DELETE, &elsewhere)
+        .send()
+        .await
+        .unwrap();
     assert_error(response, StatusCode::NOT_FOUND, "not_found", None).await;
     assert_eq!(status_with_key(&app, &new_key).await, StatusCode::OK);
 }
@@ -449,8 +572,15 @@ async fn keys_rotate_without_downtime_and_a_revoked_key_is_refused_at_once() {
 #[tokio::test]
 async fn delete_erases_the_workspace_and_is_safe_to_repeat() {
     let app = spawn_admin().await;
-    json_body(put_workspace(&app, "gone", "Gone").await, StatusCode::CREATED).await;
-    let key = mint_key(&app, "gone").await["api_key"].as_str().unwrap().to_owned();
+    json_body(
+        put_workspace(&app, "gone", "Gone").await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let key = mint_key(&app, "gone").await["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let hook = json_body(
         app.request_as(&key, Method::POST, "/v1/webhooks")
             .json(&json!({"url": "https://example.com/gone", "events": ["*"]}))
@@ -479,7 +609,11 @@ async fn delete_erases_the_workspace_and_is_safe_to_repeat() {
         .await
         .unwrap();
     let before = row_counts(&app, "gone").await;
-    assert_eq!(before, [1, 1, 1, 1, 1], "workspaces, api_keys, webhooks, previous secrets, claims");
+    assert_eq!(
+        before,
+        [1, 1, 1, 1, 1],
+        "workspaces, api_keys, webhooks, previous secrets, claims"
+    );
 
     let response = admin(&app, Method::DELETE, "/admin/v1/workspaces/gone")
         .send()
@@ -488,7 +622,10 @@ async fn delete_erases_the_workspace_and_is_safe_to_repeat() {
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert_eq!(row_counts(&app, "gone").await, [0, 0, 0, 0, 0]);
     let message = assert_error(
-        app.request_as(&key, Method::GET, "/v1/webhooks").send().await.unwrap(),
+        app.request_as(&key, Method::GET, "/v1/webhooks")
+            .send()
+            .await
+            .unwrap(),
         StatusCode::UNAUTHORIZED,
         "unauthorized",
         None,
@@ -509,7 +646,11 @@ async fn delete_erases_the_workspace_and_is_safe_to_repeat() {
     // A deletion cut short after its first step (workspace marked, webhooks and keys
     // gone, claims left) is finished by the next DELETE; meanwhile the workspace is
     // gone for reads and a PUT is refused.
-    json_body(put_workspace(&app, "gone", "Again").await, StatusCode::CREATED).await;
+    json_body(
+        put_workspace(&app, "gone", "Again").await,
+        StatusCode::CREATED,
+    )
+    .await;
     let event = qr3_store::EventKey {
         workspace_id: gone.clone(),
         event_id: qr3_domain::EventId::generate(),
@@ -524,7 +665,10 @@ async fn delete_erases_the_workspace_and_is_safe_to_repeat() {
         .query("UPDATE workspaces SET deleted_at = now() WHERE id = 'gone'")
         .await
         .unwrap();
-    let response = admin(&app, Method::GET, "/admin/v1/workspaces/gone").send().await.unwrap();
+    let response = admin(&app, Method::GET, "/admin/v1/workspaces/gone")
+        .send()
+        .await
+        .unwrap();
     assert_error(response, StatusCode::NOT_FOUND, "not_found", None).await;
     let message = assert_error(
         put_workspace(&app, "gone", "Again").await,
@@ -540,7 +684,11 @@ async fn delete_erases_the_workspace_and_is_safe_to_repeat() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert_eq!(row_counts(&app, "gone").await, [0, 0, 0, 0, 0]);
-    json_body(put_workspace(&app, "gone", "New").await, StatusCode::CREATED).await;
+    json_body(
+        put_workspace(&app, "gone", "New").await,
+        StatusCode::CREATED,
+    )
+    .await;
 }
 
 /// Rows of workspace `ws` in workspaces, api_keys, webhooks, webhook_previous_secrets

@@ -95,7 +95,10 @@ async fn the_document_describes_every_route_and_the_bearer_scheme() {
     for (path, method) in [
         ("/admin/v1/workspaces", "get"),
         ("/admin/v1/workspaces/{workspace_id}", "put"),
-        ("/admin/v1/workspaces/{workspace_id}/api-keys/{key_id}", "delete"),
+        (
+            "/admin/v1/workspaces/{workspace_id}/api-keys/{key_id}",
+            "delete",
+        ),
     ] {
         let operation = &paths[path][method];
         assert_eq!(operation["tags"], serde_json::json!(["admin"]), "{path}");

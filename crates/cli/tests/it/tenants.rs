@@ -159,13 +159,17 @@ async fn a_revoked_key_is_refused_at_once_by_every_api_replica() {
         format!("http://{}", replica.api_addr.unwrap()),
     ];
     let key = provision(&app.api, "acme").await;
-    let keys: Value = admin(&replicas[1], Method::GET, "/admin/v1/workspaces/acme/api-keys")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keys: Value = admin(
+        &replicas[1],
+        Method::GET,
+        "/admin/v1/workspaces/acme/api-keys",
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     let key_id = keys["data"][0]["id"].as_str().unwrap().to_owned();
     let status = |base: String, key: String| async move {
         reqwest::Client::new()
@@ -213,7 +217,10 @@ async fn an_offboarded_workspace_leaves_no_row_and_none_of_its_events_is_deliver
     let webhook = register(&app.api, &key, &receiver.url()).await;
     let webhook_id = webhook["id"].as_str().unwrap().to_owned();
     reqwest::Client::new()
-        .post(format!("{}/v1/webhooks/{webhook_id}/rotate-secret", app.api))
+        .post(format!(
+            "{}/v1/webhooks/{webhook_id}/rotate-secret",
+            app.api
+        ))
         .bearer_auth(&key)
         .send()
         .await
@@ -278,7 +285,10 @@ async fn an_offboarded_workspace_leaves_no_row_and_none_of_its_events_is_deliver
         .metrics
         .deliveries_skipped_total
         .with_label_values(&["webhook_deleted"]);
-    eventually("both queued jobs skipped", || std::future::ready(skipped.get() == 2)).await;
+    eventually("both queued jobs skipped", || {
+        std::future::ready(skipped.get() == 2)
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(receiver.received().len(), 1, "only the event before");
     assert_eq!(skipped.get(), 2, "nothing else was there to skip");
@@ -325,11 +335,18 @@ fn run(db: &TestDb, args: &[&str]) -> Result<Value, String> {
 #[tokio::test]
 async fn the_cli_provisions_rotates_and_offboards_like_the_admin_api() {
     let db = TestDb::new().await.unwrap();
-    let created = run(&db, &["workspace", "create", "Acme GmbH", "--id", "acme-42"]).unwrap();
+    let created = run(
+        &db,
+        &["workspace", "create", "Acme GmbH", "--id", "acme-42"],
+    )
+    .unwrap();
     assert_eq!(created["workspace_id"], "acme-42");
     let first = created["api_key"].as_str().unwrap().to_owned();
     let error = run(&db, &["workspace", "create", "Again", "--id", "acme-42"]).unwrap_err();
-    assert!(error.contains("workspace acme-42 already exists"), "{error}");
+    assert!(
+        error.contains("workspace acme-42 already exists"),
+        "{error}"
+    );
     let error = run(&db, &["workspace", "create", "Bad", "--id", "not.valid"]).unwrap_err();
     assert!(error.contains("invalid --id"), "{error}");
 
@@ -341,11 +358,20 @@ async fn the_cli_provisions_rotates_and_offboards_like_the_admin_api() {
     assert_eq!(data[0]["id"], second["id"], "newest first");
     assert!(!listed.to_string().contains("qr3k_"), "no secrets listed");
     let first_id = data[1]["id"].as_str().unwrap().to_owned();
-    let revoked = run(&db, &["api-key", "revoke", "--workspace", "acme-42", &first_id]).unwrap();
+    let revoked = run(
+        &db,
+        &["api-key", "revoke", "--workspace", "acme-42", &first_id],
+    )
+    .unwrap();
     assert!(revoked["revoked_at"].is_string());
     assert_eq!(db.store.authenticate(&first).await.unwrap(), None);
     assert_eq!(
-        db.store.authenticate(&second_key).await.unwrap().unwrap().as_str(),
+        db.store
+            .authenticate(&second_key)
+            .await
+            .unwrap()
+            .unwrap()
+            .as_str(),
         "acme-42"
     );
 

@@ -93,8 +93,16 @@ async fn the_platform_creates_renames_and_pages_through_its_workspaces() {
         Upserted::Created(w) => w,
         other => panic!("{other:?}"),
     };
-    assert_eq!((created.id.as_str(), created.name.as_str()), ("acme-42", "Acme"));
-    let renamed = match db.store.upsert_workspace(&id, &name("Acme GmbH")).await.unwrap() {
+    assert_eq!(
+        (created.id.as_str(), created.name.as_str()),
+        ("acme-42", "Acme")
+    );
+    let renamed = match db
+        .store
+        .upsert_workspace(&id, &name("Acme GmbH"))
+        .await
+        .unwrap()
+    {
         Upserted::Updated(w) => w,
         other => panic!("{other:?}"),
     };
@@ -102,7 +110,12 @@ async fn the_platform_creates_renames_and_pages_through_its_workspaces() {
     assert_eq!(renamed.created_at, created.created_at, "a rename keeps it");
     assert_eq!(db.store.get_workspace(&id).await.unwrap(), Some(renamed));
     // `--id` refuses an id that is taken.
-    assert!(db.store.create_workspace_as(&id, "again").await.unwrap().is_none());
+    assert!(db
+        .store
+        .create_workspace_as(&id, "again")
+        .await
+        .unwrap()
+        .is_none());
 
     for i in 0..4 {
         let id = WorkspaceId::parse(&format!("tenant-{i}")).unwrap();
@@ -143,9 +156,18 @@ async fn keys_are_minted_listed_and_revoked_within_their_workspace() {
         db.store.authenticate(second.token()).await.unwrap(),
         Some(a.id.clone())
     );
-    let keys = db.store.list_api_keys(&a.id, None, 10).await.unwrap().unwrap();
+    let keys = db
+        .store
+        .list_api_keys(&a.id, None, 10)
+        .await
+        .unwrap()
+        .unwrap();
     let ids: Vec<_> = keys.iter().map(|k| k.id.clone()).collect();
-    assert_eq!(ids, [second.id.clone(), a.api_key.id.clone()], "newest first");
+    assert_eq!(
+        ids,
+        [second.id.clone(), a.api_key.id.clone()],
+        "newest first"
+    );
     let page = db
         .store
         .list_api_keys(&a.id, Some(&second.id), 10)
@@ -155,28 +177,66 @@ async fn keys_are_minted_listed_and_revoked_within_their_workspace() {
     assert_eq!(page.len(), 1);
 
     // Not through another workspace.
-    assert!(db.store.revoke_api_key(&b.id, &second.id).await.unwrap().is_none());
-    let revoked = db.store.revoke_api_key(&a.id, &second.id).await.unwrap().unwrap();
+    assert!(db
+        .store
+        .revoke_api_key(&b.id, &second.id)
+        .await
+        .unwrap()
+        .is_none());
+    let revoked = db
+        .store
+        .revoke_api_key(&a.id, &second.id)
+        .await
+        .unwrap()
+        .unwrap();
     let at = revoked.revoked_at.expect("revoked");
     assert_eq!(db.store.authenticate(second.token()).await.unwrap(), None);
-    assert!(db.store.authenticate(a.api_key.token()).await.unwrap().is_some());
-    let again = db.store.revoke_api_key(&a.id, &second.id).await.unwrap().unwrap();
-    assert_eq!(again.revoked_at, Some(at), "the first revocation time stays");
+    assert!(db
+        .store
+        .authenticate(a.api_key.token())
+        .await
+        .unwrap()
+        .is_some());
+    let again = db
+        .store
+        .revoke_api_key(&a.id, &second.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        again.revoked_at,
+        Some(at),
+        "the first revocation time stays"
+    );
 
     let nobody = WorkspaceId::parse("nobody").unwrap();
     assert!(db.store.create_api_key(&nobody).await.unwrap().is_none());
-    assert!(db.store.list_api_keys(&nobody, None, 10).await.unwrap().is_none());
+    assert!(db
+        .store
+        .list_api_keys(&nobody, None, 10)
+        .await
+        .unwrap()
+        .is_none());
     let empty = WorkspaceId::parse("no-keys").unwrap();
     db.store.upsert_workspace(&empty, &name("n")).await.unwrap();
-    assert_eq!(db.store.list_api_keys(&empty, None, 10).await.unwrap(), Some(vec![]));
+    assert_eq!(
+        db.store.list_api_keys(&empty, None, 10).await.unwrap(),
+        Some(vec![])
+    );
 }
 
 /// Every row of `table` that belongs to `ws`.
 async fn rows_of(db: &TestDb, table: &str, ws: &WorkspaceId) -> i64 {
-    let column = if table == "workspaces" { "id" } else { "workspace_id" };
-    db.query(&format!("SELECT count(*) FROM {table} WHERE {column} = '{ws}'"))
-        .await
-        .unwrap()[0]
+    let column = if table == "workspaces" {
+        "id"
+    } else {
+        "workspace_id"
+    };
+    db.query(&format!(
+        "SELECT count(*) FROM {table} WHERE {column} = '{ws}'"
+    ))
+    .await
+    .unwrap()[0]
         .get(0)
 }
 
@@ -209,7 +269,12 @@ async fn populated(db: &TestDb, name: &str, claims: usize) -> (WorkspaceId, Webh
         .await
         .unwrap();
     db.store
-        .rotate_webhook_secret(&ws, &hook.id, &WebhookSecret::generate(), Duration::from_secs(60))
+        .rotate_webhook_secret(
+            &ws,
+            &hook.id,
+            &WebhookSecret::generate(),
+            Duration::from_secs(60),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -220,10 +285,17 @@ async fn populated(db: &TestDb, name: &str, claims: usize) -> (WorkspaceId, Webh
             event_type: EventType::QrScanned,
         })
         .collect();
-    db.store.claim_events(&keys, Duration::from_secs(10)).await.unwrap();
+    db.store
+        .claim_events(&keys, Duration::from_secs(10))
+        .await
+        .unwrap();
     let now = chrono::Utc::now();
     // A day with no partition yet (a year ahead) lands in the default partition.
-    let days = [now - chrono::Duration::days(1), now, now + chrono::Duration::days(365)];
+    let days = [
+        now - chrono::Duration::days(1),
+        now,
+        now + chrono::Duration::days(365),
+    ];
     let rows: Vec<AttemptRecord> = days
         .iter()
         .map(|at| AttemptRecord {
@@ -267,7 +339,10 @@ async fn erasing_a_workspace_leaves_no_row_of_it_and_touches_no_other() {
         .await
         .unwrap()[0]
         .get(0);
-    assert_eq!(partitions, 3, "log rows in three partitions, the default one included");
+    assert_eq!(
+        partitions, 3,
+        "log rows in three partitions, the default one included"
+    );
 
     let erased = db.store.erase_workspace(&gone).await.unwrap().unwrap();
     assert_eq!(
@@ -285,7 +360,11 @@ async fn erasing_a_workspace_leaves_no_row_of_it_and_touches_no_other() {
     assert_eq!(previous_secrets_of(&db, &gone_hook).await, 0);
     let kept_rows = [1, 2, 1, 3, 3];
     for (table, n) in TABLES.iter().zip(kept_rows) {
-        assert_eq!(rows_of(&db, table, &kept).await, n, "{table} of the other workspace");
+        assert_eq!(
+            rows_of(&db, table, &kept).await,
+            n,
+            "{table} of the other workspace"
+        );
     }
     assert_eq!(previous_secrets_of(&db, &kept_hook).await, 1);
     assert_eq!(db.store.erase_workspace(&gone).await.unwrap(), None, "gone");
@@ -309,7 +388,10 @@ async fn an_erasure_cut_short_is_finished_by_the_next_one() {
     assert!(db.store.list_workspaces(None, 10).await.unwrap().is_empty());
     assert!(db.store.create_api_key(&ws).await.unwrap().is_none());
     assert_eq!(
-        db.store.upsert_workspace(&ws, &name("again")).await.unwrap(),
+        db.store
+            .upsert_workspace(&ws, &name("again"))
+            .await
+            .unwrap(),
         Upserted::BeingErased
     );
     let erased = db.store.erase_workspace(&ws).await.unwrap().unwrap();

@@ -39,8 +39,8 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiKeyPath {
         let Path((workspace, key)) = Path::<(String, String)>::from_request_parts(parts, state)
             .await
             .map_err(|_| invalid_workspace_id())?;
-        let workspace =
-            WorkspaceId::parse(&workspace).map_err(|e| ApiError::invalid_field("workspace_id", e))?;
+        let workspace = WorkspaceId::parse(&workspace)
+            .map_err(|e| ApiError::invalid_field("workspace_id", e))?;
         let key = ApiKeyId::parse(&key).map_err(|e| ApiError::invalid_field("key_id", e))?;
         Ok(ApiKeyPath(workspace, key))
     }

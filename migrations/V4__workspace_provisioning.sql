@@ -1,8 +1,8 @@
 -- qr3 webhooks: workspaces provisioned by the platform through /admin/v1.
 
 -- Offboarding (DELETE /admin/v1/workspaces/:id) first marks the workspace deleted, in the
--- transaction that deletes its webhooks and API keys, then erases its ingest claims and
--- delivery-log rows, and deletes the row itself last. A marked workspace is gone for
+-- transaction that deletes its webhooks and API keys, then erases its delivery-log rows
+-- and ingest claims, and deletes the row itself last. A marked workspace is gone for
 -- everything else (reads answer 404, a PUT 409, ingest no longer claims its events),
 -- and a DELETE repeated after a crash midway finds the row and finishes the erasure.
 -- NULL for every live workspace; adding it rewrites nothing.

@@ -343,11 +343,13 @@ impl Store {
     ///    (their previous secrets cascade) and API keys. From its commit no key
     ///    authenticates, ingest claims none of its events, and senders skip its queued
     ///    jobs as their webhooks are gone (once their caches expire);
-    /// 2. its ingest claims, by primary-key prefix, in batches;
-    /// 3. its delivery-log rows, one statement per partition, so each transaction stays
+    /// 2. its delivery-log rows, one statement per partition, so each transaction stays
     ///    short and the progress of a long erasure survives a crash. There is no index
     ///    on the log's `workspace_id` (it would cost every attempt written), so each
     ///    partition is scanned once;
+    /// 3. its ingest claims, by primary-key prefix, in batches. After the log, so a
+    ///    claim statement that read the workspace as live just before step 1 has long
+    ///    committed;
     /// 4. the workspace row, which cascades to any webhook or key created in the
     ///    moment between a concurrent request's check and step 1.
     pub async fn erase_workspace(&self, id: &WorkspaceId) -> Result<Option<Erasure>> {
@@ -374,21 +376,6 @@ impl Store {
             .await?;
         tx.commit().await?;
 
-        loop {
-            let n = client
-                .execute(
-                    "DELETE FROM ingested_events WHERE (workspace_id, event_id) IN (
-                        SELECT workspace_id, event_id FROM ingested_events
-                        WHERE workspace_id = $1 LIMIT $2)",
-                    &[&ws, &ERASE_CLAIMS_BATCH],
-                )
-                .await?;
-            erased.events += n;
-            if n < ERASE_CLAIMS_BATCH as u64 {
-                break;
-            }
-        }
-
         // `regclass::text` quotes a name where it needs it.
         let partitions = client
             .query(
@@ -406,6 +393,21 @@ impl Store {
                 // Retention dropped it meanwhile: its rows are gone too.
                 Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => {}
                 Err(e) => return Err(e.into()),
+            }
+        }
+
+        loop {
+            let n = client
+                .execute(
+                    "DELETE FROM ingested_events WHERE (workspace_id, event_id) IN (
+                        SELECT workspace_id, event_id FROM ingested_events
+                        WHERE workspace_id = $1 LIMIT $2)",
+                    &[&ws, &ERASE_CLAIMS_BATCH],
+                )
+                .await?;
+            erased.events += n;
+            if n < ERASE_CLAIMS_BATCH as u64 {
+                break;
             }
         }
 

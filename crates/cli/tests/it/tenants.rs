@@ -335,6 +335,16 @@ fn run(db: &TestDb, args: &[&str]) -> Result<Value, String> {
 #[tokio::test]
 async fn the_cli_provisions_rotates_and_offboards_like_the_admin_api() {
     let db = TestDb::new().await.unwrap();
+    for args in [
+        &["api-key", "--help"][..],
+        &["api-key", "revoke", "--help"],
+        &["workspace", "delete", "--help"],
+    ] {
+        assert!(
+            bin(&db).args(args).output().unwrap().status.success(),
+            "{args:?}"
+        );
+    }
     let created = run(
         &db,
         &["workspace", "create", "Acme GmbH", "--id", "acme-42"],

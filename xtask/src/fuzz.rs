@@ -2,10 +2,12 @@
 //!
 //! Starts `qr3-webhooks api` in a sandbox (fresh database, own broker namespace,
 //! production target rules: private addresses refused, no sender running so nothing is
-//! ever delivered anywhere), creates a workspace, and lets Schemathesis generate valid
-//! and invalid requests for every operation from `/v1/openapi.json`. The run fails on
-//! any 5xx, any response that breaks the document (status, content type, headers,
-//! body schema), any accepted invalid request, and any API key in the API's log.
+//! ever delivered anywhere, an admin token of its own), creates a workspace, and lets
+//! Schemathesis generate valid and invalid requests for every operation from
+//! `/v1/openapi.json`: first the `/v1` operations with the workspace's API key, then the
+//! operator's `/admin/v1` (tag `admin`) with the admin token. The run fails on any 5xx,
+//! any response that breaks the document (status, content type, headers, body schema),
+//! any accepted invalid request, and any API key or admin token in the API's log.
 //!
 //! One check is left out: `positive_data_acceptance` expects every request that fits
 //! the schema to succeed, but some rules cannot be written in JSON Schema (a `cursor`
@@ -17,6 +19,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use qr3_domain::WorkspaceId;
 
 use crate::sandbox::Sandbox;
 
@@ -28,6 +31,12 @@ pub fn fuzz(root: &Path, examples: u32, seed: Option<u64>) -> anyhow::Result<()>
     ensure_schemathesis()?;
     crate::cargo(root, &["build", "--quiet", "-p", "qr3-webhooks"])?;
     let logs = root.join("target/fuzz");
+    // This sandbox's own, from the OS CSPRNG (two ULIDs' random bits).
+    let admin_token = format!(
+        "fuzz-admin-{}-{}",
+        WorkspaceId::generate(),
+        WorkspaceId::generate()
+    );
     let mut sandbox = Sandbox::new(
         &root.join("target/debug/qr3-webhooks"),
         "fuzz",
@@ -38,57 +47,76 @@ pub fn fuzz(root: &Path, examples: u32, seed: Option<u64>) -> anyhow::Result<()>
             // The ping endpoint waits for an attempt no sender will make.
             ("QR3__API__PING_WAIT_MS", "20"),
             ("QR3__LOG__LEVEL", "info"),
+            ("QR3__API__ADMIN_TOKEN", &admin_token),
         ],
     )?;
     sandbox.start_api()?;
     let (_, api_key) = sandbox.create_workspace("fuzz")?;
 
     let schema = format!("http://{}/v1/openapi.json", sandbox.api_addr);
-    let authorization = format!("Authorization: Bearer {api_key}");
     let examples = examples.to_string();
-    let mut args = vec![
-        "-m",
-        "schemathesis.cli",
-        "run",
-        &schema,
-        "--header",
-        &authorization,
-        "--checks",
-        "all",
-        "--exclude-checks",
-        "positive_data_acceptance",
-        "--max-examples",
-        &examples,
-        "--request-timeout",
-        "10",
-        "--max-failures",
-        "10",
-    ];
     let seed = seed.map(|s| s.to_string());
-    if let Some(seed) = &seed {
-        args.extend(["--seed", seed]);
+    // Each credential opens only its own API, so each part of the document is run with
+    // its own; the other part would only ever answer 401.
+    for (part, credential, filter) in [
+        ("/v1 with the API key", &api_key, "--exclude-tag"),
+        (
+            "/admin/v1 with the admin token",
+            &admin_token,
+            "--include-tag",
+        ),
+    ] {
+        let authorization = format!("Authorization: Bearer {credential}");
+        let mut args = vec![
+            "-m",
+            "schemathesis.cli",
+            "run",
+            &schema,
+            filter,
+            "admin",
+            "--header",
+            &authorization,
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+            "--max-examples",
+            &examples,
+            "--request-timeout",
+            "10",
+            "--max-failures",
+            "10",
+        ];
+        if let Some(seed) = &seed {
+            args.extend(["--seed", seed]);
+        }
+        println!("==> schemathesis run {schema}: {part} ({examples} examples per operation)");
+        let status = Command::new("python3")
+            .args(&args)
+            .current_dir(&logs)
+            .env("NO_COLOR", "1")
+            .status()
+            .context("cannot run schemathesis")?;
+        if sandbox.exited("api").is_some() {
+            let api_log = std::fs::read_to_string(sandbox.log_path("api")).unwrap_or_default();
+            bail!("the API died during the fuzz run:\n{api_log}");
+        }
+        if !status.success() {
+            bail!(
+                "schemathesis found problems in {part} (API log: {})",
+                sandbox.log_path("api").display()
+            );
+        }
     }
-    println!("==> schemathesis run {schema} ({examples} examples per operation)");
-    let status = Command::new("python3")
-        .args(&args)
-        .current_dir(&logs)
-        .env("NO_COLOR", "1")
-        .status()
-        .context("cannot run schemathesis")?;
     let api_log = std::fs::read_to_string(sandbox.log_path("api")).unwrap_or_default();
-    if sandbox.exited("api").is_some() {
-        bail!("the API died during the fuzz run:\n{api_log}");
-    }
-    if !status.success() {
-        bail!(
-            "schemathesis found problems (API log: {})",
-            sandbox.log_path("api").display()
-        );
-    }
-    // The key went out with every request; it must never come back in a log line.
+    // The key and the token went out with every request; neither may come back in a
+    // log line.
     let key_secret = api_key.rsplit('_').next().unwrap_or(&api_key);
     if api_log.contains(key_secret) {
         bail!("the API key appeared in the API's log");
+    }
+    if api_log.contains(&admin_token) {
+        bail!("the admin token appeared in the API's log");
     }
     if api_log.contains("panicked") {
         bail!("the API panicked:\n{api_log}");

@@ -31,7 +31,7 @@ const MALFORMED: &str =
     "malformed Authorization header: expected `Authorization: Bearer <api key>`";
 
 /// The token of the one `Authorization: Bearer <token>` header (scheme case-insensitive).
-fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
+pub(crate) fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
     let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
     let value = match (values.next(), values.next()) {
         (None, _) => return Err(ApiError::Unauthorized(MISSING)),

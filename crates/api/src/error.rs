@@ -19,7 +19,8 @@ pub(crate) enum ApiError {
     #[error("{0}")]
     Unauthorized(&'static str),
     /// 404: unknown route, or a webhook that is not in the caller's workspace (whether
-    /// it exists elsewhere, never existed or is not even a well-formed id).
+    /// it exists elsewhere, never existed or is not even a well-formed id); on
+    /// `/admin/v1`, a workspace or API key that does not exist.
     #[error("{0}")]
     NotFound(String),
     /// 405.
@@ -65,6 +66,10 @@ impl ApiError {
 
     pub(crate) fn delivery_not_found() -> Self {
         Self::NotFound("delivery not found".into())
+    }
+
+    pub(crate) fn workspace_not_found() -> Self {
+        Self::NotFound("workspace not found".into())
     }
 
     fn code(&self) -> ErrorCode {

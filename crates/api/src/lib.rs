@@ -1,17 +1,20 @@
 //! The public HTTP API of qr3 webhooks (SPEC Part C "Public API"): webhook registration
-//! and delivery logs under `/v1`, authenticated by workspace API keys, described by an
-//! OpenAPI 3 document served at `GET /v1/openapi.json`.
+//! and delivery logs under `/v1`, authenticated by workspace API keys, and the
+//! operator's `/admin/v1` (workspaces and their API keys), authenticated by admin
+//! tokens; both described by an OpenAPI 3 document served at `GET /v1/openapi.json`.
 //!
 //! Invariants:
 //! - every response this router produces, errors included, is JSON; an error is
 //!   `{"error": {"code", "message"}}` and is mapped to HTTP in one place
 //!   (`ApiError`'s `IntoResponse`);
-//! - every read or write goes through the authenticated workspace, so another
+//! - every `/v1` read or write goes through the authenticated workspace, so another
 //!   workspace's ids answer 404 exactly like unknown ids;
+//! - a workspace API key works only on `/v1`, an admin token only on `/admin/v1`;
 //! - wire types (module `wire`) are separate from store and domain types.
 
 #![forbid(unsafe_code)]
 
+mod admin_auth;
 mod auth;
 mod error;
 mod extract;
@@ -27,12 +30,15 @@ use anyhow::Context;
 use axum::{extract::DefaultBodyLimit, Router};
 use tokio::net::TcpListener;
 
+pub use admin_auth::AdminTokens;
 pub use openapi::openapi_document;
 pub use state::{ApiConfig, ApiState, JobChannel};
 
 /// The `/v1` API with its state applied: every resource of `routes::v1_resources`, `GET
 /// /v1/openapi.json`, a JSON 404 for unknown routes, a JSON 405 for a wrong method,
-/// and the body-size limit of `api.max_body_bytes`.
+/// and the body-size limit of `api.max_body_bytes`. The operator's `/admin/v1`
+/// (`routes::admin`) is mounted only when `api.admin_token` is set; otherwise all of
+/// it is the JSON 404 of an unknown route.
 ///
 /// The result has no state left, so the ops endpoints (`/healthz`, `/readyz`,
 /// `/metrics`) and middleware (HTTP metrics) can be added by the binary with
@@ -40,7 +46,11 @@ pub use state::{ApiConfig, ApiState, JobChannel};
 /// `routes::v1_resources`, so they get the JSON 404/405 and the body limit too.
 pub fn router(state: ApiState) -> Router {
     let max_body_bytes = state.config.max_body_bytes;
-    routes::v1_resources()
+    let mut routes = routes::v1_resources();
+    if state.config.admin_tokens.is_some() {
+        routes = routes.merge(routes::admin::admin_resources());
+    }
+    routes
         .merge(openapi::router())
         // Applies to the routes above only: must come after every `merge`.
         .method_not_allowed_fallback(error::method_not_allowed)

@@ -7,7 +7,7 @@
 //! belongs to, so a webhooks cursor is refused by the deliveries listing.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use qr3_domain::{DeliveryId, WebhookId};
+use qr3_domain::{ApiKeyId, DeliveryId, Timestamp, WebhookId, WorkspaceId};
 
 use crate::{error::ApiError, wire::page::Page};
 
@@ -43,6 +43,57 @@ impl CursorId for DeliveryId {
 
     fn id_str(&self) -> &str {
         self.as_str()
+    }
+}
+
+impl CursorId for ApiKeyId {
+    const TAG: &'static str = "api_keys.v1";
+
+    fn parse_id(s: &str) -> Option<Self> {
+        ApiKeyId::parse(s).ok()
+    }
+
+    fn id_str(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// Where a listing of workspaces resumes: their ids are the platform's and do not sort
+/// by creation time, so the key is `(created_at, id)`, written `<unix ms>:<id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WorkspaceCursor {
+    pub created_at: Timestamp,
+    pub id: WorkspaceId,
+    text: String,
+}
+
+impl WorkspaceCursor {
+    /// The position of `workspace` in the listing.
+    pub(crate) fn of(workspace: &qr3_store::Workspace) -> Self {
+        Self {
+            created_at: workspace.created_at,
+            id: workspace.id.clone(),
+            text: format!("{}:{}", workspace.created_at.unix_millis(), workspace.id),
+        }
+    }
+}
+
+impl CursorId for WorkspaceCursor {
+    const TAG: &'static str = "workspaces.v1";
+
+    fn parse_id(s: &str) -> Option<Self> {
+        let (ms, id) = s.split_once(':')?;
+        let ms: i64 = ms.parse().ok()?;
+        let created_at = chrono::DateTime::from_timestamp_millis(ms)?;
+        Some(Self {
+            created_at: Timestamp::from(created_at),
+            id: WorkspaceId::parse(id).ok()?,
+            text: s.to_owned(),
+        })
+    }
+
+    fn id_str(&self) -> &str {
+        &self.text
     }
 }
 

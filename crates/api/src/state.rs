@@ -9,7 +9,7 @@ use qr3_config::Settings;
 use qr3_domain::{TargetPolicy, WebhookId, WorkspaceId};
 use qr3_store::{Store, Webhook};
 
-use crate::error::ApiError;
+use crate::{admin_auth::AdminTokens, error::ApiError};
 
 /// The settings the API acts on, taken from [`Settings`] once at start-up.
 #[derive(Debug, Clone)]
@@ -28,6 +28,9 @@ pub struct ApiConfig {
     pub manual_requests_per_minute: u32,
     /// Events one recover request queues at most (`api.recover_max_events`).
     pub recover_max_events: u32,
+    /// The operator tokens of `/admin/v1` (`api.admin_token`); `None` turns the admin
+    /// API off.
+    pub admin_tokens: Option<AdminTokens>,
 }
 
 impl ApiConfig {
@@ -42,6 +45,7 @@ impl ApiConfig {
             secret_rotation_grace: settings.secrets.rotation_grace(),
             manual_requests_per_minute: settings.api.manual_requests_per_minute,
             recover_max_events: settings.api.recover_max_events,
+            admin_tokens: AdminTokens::from_settings(&settings.api),
         }
     }
 }

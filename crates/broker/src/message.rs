@@ -174,7 +174,7 @@ mod tests {
             "invalid_schema"
         );
         assert_eq!(
-            reason(r#"{"type":"qr.created","workspace_id":"nope","data":{}}"#),
+            reason(r#"{"type":"qr.created","workspace_id":"no pe","data":{}}"#),
             "invalid_field"
         );
         assert_eq!(
@@ -254,8 +254,13 @@ mod properties {
     }
 
     fn workspace_id() -> impl Strategy<Value = String> {
-        // A lowercase ULID: Crockford base32, first character at most 7.
-        "ws_[0-7][0-9a-hjkmnp-tv-z]{25}"
+        prop_oneof![
+            // Generated: `ws_` and a lowercase ULID (Crockford base32, first character
+            // at most 7).
+            "ws_[0-7][0-9a-hjkmnp-tv-z]{25}",
+            // The platform's own.
+            "[A-Za-z0-9_-]{1,64}",
+        ]
     }
 
     fn publishable_type() -> impl Strategy<Value = &'static str> {

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use qr3_config::Settings;
 
 use crate::app::{self, Roles};
+use crate::operator;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,10 +36,15 @@ pub enum Command {
     Sender,
     /// Run api, ingest and sender in one process (local use).
     All,
-    /// Manage workspaces.
+    /// Manage workspaces (as `/admin/v1/workspaces` does).
     Workspace {
         #[command(subcommand)]
         command: WorkspaceCommand,
+    },
+    /// Manage a workspace's API keys (as `/admin/v1/workspaces/{id}/api-keys` does).
+    ApiKey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
     },
     /// Publish one event to the events exchange exactly as the platform does.
     Publish(PublishArgs),
@@ -50,14 +56,48 @@ pub enum Command {
 pub enum WorkspaceCommand {
     /// Create a workspace and its first API key; prints {"workspace_id", "api_key"}.
     Create {
-        /// A name for people; not unique.
+        /// A name for people (1 to 200 characters); not unique.
         name: String,
+        /// The platform's own id for it (1 to 64 of A-Z a-z 0-9 _ -); a `ws_…` id is
+        /// generated when omitted. Fails if the id exists.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Delete a workspace and erase its webhooks, API keys, delivery log and ingest
+    /// claims; prints what was erased. Repeat it if it was interrupted.
+    Delete {
+        /// The workspace's id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Mint another API key; prints {"id", "api_key", "created_at"} (the key only now).
+    Create {
+        /// The workspace's id.
+        #[arg(long)]
+        workspace: String,
+    },
+    /// List a workspace's API keys, revoked ones included, without secrets.
+    List {
+        /// The workspace's id.
+        #[arg(long)]
+        workspace: String,
+    },
+    /// Revoke an API key: every request with it answers 401 from now on.
+    Revoke {
+        /// The workspace's id.
+        #[arg(long)]
+        workspace: String,
+        /// The key's id (`key_…`, as `api-key list` shows it).
+        key_id: String,
     },
 }
 
 #[derive(Debug, clap::Args)]
 pub struct PublishArgs {
-    /// Workspace the event belongs to (ws_…).
+    /// Workspace the event belongs to (its id: the platform's own, or a `ws_…` one).
     #[arg(long)]
     pub workspace: String,
     /// Event type, e.g. qr.scanned (also the routing key).
@@ -84,18 +124,31 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Ingest => app::serve_until_signal(settings, Roles::INGEST).await,
         Command::Sender => app::serve_until_signal(settings, Roles::SENDER).await,
         Command::All => app::serve_until_signal(settings, Roles::ALL).await,
-        Command::Workspace {
-            command: WorkspaceCommand::Create { name },
-        } => {
-            let store = app::open_store(&settings).await?;
-            let created = store
-                .create_workspace(&name)
-                .await
-                .context("cannot create the workspace")?;
-            println!(
-                "{}",
-                serde_json::json!({ "workspace_id": created.id, "api_key": created.api_key.token() })
-            );
+        Command::Workspace { command } => {
+            let printed = match command {
+                WorkspaceCommand::Create { name, id } => {
+                    operator::create_workspace(&settings, &name, id.as_deref()).await?
+                }
+                WorkspaceCommand::Delete { id } => {
+                    operator::delete_workspace(&settings, &id).await?
+                }
+            };
+            operator::print(&printed);
+            Ok(())
+        }
+        Command::ApiKey { command } => {
+            let printed = match command {
+                ApiKeyCommand::Create { workspace } => {
+                    operator::create_api_key(&settings, &workspace).await?
+                }
+                ApiKeyCommand::List { workspace } => {
+                    operator::list_api_keys(&settings, &workspace).await?
+                }
+                ApiKeyCommand::Revoke { workspace, key_id } => {
+                    operator::revoke_api_key(&settings, &workspace, &key_id).await?
+                }
+            };
+            operator::print(&printed);
             Ok(())
         }
         Command::Publish(args) => {

@@ -26,7 +26,7 @@ pub enum ConfigError {
 }
 
 /// A value that must never appear in logs: `Debug` prints `<redacted>`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Redacted<T>(T);
 
@@ -133,6 +133,48 @@ pub struct ApiSettings {
     pub ping_wait_ms: u64,
     pub manual_requests_per_minute: u32,
     pub recover_max_events: u32,
+    /// The operator tokens of `/admin/v1` (several during a rotation); empty when the
+    /// admin API is off. From a TOML string or array, or from `QR3__API__ADMIN_TOKEN`
+    /// as a comma-separated list.
+    #[serde(default, deserialize_with = "admin_tokens")]
+    pub admin_token: Redacted<Vec<String>>,
+}
+
+impl ApiSettings {
+    /// The shortest admin token accepted, in characters.
+    pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+    /// The longest admin token accepted, in characters.
+    pub const MAX_ADMIN_TOKEN_CHARS: usize = 512;
+
+    /// Whether `/admin/v1` is served: at least one admin token is configured.
+    pub fn admin_enabled(&self) -> bool {
+        !self.admin_token.expose().is_empty()
+    }
+}
+
+/// Admin tokens: a TOML string or array of strings, or from the environment a
+/// comma-separated string (with `with_list_parse_key`, a list already). Blank entries
+/// are dropped, so `QR3__API__ADMIN_TOKEN=""` leaves the admin API off.
+fn admin_tokens<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Redacted<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Tokens {
+        List(Vec<String>),
+        One(String),
+    }
+    let items = match Tokens::deserialize(d)? {
+        Tokens::List(items) => items,
+        Tokens::One(item) => vec![item],
+    };
+    Ok(Redacted::new(
+        items
+            .iter()
+            .flat_map(|item| item.split(','))
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    ))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -290,6 +332,17 @@ impl fmt::Debug for EncryptionKey {
     }
 }
 
+/// The `QR3__SECTION__KEY` environment variables as a configuration source.
+fn environment() -> config::Environment {
+    config::Environment::with_prefix("QR3")
+        .prefix_separator("__")
+        .separator("__")
+        .list_separator(",")
+        .with_list_parse_key("delivery.retry_delays_ms")
+        .with_list_parse_key("api.admin_token")
+        .try_parsing(true)
+}
+
 impl Settings {
     /// Defaults, then `file` if given, then the `QR3__…` environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -304,14 +357,7 @@ impl Settings {
                     .required(true),
             );
         }
-        builder = builder.add_source(
-            config::Environment::with_prefix("QR3")
-                .prefix_separator("__")
-                .separator("__")
-                .list_separator(",")
-                .with_list_parse_key("delivery.retry_delays_ms")
-                .try_parsing(true),
-        );
+        builder = builder.add_source(environment());
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
@@ -380,6 +426,7 @@ impl Settings {
         if self.api.recover_max_events == 0 || self.api.recover_max_events > 100_000 {
             return invalid("api.recover_max_events must be between 1 and 100000");
         }
+        self.validate_admin_tokens()?;
         if self.api.manual_requests_per_minute == 0 {
             return invalid("api.manual_requests_per_minute must be at least 1");
         }
@@ -401,6 +448,38 @@ impl Settings {
             );
         }
         self.encryption_key()?;
+        Ok(())
+    }
+
+    /// Each admin token is long enough to resist guessing, fits an `Authorization`
+    /// header, and can never be mistaken for a workspace API key (`qr3k_…`).
+    fn validate_admin_tokens(&self) -> Result<(), ConfigError> {
+        let (min, max) = (
+            ApiSettings::MIN_ADMIN_TOKEN_CHARS,
+            ApiSettings::MAX_ADMIN_TOKEN_CHARS,
+        );
+        for (i, token) in self.api.admin_token.expose().iter().enumerate() {
+            // Messages name the token by position, never by value.
+            let n = i + 1;
+            if !(min..=max).contains(&token.len()) {
+                return Err(ConfigError::Invalid(format!(
+                    "api.admin_token: token {n} must be {min} to {max} characters \
+                     (generate one with `openssl rand -hex 32`)"
+                )));
+            }
+            if !token.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+                return Err(ConfigError::Invalid(format!(
+                    "api.admin_token: token {n} may hold only printable ASCII without \
+                     spaces or commas"
+                )));
+            }
+            if token.starts_with("qr3k_") {
+                return Err(ConfigError::Invalid(format!(
+                    "api.admin_token: token {n} must not start with `qr3k_`, the prefix of \
+                     workspace API keys"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -526,6 +605,110 @@ mod tests {
         s.secrets.encryption_key = Some(Redacted::new("c2VjcmV0".into()));
         let debug = format!("{s:?}");
         assert!(!debug.contains("hunter2") && !debug.contains("c2VjcmV0"));
+    }
+
+    fn with_admin_tokens(tokens: &[&str]) -> Settings {
+        let mut s = Settings::defaults();
+        s.secrets.allow_insecure_dev_key = true;
+        s.api.admin_token = Redacted::new(tokens.iter().map(|t| t.to_string()).collect());
+        s
+    }
+
+    #[test]
+    fn the_admin_api_is_off_by_default() {
+        let s = Settings::defaults();
+        assert!(s.api.admin_token.expose().is_empty());
+        assert!(!s.api.admin_enabled());
+    }
+
+    #[test]
+    fn admin_tokens_are_long_printable_and_not_api_keys() {
+        let good = "a".repeat(32);
+        assert!(with_admin_tokens(&[&good, &"b".repeat(512)])
+            .validate()
+            .is_ok());
+        let long = "c".repeat(513);
+        let prefixed = format!("qr3k_{}", "d".repeat(40));
+        let spaced = format!("{} x", "e".repeat(40));
+        for (bad, expected) in [
+            ("short", "32 to 512 characters"),
+            (long.as_str(), "32 to 512 characters"),
+            (prefixed.as_str(), "must not start with `qr3k_`"),
+            (spaced.as_str(), "printable ASCII"),
+        ] {
+            let error = with_admin_tokens(&[&good, bad])
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("token 2") && error.contains(expected),
+                "{error}"
+            );
+            assert!(!error.contains(bad), "the token is not echoed: {error}");
+        }
+    }
+
+    #[test]
+    fn admin_tokens_read_from_a_string_a_list_or_a_comma_separated_string() {
+        let from_toml = |toml: &str| -> Vec<String> {
+            config::Config::builder()
+                .add_source(config::File::from_str(
+                    DEFAULTS_TOML,
+                    config::FileFormat::Toml,
+                ))
+                .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+                .build()
+                .and_then(|c| c.try_deserialize::<Settings>())
+                .unwrap()
+                .api
+                .admin_token
+                .expose()
+                .clone()
+        };
+        let (a, b) = ("a".repeat(32), "b".repeat(32));
+        assert_eq!(
+            from_toml(&format!("[api]\nadmin_token = \"{a}\"")),
+            std::slice::from_ref(&a)
+        );
+        assert_eq!(
+            from_toml(&format!("[api]\nadmin_token = [\"{a}\", \"{b}\"]")),
+            [a.clone(), b.clone()]
+        );
+        assert_eq!(
+            from_toml(&format!("[api]\nadmin_token = \"{a}, {b}\"")),
+            [a.clone(), b.clone()]
+        );
+        assert!(from_toml("[api]\nadmin_token = \"\"").is_empty());
+    }
+
+    #[test]
+    fn admin_tokens_read_from_the_environment_comma_separated() {
+        let (a, b) = ("a".repeat(32), "b".repeat(40));
+        let from_env = |value: &str| -> Vec<String> {
+            let vars = [("QR3__API__ADMIN_TOKEN".to_owned(), value.to_owned())];
+            config::Config::builder()
+                .add_source(config::File::from_str(
+                    DEFAULTS_TOML,
+                    config::FileFormat::Toml,
+                ))
+                .add_source(environment().source(Some(vars.into_iter().collect())))
+                .build()
+                .and_then(|c| c.try_deserialize::<Settings>())
+                .unwrap()
+                .api
+                .admin_token
+                .expose()
+                .clone()
+        };
+        assert_eq!(from_env(&a), std::slice::from_ref(&a));
+        assert_eq!(from_env(&format!("{a},{b}")), [a.clone(), b.clone()]);
+        assert!(from_env("").is_empty());
+    }
+
+    #[test]
+    fn admin_tokens_do_not_print() {
+        let s = with_admin_tokens(&[&"s3cr3t".repeat(8)]);
+        assert!(!format!("{s:?}").contains("s3cr3t"));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! Generated ids are a prefix plus a lowercase ULID: 48 bits of millisecond time followed
 //! by 80 random bits from the OS-seeded CSPRNG, so they sort by creation time and cannot
 //! be guessed. Event ids may also come from the platform, in which case any
-//! `evt_` + `[A-Za-z0-9_-]{1,100}` is accepted.
+//! `evt_` + `[A-Za-z0-9_-]{1,100}` is accepted. Workspaces belong to the platform, which
+//! names them with its own ids: any 1 to 64 of `[A-Za-z0-9_-]` (a generated `ws_…` id is
+//! one of them).
 
 use std::fmt;
 
@@ -13,10 +15,11 @@ use crate::Timestamp;
 
 /// Why a string is not an id of the expected kind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{value}` is not a valid {kind} id (expected `{prefix}…`)")]
+#[error("`{value}` is not a valid {kind} id (expected {expected})")]
 pub struct InvalidId {
     kind: &'static str,
-    prefix: &'static str,
+    /// What an id of this kind looks like, for the message.
+    expected: &'static str,
     value: String,
 }
 
@@ -57,7 +60,11 @@ macro_rules! ulid_id {
             pub fn parse(s: &str) -> Result<Self, InvalidId> {
                 match s.strip_prefix($prefix) {
                     Some(rest) if is_ulid_suffix(rest) => Ok(Self(s.to_owned())),
-                    _ => Err(InvalidId { kind: $kind, prefix: $prefix, value: truncate(s, 120) }),
+                    _ => Err(InvalidId {
+                        kind: $kind,
+                        expected: concat!("`", $prefix, "…`"),
+                        value: truncate(s, 120),
+                    }),
                 }
             }
 
@@ -100,10 +107,6 @@ ulid_id!(
 ulid_id!(
     /// One delivery attempt (one row of the delivery log).
     DeliveryId, "whd_", "delivery"
-);
-ulid_id!(
-    /// A workspace: the tenant every webhook and API key belongs to.
-    WorkspaceId, "ws_", "workspace"
 );
 ulid_id!(
     /// An API key's public identifier (the secret part is never stored).
@@ -159,7 +162,7 @@ impl EventId {
         } else {
             Err(InvalidId {
                 kind: "event",
-                prefix: Self::PREFIX,
+                expected: "`evt_` and 1 to 100 of A-Z, a-z, 0-9, `_`, `-`",
                 value: truncate(s, 120),
             })
         }
@@ -193,6 +196,71 @@ impl Serialize for EventId {
 }
 
 impl<'de> Deserialize<'de> for EventId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A workspace: the tenant every webhook and API key belongs to. The platform creates
+/// workspaces under its own ids, so an id is any 1 to 64 of `[A-Za-z0-9_-]`
+/// (case-sensitive); [`WorkspaceId::generate`] makes `ws_` + a lowercase ULID, which is
+/// one of them. Unlike the other ids, a workspace id need not sort by creation time.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkspaceId(String);
+
+impl WorkspaceId {
+    /// The prefix of generated ids (platform ids need not have it).
+    pub const PREFIX: &'static str = "ws_";
+    /// The longest id accepted, in characters (all ASCII).
+    pub const MAX_LEN: usize = 64;
+
+    /// A fresh, unguessable id: `ws_` + a lowercase ULID.
+    pub fn generate() -> Self {
+        Self(format!("{}{}", Self::PREFIX, new_ulid_suffix()))
+    }
+
+    /// Accepts 1 to 64 of `[A-Za-z0-9_-]`.
+    pub fn parse(s: &str) -> Result<Self, InvalidId> {
+        let ok = !s.is_empty()
+            && s.len() <= Self::MAX_LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InvalidId {
+                kind: "workspace",
+                expected: "1 to 64 of A-Z, a-z, 0-9, `_`, `-`",
+                value: truncate(s, 120),
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WorkspaceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for WorkspaceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for WorkspaceId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for WorkspaceId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         Self::parse(&s).map_err(serde::de::Error::custom)
@@ -269,6 +337,50 @@ mod tests {
         assert!(EventId::parse("abc").is_err());
         assert!(EventId::parse("evt_a b").is_err());
         assert!(EventId::parse(&format!("evt_{}", "a".repeat(101))).is_err());
+    }
+
+    #[test]
+    fn workspace_ids_are_the_platforms_own_or_generated() {
+        let generated = WorkspaceId::generate();
+        assert!(generated.as_str().starts_with("ws_"));
+        assert_eq!(WorkspaceId::parse(generated.as_str()).unwrap(), generated);
+        for ok in [
+            "acme",
+            "ACME-42",
+            "a",
+            "tenant_0001",
+            &"x".repeat(64),
+            "ws_abc",
+        ] {
+            assert_eq!(WorkspaceId::parse(ok).unwrap().as_str(), ok);
+        }
+        assert_ne!(
+            WorkspaceId::parse("Acme").unwrap(),
+            WorkspaceId::parse("acme").unwrap(),
+            "case-sensitive"
+        );
+        for bad in [
+            "",
+            "a b",
+            "acme.io",
+            "a/b",
+            "é",
+            &"x".repeat(65),
+            "ws_\u{0}",
+        ] {
+            let error = WorkspaceId::parse(bad).unwrap_err().to_string();
+            assert!(error.contains("1 to 64 of A-Z"), "{bad}: {error}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_platform_shaped_id_parses_back(id in "[A-Za-z0-9_-]{1,64}") {
+            let parsed = WorkspaceId::parse(&id).unwrap();
+            proptest::prop_assert_eq!(parsed.as_str(), id.as_str());
+            let json = serde_json::to_string(&parsed).unwrap();
+            proptest::prop_assert_eq!(serde_json::from_str::<WorkspaceId>(&json).unwrap(), parsed);
+        }
     }
 
     #[test]

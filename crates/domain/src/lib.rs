@@ -14,6 +14,7 @@ pub mod secret;
 pub mod signature;
 pub mod target;
 pub mod time;
+pub mod workspace;
 
 pub use event::{EventFilter, EventType, Subscriptions};
 pub use ids::{ApiKeyId, DeliveryId, EventId, WebhookId, WorkspaceId};
@@ -21,3 +22,4 @@ pub use payload::Payload;
 pub use secret::WebhookSecret;
 pub use target::{TargetPolicy, WebhookUrl};
 pub use time::Timestamp;
+pub use workspace::{InvalidWorkspaceName, WorkspaceName};

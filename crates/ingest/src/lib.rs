@@ -59,6 +59,9 @@ pub enum Outcome {
     /// Another worker is fanning it out right now: held, and processed again once that
     /// worker has finished or its claim has lapsed.
     Busy,
+    /// Its workspace does not exist (never created, or deleted): acknowledged and
+    /// counted, never fanned out.
+    UnknownWorkspace,
     /// Moved to the dead-letter queue for this reason.
     Rejected(&'static str),
 }
@@ -394,6 +397,12 @@ impl Ingest {
                 }
                 ClaimOutcome::InProgress => {
                     outcomes[*i] = Some(Outcome::Busy);
+                    continue;
+                }
+                ClaimOutcome::UnknownWorkspace => {
+                    inner.metrics.events_unknown_workspace_total.inc();
+                    tracing::debug!(event_id = %event.id, workspace_id = %event.workspace_id, "event of an unknown workspace ignored");
+                    outcomes[*i] = Some(Outcome::UnknownWorkspace);
                     continue;
                 }
                 ClaimOutcome::Claimed => {}

@@ -23,6 +23,9 @@ pub enum ClaimOutcome {
     AlreadyDone,
     /// Another worker claimed it moments ago and has not finished; try again later.
     InProgress,
+    /// Its workspace does not exist (never created, or deleted or being deleted): no
+    /// claim is written, and the event has nobody to go to.
+    UnknownWorkspace,
 }
 
 /// One event to claim.
@@ -35,8 +38,9 @@ pub struct EventKey {
 
 impl Store {
     /// Claims a batch of distinct events for fan-out, in one statement. A claim older
-    /// than `lease` whose fan-out never finished (its worker died) is taken over.
-    /// Returns one outcome per input, in order.
+    /// than `lease` whose fan-out never finished (its worker died) is taken over. An
+    /// event of a workspace that is not live is not claimed, so an erased workspace
+    /// leaves no new rows behind. Returns one outcome per input, in order.
     pub async fn claim_events(
         &self,
         events: &[EventKey],
@@ -55,17 +59,21 @@ impl Store {
         let stmt = client
             .prepare_cached(
                 "WITH input AS (
-                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
+                    SELECT t.*, EXISTS (
+                        SELECT 1 FROM workspaces w
+                        WHERE w.id = t.workspace_id COLLATE \"C\" AND w.deleted_at IS NULL
+                    ) AS live
+                    FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
                         AS t(workspace_id, event_id, event_type, n)
                  ), claimed AS (
                     INSERT INTO ingested_events (workspace_id, event_id, event_type)
-                    SELECT workspace_id, event_id, event_type FROM input
+                    SELECT workspace_id, event_id, event_type FROM input WHERE live
                     ON CONFLICT (workspace_id, event_id) DO UPDATE SET claimed_at = now()
                     WHERE ingested_events.fanned_out_at IS NULL
                       AND ingested_events.claimed_at < now() - make_interval(secs => $4)
                     RETURNING workspace_id, event_id
                  )
-                 SELECT c.event_id IS NOT NULL, e.fanned_out_at IS NOT NULL
+                 SELECT c.event_id IS NOT NULL, e.fanned_out_at IS NOT NULL, i.live
                  FROM input i
                  LEFT JOIN claimed c ON c.workspace_id = i.workspace_id AND c.event_id = i.event_id
                  LEFT JOIN ingested_events e ON e.workspace_id = i.workspace_id AND e.event_id = i.event_id
@@ -78,10 +86,17 @@ impl Store {
             .await?;
         Ok(rows
             .iter()
-            .map(|row| match (row.get::<_, bool>(0), row.get::<_, bool>(1)) {
-                (true, _) => ClaimOutcome::Claimed,
-                (false, true) => ClaimOutcome::AlreadyDone,
-                (false, false) => ClaimOutcome::InProgress,
+            .map(|row| {
+                match (
+                    row.get::<_, bool>(2),
+                    row.get::<_, bool>(0),
+                    row.get::<_, bool>(1),
+                ) {
+                    (false, _, _) => ClaimOutcome::UnknownWorkspace,
+                    (true, true, _) => ClaimOutcome::Claimed,
+                    (true, false, true) => ClaimOutcome::AlreadyDone,
+                    (true, false, false) => ClaimOutcome::InProgress,
+                }
             })
             .collect())
     }

@@ -1,5 +1,6 @@
-//! Postgres storage for qr3 webhooks: workspaces and API keys, webhooks (secrets
-//! encrypted at rest), idempotent-ingest claims and the partitioned delivery log.
+//! Postgres storage for qr3 webhooks: workspaces (provisioned and erased by the
+//! platform) and API keys, webhooks (secrets encrypted at rest), idempotent-ingest
+//! claims and the partitioned delivery log.
 //!
 //! Invariant: every query that reads or changes a webhook on behalf of a customer is
 //! scoped by workspace id, so one workspace can never see another's rows.
@@ -32,7 +33,7 @@ pub use webhooks::{
     DeliveryTarget, NewWebhook, RotatedSecret, SigningSecret, Subscribers, Unreadable,
     UnreadableReason, Webhook, WebhookPatch, WebhookSummary, MAX_PREVIOUS_SECRETS,
 };
-pub use workspaces::{ApiKey, CreatedWorkspace};
+pub use workspaces::{ApiKey, ApiKeyInfo, CreatedWorkspace, Erasure, Upserted, Workspace};
 
 use deadpool_postgres::Pool;
 

@@ -44,6 +44,9 @@ pub struct Metrics {
     pub events_rejected_total: IntCounterVec,
     /// Events whose id had already been ingested, so were not fanned out again.
     pub events_duplicate_total: IntCounter,
+    /// Events of a workspace that does not exist (never created, or deleted):
+    /// acknowledged, never fanned out.
+    pub events_unknown_workspace_total: IntCounter,
     /// Delivery jobs published by the fan-out.
     pub fanout_jobs_published_total: IntCounter,
     /// Number of subscribed webhooks per ingested event.
@@ -150,6 +153,13 @@ impl Metrics {
                 IntCounter::new(
                     "qr3_events_duplicate_total",
                     "Events already ingested, not fanned out again.",
+                )?,
+            )?,
+            events_unknown_workspace_total: register(
+                &registry,
+                IntCounter::new(
+                    "qr3_events_unknown_workspace_total",
+                    "Events of a workspace that does not exist, acknowledged and not fanned out.",
                 )?,
             )?,
             fanout_jobs_published_total: register(
@@ -435,6 +445,7 @@ mod tests {
             "qr3_events_ingested_total",
             "qr3_events_rejected_total",
             "qr3_events_duplicate_total",
+            "qr3_events_unknown_workspace_total",
             "qr3_fanout_jobs_published_total",
             "qr3_fanout_webhooks_per_event",
             "qr3_delivery_attempts_total",

@@ -1,6 +1,7 @@
 //! The `/v1` resources, one module (and one file) each: its routes, its handlers and
 //! their OpenAPI descriptions.
 
+pub(crate) mod admin;
 pub(crate) mod deliveries;
 mod jobs;
 pub(crate) mod manual;

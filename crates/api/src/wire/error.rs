@@ -28,9 +28,11 @@ pub struct ErrorDetail {
 pub enum ErrorCode {
     /// 400: the body is not JSON, not a JSON object, or not sent as `application/json`.
     MalformedRequest,
-    /// 401: the API key is missing, malformed or not valid.
+    /// 401: the API key (on `/admin/v1`, the admin token) is missing, malformed or not
+    /// valid.
     Unauthorized,
-    /// 404: no such route, or no such webhook in this workspace.
+    /// 404: no such route, or no such webhook in this workspace (on `/admin/v1`, no
+    /// such workspace or API key).
     NotFound,
     /// 405: the route exists but not with this method.
     MethodNotAllowed,

@@ -1,6 +1,7 @@
 //! Integration tests of the public API: the real router on 127.0.0.1, a fresh Postgres
 //! database per test, requests made with reqwest as a customer would.
 
+mod admin;
 mod auth;
 mod deliveries;
 mod errors;

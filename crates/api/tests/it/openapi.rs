@@ -66,6 +66,19 @@ async fn the_document_describes_every_route_and_the_bearer_scheme() {
         ("/v1/webhooks/{id}/recover", &["post"][..]),
         ("/v1/webhooks/{id}/stats", &["get"][..]),
         ("/v1/openapi.json", &["get"][..]),
+        ("/admin/v1/workspaces", &["get"][..]),
+        (
+            "/admin/v1/workspaces/{workspace_id}",
+            &["get", "put", "delete"][..],
+        ),
+        (
+            "/admin/v1/workspaces/{workspace_id}/api-keys",
+            &["get", "post"][..],
+        ),
+        (
+            "/admin/v1/workspaces/{workspace_id}/api-keys/{key_id}",
+            &["delete"][..],
+        ),
     ] {
         for method in methods {
             assert!(paths[path][method].is_object(), "{method} {path}");
@@ -78,6 +91,25 @@ async fn the_document_describes_every_route_and_the_bearer_scheme() {
     let scheme = &doc["components"]["securitySchemes"]["bearer"];
     assert_eq!(scheme["type"], "http");
     assert_eq!(scheme["scheme"], "bearer");
+    // The admin API has its own tag and its own credential.
+    for (path, method) in [
+        ("/admin/v1/workspaces", "get"),
+        ("/admin/v1/workspaces/{workspace_id}", "put"),
+        (
+            "/admin/v1/workspaces/{workspace_id}/api-keys/{key_id}",
+            "delete",
+        ),
+    ] {
+        let operation = &paths[path][method];
+        assert_eq!(operation["tags"], serde_json::json!(["admin"]), "{path}");
+        assert_eq!(
+            operation["security"],
+            serde_json::json!([{"admin_token": []}]),
+            "{path}"
+        );
+    }
+    let admin = &doc["components"]["securitySchemes"]["admin_token"];
+    assert_eq!(admin["scheme"], "bearer");
 
     let schemas = &doc["components"]["schemas"];
     let webhook = &schemas["Webhook"];

@@ -20,4 +20,5 @@ mod ssrf;
 mod standard_webhooks;
 mod startup;
 mod supervision;
+mod tenants;
 mod verifiers;

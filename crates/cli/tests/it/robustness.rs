@@ -26,7 +26,7 @@ async fn invalid_events_go_to_the_dead_letter_queue_with_their_reason() {
         ),
         (
             "invalid_field",
-            br#"{"type":"qr.created","workspace_id":"nope","data":{}}"#.to_vec(),
+            br#"{"type":"qr.created","workspace_id":"no pe","data":{}}"#.to_vec(),
         ),
         (
             "too_large",

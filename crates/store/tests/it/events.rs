@@ -86,3 +86,44 @@ async fn a_claim_leaves_its_connection_committing_durably() {
     drop(client);
     store.pool().close();
 }
+
+#[tokio::test]
+async fn events_of_a_workspace_that_is_not_live_are_not_claimed() {
+    let db = TestDb::new().await.unwrap();
+    let live = db.store.create_workspace("live").await.unwrap().id;
+    let erasing = db.store.create_workspace("erasing").await.unwrap().id;
+    let platform = qr3_domain::WorkspaceId::parse("acme-42").unwrap();
+    // What a crash in the middle of an erasure leaves: the workspace marked.
+    db.query(&format!(
+        "UPDATE workspaces SET deleted_at = now() WHERE id = '{erasing}'"
+    ))
+    .await
+    .unwrap();
+    let lease = Duration::from_secs(10);
+    let keys = [key(&live), key(&erasing), key(&platform)];
+    let claims = db.store.claim_events(&keys, lease).await.unwrap();
+    assert_eq!(
+        claims,
+        [
+            ClaimOutcome::Claimed,
+            ClaimOutcome::UnknownWorkspace,
+            ClaimOutcome::UnknownWorkspace
+        ]
+    );
+    let rows = db
+        .query("SELECT workspace_id FROM ingested_events")
+        .await
+        .unwrap();
+    let claimed: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(claimed, [live.to_string()], "no row for the others");
+
+    // Once the platform creates it under its own id, its events are claimed.
+    let name = qr3_domain::WorkspaceName::parse("Acme").unwrap();
+    db.store.upsert_workspace(&platform, &name).await.unwrap();
+    let claims = db
+        .store
+        .claim_events(&[key(&platform)], lease)
+        .await
+        .unwrap();
+    assert_eq!(claims, [ClaimOutcome::Claimed]);
+}

@@ -17,22 +17,24 @@ mod error;
 mod extract;
 mod openapi;
 mod pagination;
+mod ratelimit;
 mod routes;
+mod server;
 mod state;
+mod timeout;
 mod wire;
 
-use std::future::Future;
-
-use anyhow::Context;
-use axum::{extract::DefaultBodyLimit, Router};
-use tokio::net::TcpListener;
+use axum::{extract::DefaultBodyLimit, middleware, Router};
 
 pub use openapi::openapi_document;
+pub use server::{serve, ServeLimits, CAP_WARNING_EVERY};
 pub use state::{ApiConfig, ApiState, JobChannel};
 
 /// The `/v1` API with its state applied: every resource of `routes::v1_resources`, `GET
 /// /v1/openapi.json`, a JSON 404 for unknown routes, a JSON 405 for a wrong method,
-/// and the body-size limit of `api.max_body_bytes`.
+/// the body-size limit of `api.max_body_bytes` and the whole-request timeout of
+/// `api.request_timeout_ms` (408). The per-key rate limit is spent by the
+/// `Authenticated` extractor, so only authenticated requests count.
 ///
 /// The result has no state left, so the ops endpoints (`/healthz`, `/readyz`,
 /// `/metrics`) and middleware (HTTP metrics) can be added by the binary with
@@ -40,30 +42,16 @@ pub use state::{ApiConfig, ApiState, JobChannel};
 /// `routes::v1_resources`, so they get the JSON 404/405 and the body limit too.
 pub fn router(state: ApiState) -> Router {
     let max_body_bytes = state.config.max_body_bytes;
+    let request_timeout = state.config.request_timeout;
     routes::v1_resources()
         .merge(openapi::router())
         // Applies to the routes above only: must come after every `merge`.
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::route_not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            request_timeout,
+            timeout::request_timeout,
+        ))
         .with_state(state)
-}
-
-/// Serves `router` on `listener` until `shutdown` completes, then lets in-flight
-/// requests finish before returning.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let addr = listener
-        .local_addr()
-        .context("cannot read the API listener's address")?;
-    tracing::info!(%addr, "API listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .with_context(|| format!("API server on {addr} failed"))?;
-    tracing::info!(%addr, "API stopped");
-    Ok(())
 }

@@ -10,6 +10,7 @@ use qr3_domain::{TargetPolicy, WebhookId, WorkspaceId};
 use qr3_store::{Store, Webhook};
 
 use crate::error::ApiError;
+use crate::ratelimit::RateLimit;
 
 /// The settings the API acts on, taken from [`Settings`] once at start-up.
 #[derive(Debug, Clone)]
@@ -28,6 +29,12 @@ pub struct ApiConfig {
     pub manual_requests_per_minute: u32,
     /// Events one recover request queues at most (`api.recover_max_events`).
     pub recover_max_events: u32,
+    /// Requests per second one API key may make (`api.rate_limit_per_second`).
+    pub rate_limit_per_second: u32,
+    /// Requests one API key may make at once (`api.rate_limit_burst`).
+    pub rate_limit_burst: u32,
+    /// Longest a `/v1` request may take, body included (`api.request_timeout_ms`).
+    pub request_timeout: Duration,
 }
 
 impl ApiConfig {
@@ -42,6 +49,9 @@ impl ApiConfig {
             secret_rotation_grace: settings.secrets.rotation_grace(),
             manual_requests_per_minute: settings.api.manual_requests_per_minute,
             recover_max_events: settings.api.recover_max_events,
+            rate_limit_per_second: settings.api.rate_limit_per_second,
+            rate_limit_burst: settings.api.rate_limit_burst,
+            request_timeout: settings.api.request_timeout(),
         }
     }
 }
@@ -82,14 +92,18 @@ pub struct ApiState {
     pub store: Store,
     pub config: Arc<ApiConfig>,
     pub jobs: Arc<JobChannel>,
+    /// The callers' request buckets, shared by every clone (so by every request).
+    pub(crate) rate_limit: Arc<RateLimit>,
 }
 
 impl ApiState {
     pub fn new(store: Store, config: ApiConfig, jobs: JobChannel) -> Self {
+        let rate_limit = RateLimit::new(config.rate_limit_per_second, config.rate_limit_burst);
         Self {
             store,
             config: Arc::new(config),
             jobs: Arc::new(jobs),
+            rate_limit: Arc::new(rate_limit),
         }
     }
 

@@ -140,7 +140,12 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
                 qr3_telemetry::track_http,
             ));
         let token = shutdown.clone();
-        tasks.spawn(async move { qr3_api::serve(listener, router, token.cancelled_owned()).await });
+        tasks.spawn(qr3_api::serve(
+            listener,
+            router,
+            qr3_api::ServeLimits::from_settings(&settings),
+            token.cancelled_owned(),
+        ));
     } else {
         let listener = TcpListener::bind(settings.metrics.listen)
             .await

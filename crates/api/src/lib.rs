@@ -8,7 +8,11 @@
 //!   (`ApiError`'s `IntoResponse`);
 //! - every read or write goes through the authenticated workspace, so another
 //!   workspace's ids answer 404 exactly like unknown ids;
-//! - wire types (module `wire`) are separate from store and domain types.
+//! - wire types (module `wire`) are separate from store and domain types;
+//! - an authenticated request spends one request of its caller's rate-limit bucket
+//!   (`ratelimit`), and only after authenticating; nothing else is rate limited here;
+//! - [`serve`] closes a connection that has not sent a request's headers within
+//!   `api.header_read_timeout_ms` and holds at most `api.max_connections`.
 
 #![forbid(unsafe_code)]
 
@@ -27,7 +31,7 @@ mod wire;
 use axum::{extract::DefaultBodyLimit, middleware, Router};
 
 pub use openapi::openapi_document;
-pub use server::{serve, ServeLimits, CAP_WARNING_EVERY};
+pub use server::{serve, ServeLimits};
 pub use state::{ApiConfig, ApiState, JobChannel};
 
 /// The `/v1` API with its state applied: every resource of `routes::v1_resources`, `GET

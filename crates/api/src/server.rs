@@ -52,7 +52,7 @@ impl ServeLimits {
 }
 
 /// The least time between two "connection limit reached" warnings.
-pub const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);
+const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// After an accept error that is not about one connection (out of file descriptors,
 /// say), how long to wait before accepting again, so the loop does not spin.

@@ -3,6 +3,7 @@
 //! too slowly gets 408, and at the connection cap new connections wait for a free slot.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -181,9 +182,43 @@ async fn a_body_sent_too_slowly_gets_408_with_the_json_error() {
         .contains("400 ms"));
 }
 
+/// Log lines written while the guard lives, on this thread (a `#[tokio::test]` runs its
+/// spawned tasks on the test's one thread).
+#[derive(Clone, Default)]
+struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLog {
+    fn start(&self) -> tracing::subscriber::DefaultGuard {
+        let log = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || log.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
 #[tokio::test]
 async fn at_the_connection_cap_new_connections_wait_for_a_free_slot() {
     const TIMEOUT: Duration = Duration::from_millis(500);
+    let log = CapturedLog::default();
+    let _capturing = log.start();
     let app = spawn_app_with(|s| {
         s.api.header_read_timeout_ms = TIMEOUT.as_millis() as u64;
         s.api.max_connections = 4;
@@ -205,6 +240,15 @@ async fn at_the_connection_cap_new_connections_wait_for_a_free_slot() {
     assert!(
         waited >= TIMEOUT - Duration::from_millis(50),
         "served after {waited:?}, before any slot was free"
+    );
+    let text = log.text();
+    let warning = text
+        .lines()
+        .find(|l| l.contains("API connection limit reached"))
+        .unwrap_or_else(|| panic!("no warning at the cap:\n{text}"));
+    assert!(
+        warning.contains("WARN") && warning.contains("max_connections=4"),
+        "{warning}"
     );
     drop(stalled);
 }

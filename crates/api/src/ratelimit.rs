@@ -46,9 +46,10 @@ impl Limit {
     }
 }
 
-/// Every this many checks, the buckets of callers that have been idle long enough to
-/// be full again are dropped (they would behave the same as a fresh bucket).
+/// Every this many checks (a power of two), the buckets of callers that have been idle
+/// long enough to be full again are dropped (they would behave as a fresh bucket).
 const FORGET_IDLE_EVERY: u32 = 4096;
+const _: () = assert!(FORGET_IDLE_EVERY.is_power_of_two());
 
 /// The buckets of every caller of this process.
 pub(crate) struct RateLimit {
@@ -79,7 +80,7 @@ impl RateLimit {
     /// Spends one request of `caller`'s bucket, or answers 429 with the whole seconds
     /// until the bucket holds one again.
     pub(crate) fn check(&self, caller: &Caller) -> Result<(), ApiError> {
-        if self.checks.fetch_add(1, Ordering::Relaxed) % FORGET_IDLE_EVERY == 0 {
+        if self.checks.fetch_add(1, Ordering::Relaxed) & (FORGET_IDLE_EVERY - 1) == 0 {
             self.limiter.retain_recent();
         }
         self.limiter.check_key(caller).map_err(|not_until| {

@@ -25,8 +25,7 @@ async fn limited_app() -> TestApp {
 /// returns how many were served before it, and the 429.
 async fn burst_until_refused(app: &TestApp, key: &str) -> (u32, Response) {
     let started = Instant::now();
-    let mut served = 0;
-    for _ in 0..100 {
+    for served in 0..100 {
         let response = app
             .request_as(key, Method::GET, "/v1/webhooks")
             .send()
@@ -42,7 +41,6 @@ async fn burst_until_refused(app: &TestApp, key: &str) -> (u32, Response) {
             return (served, response);
         }
         assert_eq!(response.status(), StatusCode::OK);
-        served += 1;
     }
     panic!("100 requests in a row were served: no rate limit");
 }

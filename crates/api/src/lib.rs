@@ -43,7 +43,8 @@ pub use state::{ApiConfig, ApiState, JobChannel};
 /// The result has no state left, so the ops endpoints (`/healthz`, `/readyz`,
 /// `/metrics`) and middleware (HTTP metrics) can be added by the binary with
 /// `router(state).merge(ops).layer(…)`. New `/v1` resources belong in
-/// `routes::v1_resources`, so they get the JSON 404/405 and the body limit too.
+/// `routes::v1_resources`, so they get the JSON 404/405, the body limit and the request
+/// timeout too.
 pub fn router(state: ApiState) -> Router {
     let max_body_bytes = state.config.max_body_bytes;
     let request_timeout = state.config.request_timeout;

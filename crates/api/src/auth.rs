@@ -1,13 +1,15 @@
-//! `Authorization: Bearer <api key>` → the workspace the key belongs to.
+//! `Authorization: Bearer <api key>` → the workspace the key belongs to, after one
+//! request of the key's rate limit is spent.
 
 use anyhow::Context;
 use axum::{extract::FromRequestParts, http::header, http::request::Parts};
-use qr3_domain::WorkspaceId;
+use qr3_domain::{ApiKeyId, WorkspaceId};
 
-use crate::{error::ApiError, state::ApiState};
+use crate::{error::ApiError, ratelimit::Caller, state::ApiState};
 
 /// The workspace of the API key the request presented. Extracting it answers 401 when
-/// the key is missing, malformed or unknown (or revoked).
+/// the key is missing, malformed or unknown (or revoked), and 429 when the key has
+/// used up its rate limit (`crate::ratelimit`).
 #[derive(Debug, Clone)]
 pub(crate) struct Authenticated(pub WorkspaceId);
 
@@ -22,8 +24,20 @@ impl FromRequestParts<ApiState> for Authenticated {
             .await
             .context("authenticating an API key")?
             .ok_or(ApiError::Unauthorized("invalid API key"))?;
+        // Only now, once the secret is checked, is the key's bucket spent.
+        state.rate_limit.check(&Caller::ApiKey(key_id(token)?))?;
         Ok(Self(workspace))
     }
+}
+
+/// The public id of a key the store has just accepted: `qr3k_<ulid>_<secret>` is key
+/// `key_<ulid>` (the format `qr3_store` mints and parses).
+fn key_id(token: &str) -> anyhow::Result<ApiKeyId> {
+    let ulid = token
+        .strip_prefix("qr3k_")
+        .and_then(|rest| rest.get(..26))
+        .context("an accepted API key does not read qr3k_<ulid>_…")?;
+    Ok(ApiKeyId::parse(&format!("{}{ulid}", ApiKeyId::PREFIX))?)
 }
 
 const MISSING: &str = "missing API key: send `Authorization: Bearer <api key>`";

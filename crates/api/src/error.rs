@@ -6,6 +6,7 @@ use axum::{
     Json,
 };
 
+use crate::ratelimit::Limit;
 use crate::wire::error::{ErrorBody, ErrorCode, ErrorDetail};
 
 /// Why a request failed. Converted to `{"error": {"code", "message"}}` with the right
@@ -38,9 +39,14 @@ pub(crate) enum ApiError {
     /// 409: the resource's state forbids the request.
     #[error("{0}")]
     Conflict(String),
-    /// 429, with `Retry-After` in whole seconds.
+    /// 408: the request did not complete within `api.request_timeout_ms`.
+    #[error("the request took longer than {limit_ms} ms")]
+    RequestTimeout { limit_ms: u128 },
+    /// 429, with `Retry-After` in whole seconds; `limit` names the limit for the
+    /// `qr3_http_rate_limited_total` metric.
     #[error("{message}")]
     RateLimited {
+        limit: Limit,
         message: &'static str,
         retry_after_secs: u64,
     },
@@ -82,6 +88,7 @@ impl ApiError {
             ApiError::InvalidField { .. } => ErrorCode::InvalidField,
             ApiError::InvalidRequest(_) => ErrorCode::InvalidRequest,
             ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::RequestTimeout { .. } => ErrorCode::RequestTimeout,
             ApiError::RateLimited { .. } => ErrorCode::RateLimited,
             ApiError::Unavailable(_) => ErrorCode::ServiceUnavailable,
             ApiError::Unexpected(_) => ErrorCode::InternalError,
@@ -97,6 +104,7 @@ impl ApiError {
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::InvalidField | ErrorCode::InvalidRequest => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
@@ -122,17 +130,22 @@ impl IntoResponse for ApiError {
                 field,
             },
         };
-        let retry_after = match &self {
+        let rate_limited = match &self {
             ApiError::RateLimited {
-                retry_after_secs, ..
-            } => Some(*retry_after_secs),
+                limit,
+                retry_after_secs,
+                ..
+            } => Some((*limit, *retry_after_secs)),
             _ => None,
         };
         let mut response = (status, Json(body)).into_response();
-        if let Some(seconds) = retry_after {
+        if let Some((limit, seconds)) = rate_limited {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response
+                .extensions_mut()
+                .insert(qr3_telemetry::RateLimitedBy(limit.label()));
         }
         if status == StatusCode::UNAUTHORIZED {
             response

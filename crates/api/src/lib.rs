@@ -10,7 +10,11 @@
 //! - every `/v1` read or write goes through the authenticated workspace, so another
 //!   workspace's ids answer 404 exactly like unknown ids;
 //! - a workspace API key works only on `/v1`, an admin token only on `/admin/v1`;
-//! - wire types (module `wire`) are separate from store and domain types.
+//! - wire types (module `wire`) are separate from store and domain types;
+//! - an authenticated request spends one request of its caller's rate-limit bucket
+//!   (`ratelimit`), and only after authenticating; nothing else is rate limited here;
+//! - [`serve`] closes a connection that has not sent a request's headers within
+//!   `api.header_read_timeout_ms` and holds at most `api.max_connections`.
 
 #![forbid(unsafe_code)]
 
@@ -20,32 +24,36 @@ mod error;
 mod extract;
 mod openapi;
 mod pagination;
+mod ratelimit;
 mod routes;
+mod server;
 mod state;
+mod timeout;
 mod wire;
 
-use std::future::Future;
-
-use anyhow::Context;
-use axum::{extract::DefaultBodyLimit, Router};
-use tokio::net::TcpListener;
+use axum::{extract::DefaultBodyLimit, middleware, Router};
 
 pub use admin_auth::AdminTokens;
 pub use openapi::openapi_document;
+pub use server::{serve, ServeLimits};
 pub use state::{ApiConfig, ApiState, JobChannel};
 
 /// The `/v1` API with its state applied: every resource of `routes::v1_resources`, `GET
 /// /v1/openapi.json`, a JSON 404 for unknown routes, a JSON 405 for a wrong method,
-/// and the body-size limit of `api.max_body_bytes`. The operator's `/admin/v1`
-/// (`routes::admin`) is mounted only when `api.admin_token` is set; otherwise all of
-/// it is the JSON 404 of an unknown route.
+/// the body-size limit of `api.max_body_bytes` and the whole-request timeout of
+/// `api.request_timeout_ms` (408). The per-key rate limit is spent by the
+/// `Authenticated` extractor, so only authenticated requests count. The operator's
+/// `/admin/v1` (`routes::admin`) is mounted only when `api.admin_token` is set;
+/// otherwise all of it is the JSON 404 of an unknown route.
 ///
 /// The result has no state left, so the ops endpoints (`/healthz`, `/readyz`,
 /// `/metrics`) and middleware (HTTP metrics) can be added by the binary with
 /// `router(state).merge(ops).layer(…)`. New `/v1` resources belong in
-/// `routes::v1_resources`, so they get the JSON 404/405 and the body limit too.
+/// `routes::v1_resources`, so they get the JSON 404/405, the body limit and the request
+/// timeout too.
 pub fn router(state: ApiState) -> Router {
     let max_body_bytes = state.config.max_body_bytes;
+    let request_timeout = state.config.request_timeout;
     let mut routes = routes::v1_resources();
     if state.config.admin_tokens.is_some() {
         routes = routes.merge(routes::admin::admin_resources());
@@ -56,6 +64,10 @@ pub fn router(state: ApiState) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::route_not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            request_timeout,
+            timeout::request_timeout,
+        ))
         .with_state(state)
 }
 
@@ -63,23 +75,4 @@ pub fn router(state: ApiState) -> Router {
 /// cannot serve yet (it is still waiting for its dependencies at start-up).
 pub fn unavailable(message: &'static str) -> axum::response::Response {
     axum::response::IntoResponse::into_response(error::ApiError::Unavailable(message))
-}
-
-/// Serves `router` on `listener` until `shutdown` completes, then lets in-flight
-/// requests finish before returning.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let addr = listener
-        .local_addr()
-        .context("cannot read the API listener's address")?;
-    tracing::info!(%addr, "API listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .with_context(|| format!("API server on {addr} failed"))?;
-    tracing::info!(%addr, "API stopped");
-    Ok(())
 }

@@ -11,7 +11,14 @@ use axum::{
     Router,
 };
 use utoipa::{
-    openapi::security::{Http, HttpAuthScheme, SecurityScheme},
+    openapi::{
+        content::Content,
+        header::Header,
+        path::Operation,
+        schema::{ObjectBuilder, Ref, Type},
+        security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme},
+        RefOr, Response as DocResponse,
+    },
     Modify, OpenApi,
 };
 
@@ -63,7 +70,8 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The whole document: the base above plus every `/v1` resource's paths.
+/// The whole document: the base above plus every `/v1` resource's paths, with the
+/// answers the layers in front of every handler can give (see [`LimitResponses`]).
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     for resource in routes::v1_docs()
@@ -72,7 +80,87 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     {
         doc.merge(resource);
     }
+    LimitResponses.modify(&mut doc);
     doc
+}
+
+/// Adds to every operation the 408 of the request timeout and, to every operation
+/// authenticated with an API key, the 429 of the key's rate limit with its
+/// `Retry-After` header. Done once here rather than in each `#[utoipa::path]`, so a new
+/// route cannot forget them. A 429 a route already declares (its own limit) is kept
+/// and its description extended.
+struct LimitResponses;
+
+const RATE_LIMITED: &str = "Too many requests with this API key \
+    (`api.rate_limit_per_second`, `api.rate_limit_burst`); retry after `Retry-After` seconds.";
+/// [`RATE_LIMITED`], following a route's own 429.
+const ALSO_RATE_LIMITED: &str = "Or too many requests with this API key \
+    (`api.rate_limit_per_second`, `api.rate_limit_burst`).";
+
+impl Modify for LimitResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let bearer = SecurityRequirement::new("bearer", Vec::<String>::new());
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ];
+            for operation in operations.into_iter().flatten() {
+                add_timeout(operation);
+                if operation
+                    .security
+                    .as_ref()
+                    .is_some_and(|security| security.contains(&bearer))
+                {
+                    add_rate_limited(operation);
+                }
+            }
+        }
+    }
+}
+
+fn error_response(description: &str) -> DocResponse {
+    let mut response = DocResponse::new(description);
+    response.content.insert(
+        "application/json".into(),
+        Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+    );
+    response
+}
+
+fn add_timeout(operation: &mut Operation) {
+    operation
+        .responses
+        .responses
+        .entry("408".into())
+        .or_insert_with(|| {
+            RefOr::T(error_response(
+                "The request did not complete within `api.request_timeout_ms` \
+                 (a body sent too slowly, or a dependency too slow); retry.",
+            ))
+        });
+}
+
+fn add_rate_limited(operation: &mut Operation) {
+    let response = operation
+        .responses
+        .responses
+        .entry("429".into())
+        .or_insert_with(|| RefOr::T(error_response(RATE_LIMITED)));
+    if let RefOr::T(response) = response {
+        if response.description != RATE_LIMITED {
+            response.description = format!("{} {ALSO_RATE_LIMITED}", response.description);
+        }
+        let mut retry_after = Header::new(ObjectBuilder::new().schema_type(Type::Integer));
+        retry_after.description = Some("Whole seconds to wait before retrying.".into());
+        response.headers.insert("Retry-After".into(), retry_after);
+    }
 }
 
 pub(crate) fn router() -> Router<ApiState> {

@@ -9,7 +9,9 @@ use qr3_config::Settings;
 use qr3_domain::{TargetPolicy, WebhookId, WorkspaceId};
 use qr3_store::{Store, Webhook};
 
-use crate::{admin_auth::AdminTokens, error::ApiError};
+use crate::admin_auth::AdminTokens;
+use crate::error::ApiError;
+use crate::ratelimit::RateLimit;
 
 /// The settings the API acts on, taken from [`Settings`] once at start-up.
 #[derive(Debug, Clone)]
@@ -31,6 +33,12 @@ pub struct ApiConfig {
     /// The operator tokens of `/admin/v1` (`api.admin_token`); `None` turns the admin
     /// API off.
     pub admin_tokens: Option<AdminTokens>,
+    /// Requests per second one API key may make (`api.rate_limit_per_second`).
+    pub rate_limit_per_second: u32,
+    /// Requests one API key may make at once (`api.rate_limit_burst`).
+    pub rate_limit_burst: u32,
+    /// Longest a `/v1` request may take, body included (`api.request_timeout_ms`).
+    pub request_timeout: Duration,
 }
 
 impl ApiConfig {
@@ -46,6 +54,9 @@ impl ApiConfig {
             manual_requests_per_minute: settings.api.manual_requests_per_minute,
             recover_max_events: settings.api.recover_max_events,
             admin_tokens: AdminTokens::from_settings(&settings.api),
+            rate_limit_per_second: settings.api.rate_limit_per_second,
+            rate_limit_burst: settings.api.rate_limit_burst,
+            request_timeout: settings.api.request_timeout(),
         }
     }
 }
@@ -86,14 +97,18 @@ pub struct ApiState {
     pub store: Store,
     pub config: Arc<ApiConfig>,
     pub jobs: Arc<JobChannel>,
+    /// The callers' request buckets, shared by every clone (so by every request).
+    pub(crate) rate_limit: Arc<RateLimit>,
 }
 
 impl ApiState {
     pub fn new(store: Store, config: ApiConfig, jobs: JobChannel) -> Self {
+        let rate_limit = RateLimit::new(config.rate_limit_per_second, config.rate_limit_burst);
         Self {
             store,
             config: Arc::new(config),
             jobs: Arc::new(jobs),
+            rate_limit: Arc::new(rate_limit),
         }
     }
 

@@ -188,8 +188,9 @@ pub async fn launch(settings: Settings, roles: Roles) -> anyhow::Result<Running>
                 qr3_telemetry::track_http,
             ));
         let token = shutdown.clone();
+        let limits = qr3_api::ServeLimits::from_settings(&settings);
         supervisor.spawn("api", async move {
-            qr3_api::serve(listener, router, token.cancelled_owned()).await
+            qr3_api::serve(listener, router, limits, token.cancelled_owned()).await
         });
     } else {
         let listener = TcpListener::bind(settings.metrics.listen)

@@ -138,6 +138,11 @@ pub struct ApiSettings {
     /// as a comma-separated list.
     #[serde(default, deserialize_with = "admin_tokens")]
     pub admin_token: Redacted<Vec<String>>,
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    pub header_read_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    pub max_connections: usize,
 }
 
 impl ApiSettings {
@@ -149,6 +154,19 @@ impl ApiSettings {
     /// Whether `/admin/v1` is served: at least one admin token is configured.
     pub fn admin_enabled(&self) -> bool {
         !self.admin_token.expose().is_empty()
+    }
+
+    /// The most `api.max_connections` accepted.
+    pub const MAX_CONNECTIONS: usize = 1_000_000;
+
+    /// How long a client may take to send a request's headers.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    /// How long a request may take from its headers to the response.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
     }
 }
 
@@ -430,6 +448,20 @@ impl Settings {
         if self.api.manual_requests_per_minute == 0 {
             return invalid("api.manual_requests_per_minute must be at least 1");
         }
+        if self.api.rate_limit_per_second == 0 || self.api.rate_limit_burst == 0 {
+            return invalid(
+                "api.rate_limit_per_second and api.rate_limit_burst must be at least 1",
+            );
+        }
+        if self.api.header_read_timeout_ms == 0 {
+            return invalid("api.header_read_timeout_ms must be positive");
+        }
+        if self.api.request_timeout_ms <= self.api.ping_wait_ms {
+            return invalid("api.request_timeout_ms must be longer than api.ping_wait_ms");
+        }
+        if !(1..=ApiSettings::MAX_CONNECTIONS).contains(&self.api.max_connections) {
+            return invalid("api.max_connections must be between 1 and 1000000");
+        }
         if self.delivery.log_batch_size == 0 {
             return invalid("delivery.log_batch_size must be at least 1");
         }
@@ -588,6 +620,41 @@ mod tests {
         }
         s.secrets.rotation_grace_ms = 300;
         assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn api_limits_default_and_are_validated() {
+        let mut s = Settings::defaults();
+        s.secrets.allow_insecure_dev_key = true;
+        assert_eq!(s.api.rate_limit_per_second, 50);
+        assert_eq!(s.api.rate_limit_burst, 100);
+        assert_eq!(s.api.header_read_timeout(), Duration::from_secs(10));
+        assert_eq!(s.api.request_timeout(), Duration::from_secs(30));
+        assert_eq!(s.api.max_connections, 4096);
+        assert!(s.validate().is_ok());
+        let invalid = |change: fn(&mut Settings), key: &str| {
+            let mut bad = s.clone();
+            change(&mut bad);
+            assert!(
+                matches!(bad.validate(), Err(ConfigError::Invalid(m)) if m.contains(key)),
+                "{key}"
+            );
+        };
+        invalid(|s| s.api.rate_limit_per_second = 0, "rate_limit_per_second");
+        invalid(|s| s.api.rate_limit_burst = 0, "rate_limit_burst");
+        invalid(
+            |s| s.api.header_read_timeout_ms = 0,
+            "header_read_timeout_ms",
+        );
+        invalid(
+            |s| s.api.request_timeout_ms = s.api.ping_wait_ms,
+            "request_timeout_ms",
+        );
+        invalid(|s| s.api.max_connections = 0, "max_connections");
+        invalid(
+            |s| s.api.max_connections = ApiSettings::MAX_CONNECTIONS + 1,
+            "max_connections",
+        );
     }
 
     #[test]

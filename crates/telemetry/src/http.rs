@@ -11,8 +11,15 @@ use axum::{
 
 use crate::Metrics;
 
-/// Axum middleware recording `qr3_http_requests_total` and
-/// `qr3_http_request_duration_seconds`.
+/// The mark a rate-limited (429) response carries in its extensions, naming the limit
+/// that refused it (a fixed label value such as `api_key`, never an id). [`track_http`]
+/// counts such responses in `qr3_http_rate_limited_total` by route and limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitedBy(pub &'static str);
+
+/// Axum middleware recording `qr3_http_requests_total`,
+/// `qr3_http_request_duration_seconds` and, for responses marked [`RateLimitedBy`],
+/// `qr3_http_rate_limited_total`.
 ///
 /// The route label is the matched template (`/v1/webhooks/{id}`), or `unmatched`, so
 /// ids never become label values. Install it with `Router::layer` (not `route_layer`,
@@ -36,6 +43,12 @@ pub async fn track_http(
         .http_requests_total
         .with_label_values(&[route, method, response.status().as_str()])
         .inc();
+    if let Some(RateLimitedBy(limit)) = response.extensions().get::<RateLimitedBy>() {
+        metrics
+            .http_rate_limited_total
+            .with_label_values(&[route, limit])
+            .inc();
+    }
     response
 }
 

@@ -10,7 +10,7 @@ mod ops;
 mod shutdown;
 mod startup;
 
-pub use http::track_http;
+pub use http::{track_http, RateLimitedBy};
 pub use logging::init_tracing;
 pub use metrics::Metrics;
 pub use ops::{ops_router, ready_check, serve, ReadyCheck, READY_CHECK_TIMEOUT};

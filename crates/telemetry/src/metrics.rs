@@ -37,6 +37,11 @@ pub struct Metrics {
     pub http_requests_total: IntCounterVec,
     /// API request latency, by route template and method.
     pub http_request_duration_seconds: HistogramVec,
+    /// API requests refused with 429, by route template and the limit that refused
+    /// them (`api_key`: the key's `api.rate_limit_per_second`; `manual_requests`: the
+    /// webhook's `api.manual_requests_per_minute`). Counted by [`crate::track_http`]
+    /// from the [`crate::RateLimitedBy`] mark the API puts on such a response.
+    pub http_rate_limited_total: IntCounterVec,
     /// Events accepted by ingest, by event type.
     pub events_ingested_total: IntCounterVec,
     /// Events dead-lettered by ingest, by reason (`invalid_json`, `invalid_schema`,
@@ -129,6 +134,16 @@ impl Metrics {
                         "API request latency in seconds.",
                     ),
                     &["route", "method"],
+                )?,
+            )?,
+            http_rate_limited_total: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "qr3_http_rate_limited_total",
+                        "API requests refused with 429, by route and limit.",
+                    ),
+                    &["route", "limit"],
                 )?,
             )?,
             events_ingested_total: register(
@@ -417,6 +432,10 @@ mod tests {
             .with_label_values(&["/healthz", "GET"])
             .observe(0.01);
         metrics
+            .http_rate_limited_total
+            .with_label_values(&["/v1/webhooks", "api_key"])
+            .inc();
+        metrics
             .events_ingested_total
             .with_label_values(&["qr.scanned"])
             .inc();
@@ -442,6 +461,7 @@ mod tests {
         for name in [
             "qr3_http_requests_total",
             "qr3_http_request_duration_seconds",
+            "qr3_http_rate_limited_total",
             "qr3_events_ingested_total",
             "qr3_events_rejected_total",
             "qr3_events_duplicate_total",

@@ -24,6 +24,7 @@ use crate::{
     auth::Authenticated,
     error::ApiError,
     extract::{DeliveryPath, JsonBody, WebhookPath},
+    ratelimit::Limit,
     state::ApiState,
     wire::{delivery::Delivery, error::ErrorBody},
 };
@@ -274,6 +275,7 @@ async fn take_budget(
     match budget {
         ManualBudget::Granted => Ok(()),
         ManualBudget::Exhausted(wait) => Err(ApiError::RateLimited {
+            limit: Limit::ManualRequests,
             message: "too many manual retries and recoveries for this webhook; try again later",
             // Rounded up: a client retrying on time must find the window renewed.
             retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,

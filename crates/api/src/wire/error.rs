@@ -45,6 +45,9 @@ pub enum ErrorCode {
     Conflict,
     /// 422: the request as a whole is invalid (e.g. a PATCH that changes nothing).
     InvalidRequest,
+    /// 408: the request did not complete within the API's request timeout (a body
+    /// sent too slowly, or a dependency too slow to answer); retry.
+    RequestTimeout,
     /// 429: too many requests of this kind for now; `Retry-After` says when to retry.
     RateLimited,
     /// 503: a dependency (the message broker) is unreachable; retry later.

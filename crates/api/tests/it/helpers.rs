@@ -1,6 +1,6 @@
 //! `spawn_app()`: the API on port 0 over a fresh database, with a workspace and its key.
 
-use qr3_api::{router, serve, ApiState};
+use qr3_api::{router, serve, ApiState, ServeLimits};
 use qr3_config::Settings;
 use qr3_domain::WorkspaceId;
 use qr3_testkit::TestDb;
@@ -26,6 +26,15 @@ pub async fn spawn_app() -> TestApp {
 
 /// The API with the test settings changed by `configure` (e.g. `require_https`).
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_wrapped(configure, |router| router).await
+}
+
+/// Like [`spawn_app_with`], serving `wrap(router(state))`: the binary's additions (ops
+/// endpoints, metrics middleware) go in `wrap`.
+pub async fn spawn_app_wrapped(
+    configure: impl FnOnce(&mut Settings),
+    wrap: impl FnOnce(axum::Router) -> axum::Router,
+) -> TestApp {
     let db = TestDb::new().await.expect("test database");
     let mut settings = qr3_testkit::test_settings(&db.url);
     configure(&mut settings);
@@ -35,7 +44,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         .expect("bind 127.0.0.1:0");
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (shutdown, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve(listener, router(state), async move {
+    let limits = ServeLimits::from_settings(&settings);
+    tokio::spawn(serve(listener, wrap(router(state)), limits, async move {
         // Completes when the sender is sent on or dropped with the TestApp.
         let _ = stopped.await;
     }));

@@ -41,6 +41,9 @@ async fn every_documented_metric_is_exported_and_moves() {
         s.delivery.disable_after_failures = 2;
         s.delivery.max_in_flight_per_webhook = 1;
         s.delivery.defer_ms = 50;
+        // One API request a second: the second request below is refused (429).
+        s.api.rate_limit_per_second = 1;
+        s.api.rate_limit_burst = 1;
     })
     .await;
     // Slower than the sender's slot patience (250 ms): with one slot per webhook, the
@@ -67,13 +70,18 @@ async fn every_documented_metric_is_exported_and_moves() {
     ok.wait_for(7, Duration::from_secs(10)).await;
     app.attempts(&good, 7).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    // An API request, for the HTTP metrics.
-    reqwest::Client::new()
-        .get(format!("{}/v1/webhooks", app.api))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .unwrap();
+    // An API request, for the HTTP metrics, and one right after it beyond the key's
+    // rate limit.
+    let client = reqwest::Client::new();
+    for expected in [200, 429] {
+        let response = client
+            .get(format!("{}/v1/webhooks", app.api))
+            .bearer_auth(&app.api_key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), expected);
+    }
     reqwest::get(format!("{}/readyz", app.api)).await.unwrap();
 
     let metrics = app.metrics_text().await;
@@ -134,6 +142,13 @@ async fn every_documented_metric_is_exported_and_moves() {
             "qr3_http_requests_total{method=\"GET\",route=\"/v1/webhooks\",status=\"200\"} 1"
         ),
         "{metrics}"
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            "qr3_http_rate_limited_total{limit=\"api_key\",route=\"/v1/webhooks\"}"
+        ),
+        1.0
     );
     app.stop().await;
 }

@@ -2,18 +2,24 @@
 //! the process, so a message held meanwhile is never handed back to the broker (each
 //! return counts towards a quorum queue's delivery limit).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 /// Capped exponential backoff: `first`, doubling up to `max`, each wait shortened by a
-/// random fraction of up to a quarter so that many waiters do not retry in step.
+/// random fraction of up to a quarter so that many waiters do not retry in step. It
+/// also decides which failures are worth a log line ([`Backoff::worth_logging`]), so a
+/// long outage says what it is without a line per try.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     first: Duration,
     max: Duration,
     next: Duration,
     tries: u32,
+    /// At the longest wait, how often a failure is logged again.
+    reminder: Duration,
+    /// The wait level and reason of the last failure logged, and when.
+    logged: Option<(Duration, String, Instant)>,
 }
 
 impl Backoff {
@@ -23,7 +29,34 @@ impl Backoff {
             max,
             next: first,
             tries: 0,
+            reminder: Duration::from_secs(60),
+            logged: None,
         }
+    }
+
+    /// How often, at the longest wait, a failure is logged again (a minute unless set).
+    pub fn with_reminder(mut self, reminder: Duration) -> Self {
+        self.reminder = reminder;
+        self
+    }
+
+    /// A try failed because of `why` (call before [`Backoff::next_wait`]): whether to
+    /// log it. The first failure at each wait length is, and so is one whose reason
+    /// differs from the last logged, and at the longest wait one per reminder.
+    pub fn worth_logging(&mut self, why: &str) -> bool {
+        let level = self.next;
+        let log = match &self.logged {
+            None => true,
+            Some((logged_level, logged_why, at)) => {
+                *logged_level != level
+                    || logged_why != why
+                    || (level == self.max && at.elapsed() >= self.reminder)
+            }
+        };
+        if log {
+            self.logged = Some((level, why.to_owned(), Instant::now()));
+        }
+        log
     }
 
     /// 100 ms doubling to 5 s: for a database or broker coming back.
@@ -57,6 +90,7 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.next = self.first;
         self.tries = 0;
+        self.logged = None;
     }
 }
 
@@ -91,6 +125,31 @@ mod tests {
         assert_eq!(backoff.tries(), 5);
         backoff.reset();
         assert!(backoff.next_wait() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn logs_once_per_wait_length_a_new_reason_and_a_reminder_at_the_cap() {
+        let ms = Duration::from_millis;
+        let mut backoff = Backoff::new(ms(100), ms(800)).with_reminder(Duration::from_secs(3600));
+        let logged: Vec<bool> = (0..7)
+            .map(|_| {
+                let log = backoff.worth_logging("refused");
+                backoff.next_wait();
+                log
+            })
+            .collect();
+        assert_eq!(logged, [true, true, true, true, false, false, false]);
+        assert!(
+            backoff.worth_logging("schema too old"),
+            "a new reason is logged"
+        );
+        assert!(!backoff.worth_logging("schema too old"));
+        let mut reminding = Backoff::new(ms(100), ms(100)).with_reminder(ms(0));
+        assert!(reminding.worth_logging("refused"));
+        assert!(
+            reminding.worth_logging("refused"),
+            "at the cap, every reminder"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use qr3_broker::Topology;
+use qr3_broker::{Backoff, Topology};
 use qr3_config::Settings;
 use qr3_store::{SchemaCheck, Store};
 use qr3_telemetry::{Metrics, Startup};
@@ -150,7 +150,7 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let began = Instant::now();
-    let mut backoff = Backoff::new(FIRST_DELAY, MAX_DELAY, REMINDER);
+    let mut backoff = Backoff::new(FIRST_DELAY, MAX_DELAY).with_reminder(REMINDER);
     let mut tries: u32 = 0;
     loop {
         tries += 1;
@@ -174,7 +174,8 @@ where
             }
             Err(error) => format!("{error:#}"),
         };
-        let (delay, log) = backoff.failed(&error);
+        let log = backoff.worth_logging(&error);
+        let delay = backoff.next_wait();
         if log {
             tracing::warn!(
                 dependency,
@@ -190,85 +191,5 @@ where
             () = shutdown.cancelled() => return false,
             () = tokio::time::sleep(delay) => {}
         }
-    }
-}
-
-/// Capped exponential backoff that also decides which failures are worth a log line:
-/// the first at each pause length, one whose reason differs from the last logged, and
-/// at the longest pause one per `reminder`.
-#[derive(Debug)]
-pub struct Backoff {
-    delay: Duration,
-    max: Duration,
-    reminder: Duration,
-    /// The pause and reason of the last logged failure, and when it was logged.
-    logged: Option<(Duration, String, Instant)>,
-}
-
-impl Backoff {
-    pub fn new(first: Duration, max: Duration, reminder: Duration) -> Self {
-        Self {
-            delay: first,
-            max,
-            reminder,
-            logged: None,
-        }
-    }
-
-    /// A try failed because of `why`: the pause before the next one, and whether to
-    /// log this failure.
-    pub fn failed(&mut self, why: &str) -> (Duration, bool) {
-        let delay = self.delay;
-        self.delay = (self.delay * 2).min(self.max);
-        let log = match &self.logged {
-            None => true,
-            Some((logged_delay, logged_why, at)) => {
-                *logged_delay != delay
-                    || logged_why != why
-                    || (delay == self.max && at.elapsed() >= self.reminder)
-            }
-        };
-        if log {
-            self.logged = Some((delay, why.to_owned(), Instant::now()));
-        }
-        (delay, log)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_its_cap_and_logs_once_per_level() {
-        let ms = Duration::from_millis;
-        let mut backoff = Backoff::new(ms(100), ms(800), Duration::from_secs(3600));
-        let tries: Vec<(Duration, bool)> = (0..7).map(|_| backoff.failed("refused")).collect();
-        assert_eq!(
-            tries,
-            [
-                (ms(100), true),
-                (ms(200), true),
-                (ms(400), true),
-                (ms(800), true),
-                (ms(800), false),
-                (ms(800), false),
-                (ms(800), false),
-            ]
-        );
-        assert_eq!(
-            backoff.failed("schema too old"),
-            (ms(800), true),
-            "a new reason is logged"
-        );
-        assert_eq!(backoff.failed("schema too old"), (ms(800), false));
-    }
-
-    #[test]
-    fn at_the_cap_a_reminder_is_logged_now_and_then() {
-        let ms = Duration::from_millis;
-        let mut backoff = Backoff::new(ms(100), ms(100), ms(0));
-        assert_eq!(backoff.failed("refused"), (ms(100), true));
-        assert_eq!(backoff.failed("refused"), (ms(100), true));
     }
 }

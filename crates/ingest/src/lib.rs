@@ -273,9 +273,10 @@ impl Ingest {
                         .dependency_waits_total
                         .with_label_values(&[dependency])
                         .inc();
-                    if outage.tries().is_power_of_two() || outage.tries() == 0 {
+                    let error = format!("{error:#}");
+                    if outage.worth_logging(&error) {
                         tracing::error!(
-                            error = format!("{error:#}"),
+                            %error,
                             events = pending.len(),
                             tries = outage.tries(),
                             "cannot ingest events; holding them and trying again"

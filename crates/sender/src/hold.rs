@@ -94,8 +94,7 @@ pub async fn publish(
             .dependency_waits_total
             .with_label_values(&["broker"])
             .inc();
-        // Said once per backoff level, not per try.
-        if backoff.tries().is_power_of_two() || backoff.tries() == 0 {
+        if backoff.worth_logging(&error.to_string()) {
             tracing::error!(what, %error, messages = messages.len(), tries = backoff.tries(), "the broker refuses a publish; holding the jobs and trying again");
         }
         if hold.shutdown.is_cancelled() || !backoff.wait(&hold.shutdown).await {

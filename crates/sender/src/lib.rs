@@ -424,8 +424,9 @@ impl Sender {
                 .dependency_waits_total
                 .with_label_values(&["database"])
                 .inc();
-            if backoff.tries().is_power_of_two() || backoff.tries() == 0 {
-                tracing::error!(error = format!("{error:#}"), webhook_id = %job.webhook_id, tries = backoff.tries(),
+            let error = format!("{error:#}");
+            if backoff.worth_logging(&error) {
+                tracing::error!(%error, webhook_id = %job.webhook_id, tries = backoff.tries(),
                     "cannot look the webhook up; holding the job until the database answers");
             }
             if !backoff.wait(shutdown).await {

@@ -108,7 +108,7 @@ async fn flush(
                     .dependency_waits_total
                     .with_label_values(&["database"])
                     .inc();
-                if backoff.tries().is_power_of_two() || backoff.tries() == 0 {
+                if backoff.worth_logging(&error.to_string()) {
                     tracing::error!(error = %error, rows = records.len(), tries = backoff.tries(), "cannot write the delivery log; holding the batch and retrying");
                 }
                 tokio::time::sleep(backoff.next_wait()).await;

@@ -73,6 +73,10 @@ struct Progress {
     claims: HashSet<(qr3_domain::WorkspaceId, qr3_domain::EventId)>,
     /// The batch's unreadable messages are on the dead-letter queue already.
     dead_lettered: bool,
+    /// The last try's claim statement failed without an answer: the unfinished claims
+    /// of the batch's events may be its own. (Taking over another worker's claim
+    /// instead can only fan an event out twice, never lose it.)
+    claim_unanswered: bool,
 }
 
 /// One message of a batch: its body and routing key.
@@ -349,15 +353,21 @@ impl Ingest {
                 event_type: e.event_type,
             })
             .collect();
+        // What an earlier try claimed is ours: so is what it may have claimed, when the
+        // claim statement failed without an answer (a connection cut after the commit).
+        let unanswered = progress.claim_unanswered;
+        progress.claim_unanswered = true;
         let mut claims = inner.store.claim_events(&keys, CLAIM_LEASE).await?;
+        progress.claim_unanswered = false;
         for (key, claim) in keys.iter().zip(claims.iter_mut()) {
             let id = (key.workspace_id.clone(), key.event_id.clone());
             match claim {
                 ClaimOutcome::Claimed => {
                     progress.claims.insert(id);
                 }
-                ClaimOutcome::InProgress if progress.claims.contains(&id) => {
+                ClaimOutcome::InProgress if unanswered || progress.claims.contains(&id) => {
                     *claim = ClaimOutcome::Claimed;
+                    progress.claims.insert(id);
                 }
                 _ => {}
             }

@@ -262,7 +262,16 @@ fn bench(
 
 fn chaos(root: &Path, quick: bool, release: bool) -> anyhow::Result<()> {
     let profile = if release { "release" } else { "debug" };
-    let mut build = vec!["build", "-p", "qr3-webhooks", "-p", "qr3-bench"];
+    // With the fault-injection points, for the scenario where an internal task dies.
+    let mut build = vec![
+        "build",
+        "-p",
+        "qr3-webhooks",
+        "-p",
+        "qr3-bench",
+        "--features",
+        "qr3-webhooks/failpoints",
+    ];
     if release {
         build.push("--release");
     }

@@ -55,6 +55,9 @@ enum Fault {
     RefusePublish {
         millis: u64,
     },
+    /// The sender's log writer panics (a fault-injection point): the process must exit
+    /// non-zero by itself, and a new sender (as Kubernetes would start) takes over.
+    KillTask,
 }
 
 #[derive(Debug, Serialize)]
@@ -215,6 +218,7 @@ async fn scenarios(args: &ChaosArgs, run: &Run) -> anyhow::Result<Vec<Outcome>> 
             "secret does not decrypt 2 s",
             Fault::BrokenSecret { millis: 2000 },
         ),
+        ("sender's log writer dies", Fault::KillTask),
     ];
     let mut outcomes = Vec::new();
     for (index, (name, fault)) in list.into_iter().enumerate() {
@@ -387,6 +391,37 @@ async fn scenario(
             recovered_from.push(Instant::now());
         }
         Fault::StaleCache | Fault::PoisonRow => {}
+        Fault::KillTask => {
+            let at = procs
+                .iter()
+                .position(|p| p.name.contains("sender"))
+                .context("sender process")?;
+            procs.remove(at).terminate();
+            let doomed = run.env.with(
+                "FAILPOINTS",
+                &format!("{}/sender-log-writer=5*off->panic", run.prefix),
+            );
+            let mut dying = doomed.spawn("sender", &format!("chaos-sender-{index}-dying"))?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let status = loop {
+                if let Some(status) = dying.exited() {
+                    break status;
+                }
+                if Instant::now() > deadline {
+                    bail!("the sender whose log writer died did not exit within 30 s");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            if status.success() {
+                bail!("the sender whose log writer died exited with success");
+            }
+            println!("chaos: the sender exited by itself ({status})");
+            procs.push(
+                run.env
+                    .spawn("sender", &format!("chaos-sender-{index}-new"))?,
+            );
+            recovered_from.push(Instant::now());
+        }
         Fault::BrokenSecret { millis } => {
             let hook = &webhook_ids[1];
             database(run, &format!(

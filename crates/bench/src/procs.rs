@@ -78,6 +78,11 @@ impl Proc {
         status_field(self.pid(), "VmRSS:")
     }
 
+    /// The process's exit status, once it has exited by itself.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(mut self) {
         let _ = Command::new("kill")

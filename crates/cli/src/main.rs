@@ -8,6 +8,9 @@ use qr3_webhooks::cli::Cli;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Fault injection for the chaos suite, from FAILPOINTS (built with `failpoints` only).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     match qr3_webhooks::cli::execute(cli).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,9 +1,9 @@
-//! Short-lived caches in front of hot store reads (a workspace's subscriptions at
-//! ingest, a webhook's delivery target at the sender): one query per burst, while a
-//! change still applies within the cache's time to live.
+//! A short-lived cache in front of a hot store read (an active webhook's delivery
+//! target at the sender): one query per burst, while a change still applies within the
+//! cache's time to live. What goes in is the caller's choice (the sender caches only
+//! answers that lead to an attempt).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -22,28 +22,6 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
             ttl,
             entries: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// The cached value if it is younger than the time to live, else what `load`
-    /// returns (which is then cached).
-    pub async fn get_or_load<E, F, Fut>(&self, key: &K, load: F) -> Result<V, E>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<V, E>>,
-    {
-        if let Some((at, value)) = self.entries.lock().expect("cache lock poisoned").get(key) {
-            if at.elapsed() < self.ttl {
-                return Ok(value.clone());
-            }
-        }
-        let value = load().await?;
-        let mut entries = self.entries.lock().expect("cache lock poisoned");
-        if entries.len() > SWEEP_ABOVE {
-            let ttl = self.ttl;
-            entries.retain(|_, (at, _)| at.elapsed() < ttl);
-        }
-        entries.insert(key.clone(), (Instant::now(), value.clone()));
-        Ok(value)
     }
 
     /// The cached value if it is younger than the time to live.
@@ -77,16 +55,15 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn loads_once_within_the_ttl_and_again_after() {
+    async fn keeps_a_value_for_its_ttl_until_forgotten() {
         let cache: TtlCache<u8, u32> = TtlCache::new(Duration::from_millis(50));
-        let loads = std::sync::atomic::AtomicU32::new(0);
-        let load =
-            || async { Ok::<_, ()>(loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1) };
-        assert_eq!(cache.get_or_load(&1, load).await, Ok(1));
-        assert_eq!(cache.get_or_load(&1, load).await, Ok(1), "cached");
+        assert_eq!(cache.get(&1), None);
+        cache.insert(1, 7);
+        assert_eq!(cache.get(&1), Some(7), "cached");
         tokio::time::sleep(Duration::from_millis(60)).await;
-        assert_eq!(cache.get_or_load(&1, load).await, Ok(2), "expired");
+        assert_eq!(cache.get(&1), None, "expired");
+        cache.insert(1, 8);
         cache.forget(&1);
-        assert_eq!(cache.get_or_load(&1, load).await, Ok(3), "forgotten");
+        assert_eq!(cache.get(&1), None, "forgotten");
     }
 }

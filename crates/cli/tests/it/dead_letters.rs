@@ -16,7 +16,7 @@ use qr3_domain::{EventId, EventType, Timestamp, WebhookId, WorkspaceId};
 use qr3_testkit::{Behaviour, Receiver};
 use qr3_webhooks::{app, Roles};
 
-use crate::helpers::{child_env, delete_broker_objects, spawn_roles_with};
+use crate::helpers::{child_env, spawn_roles_with};
 
 /// A broker namespace of its own with the topology declared; deleted when dropped.
 struct Broker {
@@ -201,16 +201,7 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let settings = self.settings.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(delete_broker_objects(&settings));
-            Some(())
-        })
-        .join();
+        crate::helpers::delete_broker_objects_from_drop(&self.settings);
     }
 }
 

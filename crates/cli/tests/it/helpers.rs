@@ -166,18 +166,24 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         if self.running.take().is_some() {
-            let settings = self.settings.clone();
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .ok()?;
-                rt.block_on(delete_broker_objects(&settings));
-                Some(())
-            })
-            .join();
+            delete_broker_objects_from_drop(&self.settings);
         }
     }
+}
+
+/// [`delete_broker_objects`] from a `Drop` (which cannot await): on a thread of its own
+/// with a runtime of its own, waited for.
+pub fn delete_broker_objects_from_drop(settings: &Settings) {
+    let settings = settings.clone();
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(delete_broker_objects(&settings));
+        Some(())
+    })
+    .join();
 }
 
 pub async fn delete_broker_objects(settings: &Settings) {

@@ -211,15 +211,10 @@ impl Sandbox {
                 }
                 let _ = connection.close(200, "cleaned up".into()).await;
             }
-            if let Ok((client, connection)) =
-                tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await
-            {
-                let task = tokio::spawn(connection);
+            if let Ok(client) = qr3_store::connect_once(&admin_url).await {
                 let _ = client
                     .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                     .await;
-                drop(client);
-                let _ = task.await;
             }
         });
     }

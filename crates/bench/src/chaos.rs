@@ -711,23 +711,13 @@ fn close_connections(prefix: &str) -> anyhow::Result<()> {
 }
 
 async fn database(run: &Run, sql: &str) -> anyhow::Result<()> {
-    let (client, conn) = tokio_postgres::connect(&run.db_url, tokio_postgres::NoTls).await?;
-    let task = tokio::spawn(conn);
+    let client = qr3_store::connect_once(&run.db_url).await?;
     client.batch_execute(sql).await?;
-    drop(client);
-    let _ = task.await;
     Ok(())
 }
 
 async fn admin(run: &Run, sql: &str) -> anyhow::Result<()> {
-    let (client, conn) = tokio_postgres::connect(
-        &format!("{}/postgres", run.db_server_base),
-        tokio_postgres::NoTls,
-    )
-    .await?;
-    let task = tokio::spawn(conn);
+    let client = qr3_store::connect_once(&format!("{}/postgres", run.db_server_base)).await?;
     client.batch_execute(sql).await?;
-    drop(client);
-    let _ = task.await;
     Ok(())
 }

@@ -201,13 +201,9 @@ impl Run {
                     .await;
             }
         }
-        if let Ok((client, conn)) = tokio_postgres::connect(
-            &format!("{}/postgres", self.db_server_base),
-            tokio_postgres::NoTls,
-        )
-        .await
+        if let Ok(client) =
+            qr3_store::connect_once(&format!("{}/postgres", self.db_server_base)).await
         {
-            let task = tokio::spawn(conn);
             let name = self
                 .db_url
                 .rsplit('/')
@@ -220,8 +216,6 @@ impl Run {
             let _ = client
                 .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                 .await;
-            drop(client);
-            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
     }
 }

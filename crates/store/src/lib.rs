@@ -14,6 +14,7 @@ mod events;
 mod migrate;
 mod pool;
 mod stats;
+mod tls;
 mod webhooks;
 mod workspaces;
 
@@ -27,7 +28,9 @@ pub use events::{ClaimOutcome, EventKey};
 pub use migrate::{
     check_schema, migrate, migrate_to, required_schema_version, run_retention, SchemaCheck,
 };
-pub use pool::{connect, create_database_if_missing, database_name, is_missing_database};
+pub use pool::{
+    connect, connect_once, create_database_if_missing, database_name, is_missing_database};
+pub use tls::{DatabaseTarget, SslMode};
 pub use stats::{LatencyPercentiles, StatsWindow, WebhookStats};
 pub use webhooks::{
     DeliveryTarget, NewWebhook, RotatedSecret, SigningSecret, Subscribers, Unreadable,

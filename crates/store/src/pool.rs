@@ -4,20 +4,19 @@
 //! connecting to, checking and migrating an existing one needs nothing but the
 //! database itself, which is all many managed Postgres roles may connect to.
 
-use std::str::FromStr;
-
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
 
-/// A pool of `size` connections to `url`. Connections are made lazily.
+use crate::tls::DatabaseTarget;
+
+/// A pool of `size` connections to `url` (TLS as its `sslmode` says). Connections are
+/// made lazily.
 pub fn connect(url: &str, size: usize) -> anyhow::Result<Pool> {
-    let config = tokio_postgres::Config::from_str(url)
-        .context("database.url is not a valid Postgres URL")?;
+    let target = DatabaseTarget::parse(url)?;
     let manager = Manager::from_config(
-        config,
-        NoTls,
+        target.config().clone(),
+        target.tls(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -31,15 +30,16 @@ pub fn connect(url: &str, size: usize) -> anyhow::Result<Pool> {
         .context("cannot build the database pool")
 }
 
+/// One connection to `url` outside any pool (TLS as its `sslmode` says), its driver on
+/// a task of its own until the client is dropped: for tools and maintenance statements.
+pub async fn connect_once(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let target = DatabaseTarget::parse(url)?;
+    target.connect().await.map_err(|error| target.explain(error))
+}
+
 /// The database a URL names (Postgres defaults it to the user name).
 pub fn database_name(url: &str) -> anyhow::Result<String> {
-    let config = tokio_postgres::Config::from_str(url)
-        .context("database.url is not a valid Postgres URL")?;
-    Ok(config
-        .get_dbname()
-        .or(config.get_user())
-        .unwrap_or("postgres")
-        .to_owned())
+    Ok(DatabaseTarget::parse(url)?.database_name())
 }
 
 /// Whether `error` is the server saying the database does not exist (SQLSTATE 3D000).
@@ -54,27 +54,19 @@ pub fn is_missing_database(error: &tokio_postgres::Error) -> bool {
 /// Only when the server answers that the database does not exist does it connect to
 /// the `postgres` maintenance database to create it.
 pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
-    let config = tokio_postgres::Config::from_str(url)
-        .context("database.url is not a valid Postgres URL")?;
-    match config.connect(NoTls).await {
-        Ok((client, connection)) => {
-            let driver = tokio::spawn(connection);
-            drop(client);
-            let _ = driver.await;
-            return Ok(());
-        }
+    let target = DatabaseTarget::parse(url)?;
+    match target.connect().await {
+        Ok(_client) => return Ok(()),
         Err(error) if is_missing_database(&error) => {}
-        Err(error) => return Err(error).context("cannot connect to the database"),
+        Err(error) => return Err(target.explain(error)),
     }
-    let name = database_name(url)?;
-    let mut admin = config;
-    admin.dbname("postgres");
-    let (client, connection) = admin.connect(NoTls).await.with_context(|| {
-        format!(
+    let name = target.database_name();
+    let admin = target.with_dbname("postgres");
+    let client = admin.connect().await.map_err(|error| {
+        admin.explain(error).context(format!(
             "database {name:?} does not exist, and creating it needs the postgres maintenance database, which cannot be reached"
-        )
+        ))
     })?;
-    let driver = tokio::spawn(connection);
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
     match client
         .batch_execute(&format!("CREATE DATABASE {quoted}"))
@@ -86,7 +78,5 @@ pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
         Err(e) => return Err(e).context("cannot create the database"),
     }
-    drop(client);
-    let _ = driver.await;
     Ok(())
 }

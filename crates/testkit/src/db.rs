@@ -2,7 +2,6 @@
 
 use qr3_config::Settings;
 use qr3_store::{SecretCipher, Store};
-use tokio_postgres::NoTls;
 
 use crate::{database_server_url, unique_name};
 
@@ -61,8 +60,7 @@ impl TestDb {
     /// Whether the database exists on the server (asked through the maintenance
     /// database).
     pub async fn exists(&self) -> anyhow::Result<bool> {
-        let (client, conn) = tokio_postgres::connect(&self.admin_url, NoTls).await?;
-        tokio::spawn(conn);
+        let client = qr3_store::connect_once(&self.admin_url).await?;
         Ok(client
             .query_opt(
                 "SELECT 1 FROM pg_database WHERE datname = $1",
@@ -91,8 +89,7 @@ impl Drop for TestDb {
                 .build()
                 .ok()?;
             rt.block_on(async {
-                let (client, conn) = tokio_postgres::connect(&admin_url, NoTls).await.ok()?;
-                tokio::spawn(conn);
+                let client = qr3_store::connect_once(&admin_url).await.ok()?;
                 client
                     .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                     .await

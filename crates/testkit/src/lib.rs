@@ -5,13 +5,17 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ca;
 pub mod db;
 pub mod proxy;
 pub mod receiver;
+pub mod service;
+pub mod tls_postgres;
 
 pub use db::TestDb;
 pub use proxy::TcpProxy;
 pub use receiver::{Behaviour, Received, Receiver};
+pub use tls_postgres::TlsPostgres;
 
 use qr3_config::Settings;
 

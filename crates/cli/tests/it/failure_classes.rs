@@ -376,14 +376,10 @@ async fn a_database_outage_under_a_low_delivery_limit_dead_letters_nothing() {
 
     let database = qr3_store::database_name(app.settings.database.url.expose()).unwrap();
     let admin = |statement: String| async move {
-        let (client, connection) =
-            tokio_postgres::connect(&qr3_testkit::database_server_url(), tokio_postgres::NoTls)
-                .await
-                .unwrap();
-        let task = tokio::spawn(connection);
+        let client = qr3_store::connect_once(&qr3_testkit::database_server_url())
+            .await
+            .unwrap();
         client.batch_execute(&statement).await.unwrap();
-        drop(client);
-        let _ = task.await;
     };
     admin(format!(
         "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS false;

@@ -5,4 +5,5 @@ mod events;
 mod migrations;
 mod rotation;
 mod stats;
+mod tls;
 mod workspaces;

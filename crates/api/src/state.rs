@@ -115,7 +115,8 @@ impl ApiState {
     /// Connects to the broker lazily, on the first job published.
     pub fn from_settings(store: Store, settings: &Settings) -> Self {
         let jobs = JobChannel {
-            publisher: SharedPublisher::new(settings.amqp.url.expose().clone(), "qr3-api"),
+            publisher: SharedPublisher::new(settings.amqp.url.expose().clone(), "qr3-api")
+                .with_tls(qr3_broker::BrokerTls::from_settings(&settings.amqp)),
             deliveries_queue: qr3_broker::Topology::from_settings(settings).deliveries_queue(),
         };
         Self::new(store, ApiConfig::from_settings(settings), jobs)

@@ -15,7 +15,6 @@ mod report;
 mod workloads;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use base64::Engine;

@@ -2,13 +2,15 @@
 
 use std::time::Duration;
 
-use lapin::{Connection, ConnectionProperties};
+use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 
-/// One connection attempt.
+use crate::tls::BrokerTls;
+
+/// One connection attempt, trusting the default roots for `amqps://` (tools and tests;
+/// the roles use [`crate::tls::connect`] with `amqp.tls_ca_file`).
 pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
-    let props = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, props).await
+    crate::tls::connect(url, name, &BrokerTls::default()).await
 }
 
 /// Connects, retrying with exponential backoff (100 ms doubling to 5 s) until it works
@@ -16,11 +18,12 @@ pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
 pub async fn connect_with_retry(
     url: &str,
     name: &str,
+    tls: &BrokerTls,
     shutdown: &CancellationToken,
 ) -> Option<Connection> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match connect(url, name).await {
+        match crate::tls::connect(url, name, tls).await {
             Ok(connection) => return Some(connection),
             Err(error) => {
                 tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "cannot connect to RabbitMQ");
@@ -65,12 +68,13 @@ pub struct Fatal(pub String);
 pub async fn consume_reconnecting(
     url: &str,
     name: &str,
+    tls: &BrokerTls,
     shutdown: &CancellationToken,
     on_link: impl Fn(Link),
     mut session: impl FnMut(std::sync::Arc<Connection>) -> SessionFuture,
 ) -> anyhow::Result<()> {
     while !shutdown.is_cancelled() {
-        let Some(connection) = connect_with_retry(url, name, shutdown).await else {
+        let Some(connection) = connect_with_retry(url, name, tls, shutdown).await else {
             break;
         };
         on_link(Link::Up);

@@ -13,6 +13,7 @@ pub mod dead_letters;
 pub mod job;
 pub mod message;
 pub mod publish;
+pub mod tls;
 pub mod topology;
 
 pub use acks::{AckTracker, Settlement};
@@ -25,4 +26,5 @@ pub use job::{
 };
 pub use message::{EventMessage, IncomingEvent, Rejection};
 pub use publish::{Outgoing, PublishError, Publisher, SharedPublisher};
+pub use tls::BrokerTls;
 pub use topology::Topology;

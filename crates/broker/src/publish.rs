@@ -97,6 +97,7 @@ impl Publisher {
 pub struct SharedPublisher {
     url: String,
     name: String,
+    tls: crate::tls::BrokerTls,
     state: tokio::sync::Mutex<Option<(Connection, Publisher)>>,
 }
 
@@ -105,8 +106,15 @@ impl SharedPublisher {
         Self {
             url: url.into(),
             name: name.into(),
+            tls: crate::tls::BrokerTls::default(),
             state: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// The same publisher, connecting with `tls` (`amqp.tls_ca_file`).
+    pub fn with_tls(mut self, tls: crate::tls::BrokerTls) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Publishes with confirms; on a broken connection reconnects and tries once more.
@@ -117,7 +125,7 @@ impl SharedPublisher {
                 .as_ref()
                 .is_none_or(|(connection, _)| !connection.status().connected())
             {
-                let connection = crate::connect(&self.url, &self.name).await?;
+                let connection = crate::tls::connect(&self.url, &self.name, &self.tls).await?;
                 let publisher = Publisher::open(&connection).await?;
                 *state = Some((connection, publisher));
             }
@@ -140,7 +148,7 @@ impl SharedPublisher {
             .as_ref()
             .is_none_or(|(connection, _)| !connection.status().connected())
         {
-            let connection = crate::connect(&self.url, &self.name).await?;
+            let connection = crate::tls::connect(&self.url, &self.name, &self.tls).await?;
             let publisher = Publisher::open(&connection).await?;
             *state = Some((connection, publisher));
         }

@@ -78,7 +78,8 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     let pool = qr3_store::connect(url, 2)?;
     qr3_store::migrate(&pool, settings.retention.delivery_log_days).await?;
     pool.close();
-    let connection = qr3_broker::connect(settings.amqp.url.expose(), "qr3-migrate")
+    let tls = qr3_broker::BrokerTls::from_settings(&settings.amqp);
+    let connection = qr3_broker::tls::connect(settings.amqp.url.expose(), "qr3-migrate", &tls)
         .await
         .context("cannot connect to RabbitMQ")?;
     Topology::from_settings(settings)
@@ -269,10 +270,10 @@ fn readiness(
     store: &Store,
     metrics: &Metrics,
 ) -> qr3_telemetry::ReadyCheck {
-    let publisher = std::sync::Arc::new(SharedPublisher::new(
-        settings.amqp.url.expose().clone(),
-        "qr3-api",
-    ));
+    let publisher = std::sync::Arc::new(
+        SharedPublisher::new(settings.amqp.url.expose().clone(), "qr3-api")
+            .with_tls(qr3_broker::BrokerTls::from_settings(&settings.amqp)),
+    );
     let (store, metrics) = (store.clone(), metrics.clone());
     ready_check(move || {
         let (store, metrics, publisher) = (store.clone(), metrics.clone(), publisher.clone());

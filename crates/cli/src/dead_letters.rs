@@ -70,7 +70,8 @@ impl Selection {
 /// Runs one `dead-letters` command, printing to stdout.
 pub async fn run(settings: &Settings, args: DeadLettersArgs) -> anyhow::Result<()> {
     let topology = Topology::from_settings(settings);
-    let connection = qr3_broker::connect(settings.amqp.url.expose(), "qr3-dead-letters")
+    let tls = qr3_broker::BrokerTls::from_settings(&settings.amqp);
+    let connection = qr3_broker::tls::connect(settings.amqp.url.expose(), "qr3-dead-letters", &tls)
         .await
         .context("cannot connect to RabbitMQ")?;
     let outcome = execute(&connection, &topology, args).await;

@@ -33,7 +33,8 @@ pub async fn publish(settings: &Settings, args: &PublishArgs) -> anyhow::Result<
             .with_content_type("application/json".into()),
         body: serde_json::to_vec(&body)?,
     };
-    let publisher = SharedPublisher::new(settings.amqp.url.expose().clone(), "qr3-publish");
+    let publisher = SharedPublisher::new(settings.amqp.url.expose().clone(), "qr3-publish")
+        .with_tls(qr3_broker::BrokerTls::from_settings(&settings.amqp));
     publisher
         .publish_all(std::slice::from_ref(&message))
         .await

@@ -87,9 +87,10 @@ impl Dependencies {
     async fn prepare_broker(&self) -> anyhow::Result<()> {
         let settings = &self.settings;
         let connection = within(async {
-            qr3_broker::connect(
+            qr3_broker::tls::connect(
                 settings.amqp.url.expose(),
                 &format!("qr3-startup/{}", settings.amqp.prefix),
+                &qr3_broker::BrokerTls::from_settings(&settings.amqp),
             )
             .await
             .context("cannot connect to RabbitMQ")

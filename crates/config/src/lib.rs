@@ -122,6 +122,9 @@ pub struct AmqpSettings {
     pub prefix: String,
     pub prefetch: u16,
     pub delivery_limit: u32,
+    /// CA certificates (PEM file) trusted for `amqps://` besides Mozilla's roots; empty
+    /// for none.
+    pub tls_ca_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -431,6 +434,14 @@ impl Settings {
         }
         if self.delivery.response_body_bytes > 65536 {
             return invalid("delivery.response_body_bytes must be at most 65536");
+        }
+        let ca_file = self.amqp.tls_ca_file.trim();
+        if !ca_file.is_empty() {
+            if let Err(error) = std::fs::metadata(ca_file) {
+                return Err(ConfigError::Invalid(format!(
+                    "amqp.tls_ca_file {ca_file}: {error}"
+                )));
+            }
         }
         if self.amqp.delivery_limit < 2 {
             return invalid("amqp.delivery_limit must be at least 2");

@@ -114,6 +114,7 @@ impl Ingest {
         qr3_broker::consume_reconnecting(
             &url,
             &format!("qr3-ingest/{}", inner.settings.amqp.prefix),
+            &qr3_broker::BrokerTls::from_settings(&inner.settings.amqp),
             &shutdown,
             |link| match link {
                 qr3_broker::Link::Up => metrics.broker_connected.set(1),

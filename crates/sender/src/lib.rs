@@ -129,6 +129,7 @@ impl Sender {
         let ended = qr3_broker::consume_reconnecting(
             &url,
             &format!("qr3-sender/{}", inner.settings.amqp.prefix),
+            &qr3_broker::BrokerTls::from_settings(&inner.settings.amqp),
             &shutdown,
             |link| match link {
                 qr3_broker::Link::Up => metrics.broker_connected.set(1),

@@ -29,9 +29,10 @@ pub use migrate::{
     check_schema, migrate, migrate_to, required_schema_version, run_retention, SchemaCheck,
 };
 pub use pool::{
-    connect, connect_once, create_database_if_missing, database_name, is_missing_database};
-pub use tls::{DatabaseTarget, SslMode};
+    connect, connect_once, create_database_if_missing, database_name, is_missing_database,
+};
 pub use stats::{LatencyPercentiles, StatsWindow, WebhookStats};
+pub use tls::{DatabaseTarget, SslMode};
 pub use webhooks::{
     DeliveryTarget, NewWebhook, RotatedSecret, SigningSecret, Subscribers, Unreadable,
     UnreadableReason, Webhook, WebhookPatch, WebhookSummary, MAX_PREVIOUS_SECRETS,

@@ -34,7 +34,10 @@ pub fn connect(url: &str, size: usize) -> anyhow::Result<Pool> {
 /// a task of its own until the client is dropped: for tools and maintenance statements.
 pub async fn connect_once(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let target = DatabaseTarget::parse(url)?;
-    target.connect().await.map_err(|error| target.explain(error))
+    target
+        .connect()
+        .await
+        .map_err(|error| target.explain(error))
 }
 
 /// The database a URL names (Postgres defaults it to the user name).

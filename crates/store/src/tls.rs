@@ -29,7 +29,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use tokio_postgres::config::SslMode as DriverSslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -252,9 +254,7 @@ fn client_config(check: Check, roots: &RootSource) -> anyhow::Result<ClientConfi
                     .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
                     .with_no_client_auth()
             } else {
-                builder
-                    .with_webpki_verifier(webpki)
-                    .with_no_client_auth()
+                builder.with_webpki_verifier(webpki).with_no_client_auth()
             }
         }
     };
@@ -500,9 +500,10 @@ mod tests {
 
     #[test]
     fn key_value_parameters_are_taken_out() {
-        let (rest, params) =
-            take_tls_params("host=db user=u password='a b\\'c' sslmode=verify-ca sslrootcert = '/x y.pem'")
-                .unwrap();
+        let (rest, params) = take_tls_params(
+            "host=db user=u password='a b\\'c' sslmode=verify-ca sslrootcert = '/x y.pem'",
+        )
+        .unwrap();
         assert_eq!(rest, "host='db' user='u' password='a b\\'c'");
         assert_eq!(params.sslmode.as_deref(), Some("verify-ca"));
         assert_eq!(params.sslrootcert.as_deref(), Some("/x y.pem"));
@@ -526,14 +527,18 @@ mod tests {
         let default = DatabaseTarget::parse("postgres://db/app").unwrap();
         assert_eq!(default.ssl_mode(), SslMode::Prefer);
         let error = DatabaseTarget::parse("postgres://db/app?sslmode=strict").unwrap_err();
-        assert!(format!("{error:#}").contains("sslmode `strict`"), "{error:#}");
+        assert!(
+            format!("{error:#}").contains("sslmode `strict`"),
+            "{error:#}"
+        );
     }
 
     #[test]
     fn a_missing_root_certificate_file_is_a_clear_error() {
-        let error =
-            DatabaseTarget::parse("postgres://db/app?sslmode=verify-full&sslrootcert=/nonexistent.pem")
-                .unwrap_err();
+        let error = DatabaseTarget::parse(
+            "postgres://db/app?sslmode=verify-full&sslrootcert=/nonexistent.pem",
+        )
+        .unwrap_err();
         assert!(
             format!("{error:#}").contains("cannot read sslrootcert \"/nonexistent.pem\""),
             "{error:#}"

@@ -11,11 +11,13 @@ pub mod proxy;
 pub mod receiver;
 pub mod service;
 pub mod tls_postgres;
+pub mod tls_rabbitmq;
 
 pub use db::TestDb;
 pub use proxy::TcpProxy;
 pub use receiver::{Behaviour, Received, Receiver};
 pub use tls_postgres::TlsPostgres;
+pub use tls_rabbitmq::TlsRabbitMq;
 
 use qr3_config::Settings;
 

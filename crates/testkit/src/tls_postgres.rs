@@ -41,10 +41,7 @@ impl TlsPostgres {
     /// A URL to its `postgres` database as user `postgres` through `host`, with `params`
     /// (`sslmode=…&sslrootcert=…`) appended.
     pub fn url(&self, host: &str, params: &str) -> String {
-        format!(
-            "postgres://postgres@{host}:{}/postgres?{params}",
-            self.port
-        )
+        format!("postgres://postgres@{host}:{}/postgres?{params}", self.port)
     }
 
     fn start() -> anyhow::Result<Self> {

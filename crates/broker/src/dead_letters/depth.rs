@@ -62,6 +62,7 @@ pub fn watch_depth_every(
     every: Duration,
 ) -> JoinHandle<()> {
     let url = settings.amqp.url.expose().clone();
+    let tls = crate::tls::BrokerTls::from_settings(&settings.amqp);
     let name = format!("qr3-depth/{}/{}", settings.amqp.prefix, dead.label());
     let queue = dead.name(&Topology::from_settings(settings));
     let gauge = gauges.with_label_values(&[dead.label()]);
@@ -77,7 +78,7 @@ pub fn watch_depth_every(
             }
             let reading = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                reading = tokio::time::timeout(DEPTH_TIMEOUT, read_depth(&mut link, &url, &name, &queue)) => reading,
+                reading = tokio::time::timeout(DEPTH_TIMEOUT, read_depth(&mut link, &url, &name, &tls, &queue)) => reading,
             };
             match reading {
                 Ok(Ok(n)) => gauge.set(i64::from(n)),
@@ -106,10 +107,11 @@ async fn read_depth(
     link: &mut Option<(Connection, Channel)>,
     url: &str,
     name: &str,
+    tls: &crate::tls::BrokerTls,
     queue: &str,
 ) -> Result<u32, DeadLetterError> {
     if !matches!(link, Some((connection, _)) if connection.status().connected()) {
-        let connection = crate::connect(url, name).await?;
+        let connection = crate::tls::connect(url, name, tls).await?;
         let channel = connection.create_channel().await?;
         *link = Some((connection, channel));
     }

@@ -2,6 +2,7 @@
 //! RabbitMQ and Postgres, real HTTP receivers on 127.0.0.1, millisecond retry delays.
 
 mod backlog;
+mod broker_tls;
 mod bundles;
 mod cli;
 mod dead_letters;

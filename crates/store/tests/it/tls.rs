@@ -29,9 +29,13 @@ async fn require_encrypts_without_checking_the_certificate() {
     let pg = cluster().await;
     // The server's CA is in no trust store, and the name does not match: require
     // checks neither.
-    connect(&pg.url("127.0.0.1", "sslmode=require")).await.unwrap();
+    connect(&pg.url("127.0.0.1", "sslmode=require"))
+        .await
+        .unwrap();
     // prefer (the default) takes TLS when the server offers it.
-    connect(&pg.url("127.0.0.1", "sslmode=prefer")).await.unwrap();
+    connect(&pg.url("127.0.0.1", "sslmode=prefer"))
+        .await
+        .unwrap();
     connect(&pg.url("127.0.0.1", "")).await.unwrap();
 }
 
@@ -39,12 +43,18 @@ async fn require_encrypts_without_checking_the_certificate() {
 async fn verify_full_connects_with_the_right_ca_and_host_name() {
     let pg = cluster().await;
     let ca = pg.ca_file.display();
-    connect(&pg.url("localhost", &format!("sslmode=verify-full&sslrootcert={ca}")))
-        .await
-        .unwrap();
+    connect(&pg.url(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    ))
+    .await
+    .unwrap();
     // The pool and migrations go the same way.
     let pool = qr3_store::connect(
-        &pg.url("localhost", &format!("sslmode=verify-full&sslrootcert={ca}")),
+        &pg.url(
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={ca}"),
+        ),
         1,
     )
     .unwrap();
@@ -58,9 +68,12 @@ async fn verify_full_connects_with_the_right_ca_and_host_name() {
 async fn verify_full_refuses_a_wrong_host_name() {
     let pg = cluster().await;
     let ca = pg.ca_file.display();
-    let error = connect(&pg.url("127.0.0.1", &format!("sslmode=verify-full&sslrootcert={ca}")))
-        .await
-        .unwrap_err();
+    let error = connect(&pg.url(
+        "127.0.0.1",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    ))
+    .await
+    .unwrap_err();
     let text = format!("{error:#}");
     assert!(
         text.contains("over TLS (sslmode=verify-full)") && text.contains("not valid for name"),
@@ -103,8 +116,9 @@ async fn a_tls_only_server_refuses_sslmode_disable_clearly() {
         .unwrap_err();
     let text = format!("{error:#}");
     assert!(
-        text.contains("the server accepts only TLS connections and database.url has sslmode=disable")
-            && text.contains("no encryption"),
+        text.contains(
+            "the server accepts only TLS connections and database.url has sslmode=disable"
+        ) && text.contains("no encryption"),
         "{text}"
     );
     // The pool says the same where a role starts.

@@ -49,6 +49,15 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every value [`Rejection::reason`] gives.
+    pub const REASONS: [&'static str; 5] = [
+        "too_large",
+        "invalid_json",
+        "invalid_schema",
+        "unknown_type",
+        "invalid_field",
+    ];
+
     pub fn reason(&self) -> &'static str {
         match self {
             Rejection::TooLarge { .. } => "too_large",

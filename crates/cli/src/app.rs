@@ -136,6 +136,7 @@ pub async fn start(settings: Settings, roles: Roles) -> anyhow::Result<Running> 
 pub async fn launch(settings: Settings, roles: Roles) -> anyhow::Result<Running> {
     let store = open_store(&settings).await?;
     let metrics = Metrics::new();
+    crate::series::initialise(&metrics, &settings, roles);
     let startup = Startup::new();
     let shutdown = CancellationToken::new();
     let ops_shutdown = CancellationToken::new();

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod dead_letters;
 pub mod operator;
 pub mod publish;
+mod series;
 mod startup;
 mod supervise;
 

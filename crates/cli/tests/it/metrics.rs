@@ -152,3 +152,45 @@ async fn every_documented_metric_is_exported_and_moves() {
     );
     app.stop().await;
 }
+
+/// A freshly started process, of each role and of all of them, lists every documented
+/// metric on its first scrape, before anything happened: labelled series whose values
+/// are known start at 0 (the dead-letter depth only where a worker reads it).
+#[tokio::test]
+async fn every_documented_metric_is_on_the_first_scrape_of_every_role() {
+    use qr3_webhooks::{app, Roles};
+    let db = qr3_testkit::TestDb::new().await.unwrap();
+    let settings = qr3_testkit::test_settings(&db.url);
+    for (label, roles) in [
+        ("all", Roles::ALL),
+        ("api", Roles::API),
+        ("ingest", Roles::INGEST),
+        ("sender", Roles::SENDER),
+    ] {
+        let running = app::start(settings.clone(), roles).await.unwrap();
+        let addr = running.api_addr.or(running.ops_addr).unwrap();
+        let text = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for name in documented() {
+            if name == "qr3_dead_letters" && roles == Roles::API {
+                continue;
+            }
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{label}: {name} is not on the first scrape"
+            );
+        }
+        // The first rejection of any reason is an increase from 0.
+        for reason in qr3_broker::Rejection::REASONS {
+            assert_eq!(
+                value(&text, &format!("qr3_events_rejected_total{{reason=\"{reason}\"}}")),
+                0.0
+            );
+        }
+        running.stop().await.unwrap();
+    }
+}

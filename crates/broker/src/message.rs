@@ -1,7 +1,7 @@
 //! The event message the platform publishes (SPEC C "Event ingestion contract"), and
 //! why one can be refused.
 
-use qr3_domain::{EventId, EventType, Timestamp, WorkspaceId};
+use qr3_domain::{EventId, EventType, Payload, Timestamp, WorkspaceId};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -35,6 +35,11 @@ pub struct IncomingEvent {
 pub enum Rejection {
     #[error("message is {size} bytes, larger than the {max} allowed")]
     TooLarge { size: usize, max: usize },
+    /// The webhook payload the event makes would be larger than the limit: JavaScript's
+    /// number format can make a payload longer than its message (`1e20` is written out
+    /// in 21 digits), and every payload must fit receivers' default body limits.
+    #[error("its webhook payload would be {size} bytes, larger than the {max} allowed")]
+    PayloadTooLarge { size: usize, max: usize },
     #[error("message is not valid JSON: {0}")]
     InvalidJson(String),
     #[error("message does not match the event schema: {0}")]
@@ -60,7 +65,7 @@ impl Rejection {
 
     pub fn reason(&self) -> &'static str {
         match self {
-            Rejection::TooLarge { .. } => "too_large",
+            Rejection::TooLarge { .. } | Rejection::PayloadTooLarge { .. } => "too_large",
             Rejection::InvalidJson(_) => "invalid_json",
             Rejection::Schema(_) => "invalid_schema",
             Rejection::UnknownType(_) => "unknown_type",
@@ -111,13 +116,32 @@ impl IncomingEvent {
             })?,
             None => Timestamp::now(),
         };
-        Ok(Self {
+        let event = Self {
             id,
             event_type,
             workspace_id,
             created,
             data: message.data,
-        })
+        };
+        let size = event.payload().len();
+        if size > max_bytes {
+            return Err(Rejection::PayloadTooLarge {
+                size,
+                max: max_bytes,
+            });
+        }
+        Ok(event)
+    }
+
+    /// The exact payload its webhooks receive (SPEC Part A).
+    pub fn payload(&self) -> String {
+        Payload {
+            id: &self.id,
+            event_type: self.event_type,
+            created: self.created,
+            data: &self.data,
+        }
+        .encode()
     }
 }
 
@@ -154,6 +178,42 @@ mod tests {
         ))
         .unwrap();
         assert!(e.id.as_str().starts_with("evt_"));
+    }
+
+    #[test]
+    fn a_payload_longer_than_its_message_is_refused_by_its_own_size() {
+        // 1e20 is written out in 21 digits, as JavaScript prints it.
+        let numbers = vec!["1e20"; 100].join(",");
+        let body = format!(
+            r#"{{"id":"evt_1","type":"qr.scanned","workspace_id":"{WS}","created":"2026-03-15T10:00:00Z","data":{{"n":[{numbers}]}}}}"#
+        );
+        assert!(body.len() < 1024);
+        match parse(&body).unwrap_err() {
+            Rejection::PayloadTooLarge { size, max } => {
+                assert!(size > 2000 && max == 1024, "{size} {max}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let event = IncomingEvent::parse(body.as_bytes(), 4096).unwrap();
+        assert!(event.payload().len() <= 4096);
+    }
+
+    #[test]
+    fn reasons_lists_every_reason() {
+        let all = [
+            Rejection::TooLarge { size: 2, max: 1 },
+            Rejection::PayloadTooLarge { size: 2, max: 1 },
+            Rejection::InvalidJson(String::new()),
+            Rejection::Schema(String::new()),
+            Rejection::UnknownType(String::new()),
+            Rejection::InvalidField {
+                field: "id",
+                message: String::new(),
+            },
+        ];
+        for rejection in all {
+            assert!(Rejection::REASONS.contains(&rejection.reason()));
+        }
     }
 
     #[test]

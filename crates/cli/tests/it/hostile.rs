@@ -9,7 +9,7 @@ use lapin::types::AMQPValue;
 use qr3_testkit::{Behaviour, Receiver};
 use serde_json::json;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, spawn_app_with};
 
 /// The `x-qr3-reason` and `x-qr3-error` headers of up to `n` dead-lettered events.
 async fn dead_letters(app: &crate::helpers::TestApp, n: usize) -> Vec<(String, String)> {
@@ -47,7 +47,8 @@ async fn dead_letters(app: &crate::helpers::TestApp, n: usize) -> Vec<(String, S
 
 #[tokio::test]
 async fn events_built_to_hurt_are_dead_lettered_with_a_short_reason() {
-    let app = spawn_app().await;
+    // Room for fields of 200 KB, four times the default limit.
+    let app = spawn_app_with(|s| s.ingest.max_event_bytes = 262_144).await;
     let receiver = Receiver::start(Behaviour::Status(200)).await;
     app.webhook(&receiver.url(), &["*"]).await;
     let ws = app.workspace.to_string();

@@ -187,7 +187,10 @@ async fn every_documented_metric_is_on_the_first_scrape_of_every_role() {
         // The first rejection of any reason is an increase from 0.
         for reason in qr3_broker::Rejection::REASONS {
             assert_eq!(
-                value(&text, &format!("qr3_events_rejected_total{{reason=\"{reason}\"}}")),
+                value(
+                    &text,
+                    &format!("qr3_events_rejected_total{{reason=\"{reason}\"}}")
+                ),
                 0.0
             );
         }

@@ -118,3 +118,68 @@ async fn the_documented_express_and_python_verifiers_accept_every_delivery() {
     );
     app.stop().await;
 }
+
+/// The documentation's Express receiver keeps `express.json()`'s default 100 kB limit,
+/// and accepts the largest payload qr3 sends by default: a payload is at most
+/// `ingest.max_event_bytes` (64 KiB), however much longer than its message it is.
+#[tokio::test]
+async fn the_documented_express_receiver_accepts_the_largest_default_payload() {
+    let app = spawn_app().await;
+    let max = app.settings.ingest.max_event_bytes;
+    assert!(
+        max < 100 * 1024,
+        "the default limit is below express.json()'s"
+    );
+    let (_node, node_port) = start("node", "express_receiver.js");
+    let hook = app
+        .webhook(
+            &format!("http://127.0.0.1:{node_port}/webhooks/qr3"),
+            &["qr.scanned"],
+        )
+        .await;
+    // Numbers JavaScript writes out in full (1e20: 21 digits) make the payload longer
+    // than its message; a blob pads it to exactly `payload_len` bytes.
+    let message = |id: &str, payload_len: usize| {
+        let build = |blob: usize| {
+            format!(
+                r#"{{"id":"{id}","type":"qr.scanned","workspace_id":"{}","created":"2026-03-15T10:00:00.000Z","data":{{"n":[{}],"blob":"{}"}}}}"#,
+                app.workspace,
+                vec!["1e20"; 20].join(","),
+                "y".repeat(blob)
+            )
+        };
+        let bare = qr3_broker::IncomingEvent::parse(build(0).as_bytes(), usize::MAX)
+            .unwrap()
+            .payload()
+            .len();
+        let body = build(payload_len - bare);
+        let payload = qr3_broker::IncomingEvent::parse(body.as_bytes(), usize::MAX)
+            .unwrap()
+            .payload();
+        assert_eq!(payload.len(), payload_len);
+        assert!(body.len() < max, "the message itself is under the limit");
+        body
+    };
+    app.publish_raw("qr.scanned", message("evt_over", max + 1).as_bytes())
+        .await;
+    app.publish_raw("qr.scanned", message("evt_largest", max).as_bytes())
+        .await;
+    let log = app.attempts(&hook, 1).await;
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].event_id.as_str(), "evt_largest");
+    assert_eq!(
+        (log[0].status, log[0].status_code),
+        (AttemptStatus::Success, Some(200)),
+        "express.json() accepted a {max}-byte payload"
+    );
+    // The one whose payload would be over the limit was dead-lettered, not sent.
+    let metrics = &app.running.as_ref().unwrap().metrics;
+    assert_eq!(
+        metrics
+            .events_rejected_total
+            .with_label_values(&["too_large"])
+            .get(),
+        1
+    );
+    app.stop().await;
+}

@@ -12,7 +12,8 @@ function verifySignature(payload, signature, secret) {
 
 const secret = process.argv[2];
 const app = express();
-app.use(express.json({ limit: "1mb" }));
+// The documentation's receiver: the default body limit (100 kB).
+app.use(express.json());
 app.post("/webhooks/qr3", (req, res) => {
   const signature = req.headers["x-qr3-signature"] || "";
   const valid = verifySignature(JSON.stringify(req.body), signature, secret);

@@ -12,7 +12,7 @@ const { Webhook } = require("standardwebhooks");
 
 const secretsFile = process.argv[2];
 const app = express();
-app.post("/webhooks/qr3", express.raw({ type: "application/json", limit: "1mb" }), (req, res) => {
+app.post("/webhooks/qr3", express.raw({ type: "application/json" }), (req, res) => {
   const secrets = JSON.parse(fs.readFileSync(secretsFile, "utf8"));
   const body = req.body.toString("utf8");
   const verified = [];

@@ -25,6 +25,6 @@ pub use job::{
     Trigger,
 };
 pub use message::{EventMessage, IncomingEvent, Rejection};
-pub use publish::{Outgoing, PublishError, Publisher, SharedPublisher};
+pub use publish::{close_channel, Outgoing, PublishError, Publisher, SharedPublisher};
 pub use tls::BrokerTls;
 pub use topology::Topology;

@@ -43,6 +43,14 @@ impl Publisher {
         &self.channel
     }
 
+    /// Closes the channel. A session closes its channels itself before its connection
+    /// is closed: lapin closes a channel dropped while the connection is open on a task
+    /// of its own, which then races the connection's close and logs an ERROR
+    /// ("invalid channel state: Closing") at every clean shutdown.
+    pub async fn close(&self) {
+        close_channel(&self.channel).await;
+    }
+
     /// Publishes every message and returns once the broker has confirmed all of them
     /// (for persistent messages on quorum queues: written to a majority of disks).
     /// Messages are `mandatory`, so one that no queue would take is an error rather
@@ -89,6 +97,13 @@ impl Publisher {
             return Err(PublishError::Nacked(nacked));
         }
         Ok(())
+    }
+}
+
+/// Closes `channel` if it is open (see [`Publisher::close`] for why sessions do it).
+pub async fn close_channel(channel: &Channel) {
+    if channel.status().connected() {
+        let _ = channel.close(200, "closing".into()).await;
     }
 }
 

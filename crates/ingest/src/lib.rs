@@ -201,6 +201,9 @@ impl Ingest {
                 }
             })
             .await;
+        // Before the connection closes (see `Publisher::close`).
+        publisher.close().await;
+        qr3_broker::close_channel(&channel).await;
         if failed.is_cancelled() {
             anyhow::bail!("consumer stream failed");
         }

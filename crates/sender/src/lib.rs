@@ -264,6 +264,9 @@ impl Sender {
         tracker.wait().await;
         writer_task.await.context("the log writer panicked")?;
         parking_task.await.context("the parking task panicked")?;
+        // Before the connection closes (see `Publisher::close`).
+        publisher.close().await;
+        qr3_broker::close_channel(&channel).await;
         match failure {
             Some(error) => Err(error).context("consumer stream failed"),
             None if hold.broken.is_cancelled() && !shutdown.is_cancelled() => {

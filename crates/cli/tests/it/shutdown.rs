@@ -274,3 +274,103 @@ async fn cleanup(settings: &Settings) {
             .await;
     }
 }
+
+/// SIGTERM to a process running every role, idle or having just delivered, logs no
+/// ERROR line: the sessions close their channels before their connections (lapin logs
+/// "invalid channel state: Closing" when a dropped channel's background close races the
+/// connection's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_logs_no_error() {
+    let db = TestDb::new().await.unwrap();
+    let settings = qr3_testkit::test_settings(&db.url);
+    let workspace = db.store.create_workspace("w").await.unwrap();
+    let receiver = Receiver::start(Behaviour::Status(200)).await;
+    for (round, deliver) in [(0, false), (1, true)] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_qr3-webhooks"))
+            .arg("all")
+            .envs(crate::helpers::child_env(
+                &settings,
+                &[
+                    ("QR3__API__LISTEN", "127.0.0.1:0"),
+                    ("QR3__DELIVERY__RETRY_DELAYS_MS", "100,200"),
+                ],
+            ))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !["ingest consuming", "sender consuming"]
+            .iter()
+            .all(|m| logs.lock().unwrap().contains(m))
+        {
+            assert!(Instant::now() < deadline, "{}", logs.lock().unwrap());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if deliver {
+            let url = qr3_domain::WebhookUrl::parse(
+                &receiver.url(),
+                qr3_domain::TargetPolicy {
+                    require_https: false,
+                    allow_private: true,
+                },
+            )
+            .unwrap();
+            db.store
+                .insert_webhook(
+                    &workspace.id,
+                    qr3_store::NewWebhook {
+                        url,
+                        events: qr3_domain::Subscriptions::parse(&["*"]).unwrap(),
+                        secret: qr3_domain::WebhookSecret::parse(SECRET).unwrap(),
+                        max_per_second: None,
+                    },
+                )
+                .await
+                .unwrap();
+            let message = qr3_broker::Outgoing {
+                exchange: settings.amqp.events_exchange.clone(),
+                routing_key: "qr.scanned".into(),
+                properties: lapin::BasicProperties::default().with_delivery_mode(2),
+                body: json!({"id": "evt_shutdown", "type": "qr.scanned", "workspace_id": workspace.id, "data": {}})
+                    .to_string()
+                    .into_bytes(),
+            };
+            qr3_broker::SharedPublisher::new(settings.amqp.url.expose().clone(), "test")
+                .publish_all(&[message])
+                .await
+                .unwrap();
+            assert_eq!(receiver.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+        }
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = loop {
+            if let Some(exit) = child.try_wait().unwrap() {
+                break exit;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(exit.success(), "round {round}: {exit:?}");
+        reader.join().unwrap();
+        let logs = logs.lock().unwrap().clone();
+        let errors: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("\"level\":\"ERROR\""))
+            .collect();
+        assert!(errors.is_empty(), "round {round}: {errors:#?}");
+        assert!(logs.contains("shut"), "round {round}: {logs}");
+    }
+    cleanup(&settings).await;
+}

@@ -693,6 +693,16 @@ mod tests {
     }
 
     #[test]
+    fn a_broker_ca_file_that_is_not_there_stops_the_start() {
+        let mut s = Settings::defaults();
+        s.secrets.allow_insecure_dev_key = true;
+        assert!(s.amqp.tls_ca_file.is_empty());
+        s.amqp.tls_ca_file = "/nonexistent/ca.pem".into();
+        let error = s.validate().unwrap_err().to_string();
+        assert!(error.contains("amqp.tls_ca_file /nonexistent/ca.pem"), "{error}");
+    }
+
+    #[test]
     fn the_admin_api_is_off_by_default() {
         let s = Settings::defaults();
         assert!(s.api.admin_token.expose().is_empty());

@@ -9,7 +9,7 @@ use lapin::types::AMQPValue;
 use qr3_testkit::{Behaviour, Receiver};
 use serde_json::json;
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::helpers::spawn_app_with;
 
 /// The `x-qr3-reason` and `x-qr3-error` headers of up to `n` dead-lettered events.
 async fn dead_letters(app: &crate::helpers::TestApp, n: usize) -> Vec<(String, String)> {

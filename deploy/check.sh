@@ -6,10 +6,12 @@
 #     deploy/check_manifests.py;
 #   - the kustomize output too, when kubectl or kustomize is installed;
 #   - the Prometheus rules (promtool check rules) and their unit tests
-#     (promtool test rules), and the dashboard's PromQL.
+#     (promtool test rules), and the dashboard's PromQL;
+#   - the container image: built locally (buildah, from scratch: no registry needed)
+#     and started (podman) against the local Postgres and RabbitMQ: deploy/image_check.sh.
 #
-# Installs what it needs when missing: kubernetes-validate (pip) and promtool (Debian's
-# prometheus package, which needs root). Runs from any directory.
+# Installs what it needs when missing: kubernetes-validate (pip), promtool (Debian's
+# prometheus package) and podman, buildah and runc (Debian packages; root needed). Runs from any directory.
 #
 # Ends with "deploy checks: N passed, M failed"; exits non-zero on any failure.
 set -euo pipefail
@@ -116,6 +118,19 @@ else
   echo "FAIL  the dashboard's queries were not extracted"
 fi
 cd "$repo"
+
+# --- the container image, built locally and started (deploy/image_check.sh) ------------------
+# No registry is reachable from CI, so the image is built from scratch with buildah around
+# the workspace's (debug) binary, then started with podman against the local services.
+if ! command -v podman >/dev/null 2>&1 || ! command -v buildah >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1; then
+  echo "installing podman, buildah and runc (Debian packages)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman buildah runc >/dev/null
+fi
+binary="${CARGO_TARGET_DIR:-$repo/target}/debug/qr3-webhooks"
+step "cargo build -p qr3-webhooks (the image's binary)" cargo build -q -p qr3-webhooks
+step "container image: built from scratch with buildah" bash "$here/image_check.sh" build "$binary"
+step "container image: runs all, ready, clean SIGTERM stop without ERROR" bash "$here/image_check.sh" smoke "$binary"
 
 # --- compose, when Docker's compose plugin is installed ----------------------------------------
 if docker compose version >/dev/null 2>&1; then

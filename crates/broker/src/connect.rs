@@ -1,29 +1,85 @@
-//! Connecting to RabbitMQ, with backoff while it is unreachable.
+//! Connecting to RabbitMQ: to the first reachable node of `amqp.url` (one node or a
+//! cluster's), with backoff while none is reachable, and reconnecting consumers.
 
 use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 
-/// One connection attempt.
-pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+use crate::nodes::Nodes;
+
+/// How long one node may take to accept a connection before the next is tried: a
+/// node that is down refuses at once, one behind a partition would otherwise hold
+/// the attempt for the operating system's TCP timeout.
+pub const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One connection to one node (`url` is a single node's URL).
+pub async fn connect_node(url: &str, name: &str) -> lapin::Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
     Connection::connect(url, props).await
 }
 
-/// Connects, retrying with exponential backoff (100 ms doubling to 5 s) until it works
-/// or `shutdown` fires (`None`).
+/// Connects to a node of `urls` (one URL, or a comma-separated list of a cluster's
+/// nodes): tries each node once, starting at a rotating node, and returns the first
+/// connection made. Logs name nodes by `host:port` only. An invalid list is an
+/// `InvalidInput` I/O error; every node failing is the last node's error.
+pub async fn connect(urls: &str, name: &str) -> lapin::Result<Connection> {
+    let nodes = Nodes::parse(urls).map_err(|error| {
+        lapin::Error::from(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            error.to_string(),
+        ))
+    })?;
+    connect_nodes(&nodes, name).await
+}
+
+/// [`connect`] with the list already parsed.
+pub async fn connect_nodes(nodes: &Nodes, name: &str) -> lapin::Result<Connection> {
+    let mut last = None;
+    for i in nodes.order() {
+        let node = nodes.address(i);
+        let attempt = tokio::time::timeout(NODE_CONNECT_TIMEOUT, connect_node(nodes.url(i), name));
+        let error = match attempt.await {
+            Ok(Ok(connection)) => {
+                tracing::debug!(connection = name, node, "connected to RabbitMQ");
+                return Ok(connection);
+            }
+            Ok(Err(error)) => error,
+            Err(_) => lapin::Error::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {} s", NODE_CONNECT_TIMEOUT.as_secs()),
+            )),
+        };
+        if nodes.len() > 1 {
+            tracing::warn!(connection = name, node, %error, "cannot connect to this RabbitMQ node; trying the next");
+        }
+        last = Some(error);
+    }
+    Err(last.expect("a node list is never empty"))
+}
+
+/// Connects, retrying with exponential backoff (100 ms doubling to 5 s) until a node
+/// of `urls` accepts or `shutdown` fires (`None`).
 pub async fn connect_with_retry(
-    url: &str,
+    urls: &str,
     name: &str,
     shutdown: &CancellationToken,
 ) -> Option<Connection> {
+    let nodes = match Nodes::parse(urls) {
+        Ok(nodes) => nodes,
+        Err(error) => {
+            // Settings validation makes this unreachable from the roles.
+            tracing::error!(%error, "cannot connect to RabbitMQ");
+            shutdown.cancelled().await;
+            return None;
+        }
+    };
     let mut backoff = Duration::from_millis(100);
     loop {
-        match connect(url, name).await {
+        match connect_nodes(&nodes, name).await {
             Ok(connection) => return Some(connection),
             Err(error) => {
-                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "cannot connect to RabbitMQ");
+                tracing::warn!(%error, nodes = %nodes.addresses(), retry_in_ms = backoff.as_millis() as u64, "cannot connect to RabbitMQ");
             }
         }
         tokio::select! {
@@ -58,19 +114,19 @@ pub enum Link {
 pub struct Fatal(pub String);
 
 /// Runs `session` on a fresh connection, again and again, until `shutdown`: connects
-/// with back-off, lets the session consume until it returns, closes the connection and
+/// with back-off (to another node of a cluster first, see [`Nodes::order`]), lets the session consume until it returns, closes the connection and
 /// starts over after an error. The session must return once `shutdown` fires, after
 /// finishing its in-flight work. A session error that is (or wraps) [`Fatal`] ends the
 /// loop with that error.
 pub async fn consume_reconnecting(
-    url: &str,
+    urls: &str,
     name: &str,
     shutdown: &CancellationToken,
     on_link: impl Fn(Link),
     mut session: impl FnMut(std::sync::Arc<Connection>) -> SessionFuture,
 ) -> anyhow::Result<()> {
     while !shutdown.is_cancelled() {
-        let Some(connection) = connect_with_retry(url, name, shutdown).await else {
+        let Some(connection) = connect_with_retry(urls, name, shutdown).await else {
             break;
         };
         on_link(Link::Up);

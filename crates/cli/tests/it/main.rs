@@ -4,6 +4,7 @@
 mod backlog;
 mod bundles;
 mod cli;
+mod cluster;
 mod dead_letters;
 mod delivery;
 mod failure_classes;

@@ -100,8 +100,22 @@ async fn check_replication(cluster: &Cluster, prefix: &str) -> anyhow::Result<()
             bail!("queue not replicated to every node: {line}");
         }
     }
+    // Declared through one node, every queue has its leader there: spread the
+    // leaders, so that losing a node also moves some leaders.
+    let pattern = format!("^{}\\.", prefix.replace('.', "\\."));
+    cluster
+        .cli(
+            "rabbitmq-queues",
+            &cluster.nodes[0].name,
+            &["rebalance", "quorum", "--queue-pattern", &pattern, "-q"],
+        )
+        .await?;
+    let mut leaders = Vec::new();
+    for i in 0..cluster.nodes.len() {
+        leaders.push(cluster.leaders(i, &format!("{prefix}.")).await?);
+    }
     println!(
-        "cluster: {} quorum queues, each with a member on all 3 nodes",
+        "cluster: {} quorum queues, each with a member on all 3 nodes; leaders per node {leaders:?}",
         ours.len()
     );
     Ok(())

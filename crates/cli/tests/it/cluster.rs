@@ -78,3 +78,23 @@ async fn every_role_works_when_the_first_node_of_the_list_is_down() {
     assert_eq!(receiver.wait_for(4, Duration::from_secs(10)).await.len(), 4);
     app.stop().await;
 }
+
+#[test]
+fn the_binary_refuses_a_node_list_with_a_bad_entry_without_showing_it() {
+    for list in [
+        "amqp://guest:n0t-this-one@127.0.0.1:5672/%2f,http://guest:n0t-this-one@h/",
+        "amqp://guest:n0t-this-one@127.0.0.1:5672/%2f,amqp://guest:n0t-this-one@[::1/",
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qr3-webhooks"))
+            .args(["migrate"])
+            .env_remove("RUST_LOG")
+            .env("QR3__SECRETS__ALLOW_INSECURE_DEV_KEY", "true")
+            .env("QR3__AMQP__URL", list)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("amqp.url entry 2"), "{stderr}");
+        assert!(!stderr.contains("n0t-this-one"), "{stderr}");
+    }
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 use lapin::{Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::nodes::Nodes;
 
 /// How long one node may take to accept a connection before the next is tried: a
@@ -21,8 +22,9 @@ pub async fn connect_node(url: &str, name: &str) -> lapin::Result<Connection> {
 
 /// Connects to a node of `urls` (one URL, or a comma-separated list of a cluster's
 /// nodes): tries each node once, starting at a rotating node, and returns the first
-/// connection made. Logs name nodes by `host:port` only. An invalid list is an
-/// `InvalidInput` I/O error; every node failing is the last node's error.
+/// connection made. Logs and errors name nodes by `host:port` only. An invalid list
+/// is an `InvalidInput` I/O error. With one node its error is returned as it is; with
+/// several, an error naming each node and why it failed.
 pub async fn connect(urls: &str, name: &str) -> lapin::Result<Connection> {
     let nodes = Nodes::parse(urls).map_err(|error| {
         lapin::Error::from(std::io::Error::new(
@@ -35,31 +37,51 @@ pub async fn connect(urls: &str, name: &str) -> lapin::Result<Connection> {
 
 /// [`connect`] with the list already parsed.
 pub async fn connect_nodes(nodes: &Nodes, name: &str) -> lapin::Result<Connection> {
-    let mut last = None;
+    let mut failed: Vec<(usize, lapin::Error)> = Vec::new();
     for i in nodes.order() {
-        let node = nodes.address(i);
         let attempt = tokio::time::timeout(NODE_CONNECT_TIMEOUT, connect_node(nodes.url(i), name));
-        let error = match attempt.await {
+        match attempt.await {
             Ok(Ok(connection)) => {
-                tracing::debug!(connection = name, node, "connected to RabbitMQ");
+                let node = nodes.address(i);
+                if failed.is_empty() {
+                    tracing::debug!(connection = name, node, "connected to RabbitMQ");
+                } else {
+                    tracing::warn!(connection = name, node, skipped = %summary(nodes, &failed), "connected to RabbitMQ past nodes that failed");
+                }
                 return Ok(connection);
             }
-            Ok(Err(error)) => error,
-            Err(_) => lapin::Error::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer within {} s", NODE_CONNECT_TIMEOUT.as_secs()),
+            Ok(Err(error)) => failed.push((i, error)),
+            Err(_) => failed.push((
+                i,
+                lapin::Error::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", NODE_CONNECT_TIMEOUT.as_secs()),
+                )),
             )),
-        };
-        if nodes.len() > 1 {
-            tracing::warn!(connection = name, node, %error, "cannot connect to this RabbitMQ node; trying the next");
         }
-        last = Some(error);
     }
-    Err(last.expect("a node list is never empty"))
+    if failed.len() == 1 {
+        let (_, error) = failed.pop().expect("one failure");
+        return Err(error);
+    }
+    Err(lapin::Error::from(std::io::Error::other(format!(
+        "no RabbitMQ node accepted a connection: {}",
+        summary(nodes, &failed)
+    ))))
 }
 
-/// Connects, retrying with exponential backoff (100 ms doubling to 5 s) until a node
-/// of `urls` accepts or `shutdown` fires (`None`).
+/// `host:port (why)` of every node that failed, for logs and errors.
+fn summary(nodes: &Nodes, failed: &[(usize, lapin::Error)]) -> String {
+    failed
+        .iter()
+        .map(|(i, error)| format!("{} ({error})", nodes.address(*i)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Connects, retrying with [`Backoff::dependency`] (100 ms doubling to 5 s, with
+/// jitter, so that the processes a lost node dropped do not retry in step) until a
+/// node of `urls` accepts or `shutdown` fires (`None`).
 pub async fn connect_with_retry(
     urls: &str,
     name: &str,
@@ -74,19 +96,20 @@ pub async fn connect_with_retry(
             return None;
         }
     };
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::dependency();
     loop {
         match connect_nodes(&nodes, name).await {
             Ok(connection) => return Some(connection),
             Err(error) => {
-                tracing::warn!(%error, nodes = %nodes.addresses(), retry_in_ms = backoff.as_millis() as u64, "cannot connect to RabbitMQ");
+                let why = error.to_string();
+                if backoff.worth_logging(&why) {
+                    tracing::warn!(error = why, nodes = %nodes.addresses(), "cannot connect to RabbitMQ; retrying");
+                }
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(backoff) => {}
+        if !backoff.wait(shutdown).await {
+            return None;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

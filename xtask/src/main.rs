@@ -5,7 +5,8 @@
 //! - `test`: the full test suite, as CI runs it.
 //! - `fuzz`: Schemathesis against the served OpenAPI document.
 //! - `load`: the API under `wrk`, and the sender's memory with a large backlog.
-//! - `chaos`: the fault-injection suite (`--quick` runs in `test`).
+//! - `chaos`: the fault-injection suite, then `cluster` (`--quick` runs in `test`).
+//! - `cluster`: a three-node RabbitMQ cluster on this machine loses the workers' node.
 //! - `bench`: the end-to-end benchmark against ceilings measured in the same run.
 
 mod demo;
@@ -71,6 +72,16 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
+    /// A three-node RabbitMQ cluster on this machine; the node the workers use stops
+    /// under a steady stream and starts again. Fails if anything is lost.
+    Cluster {
+        /// A smaller stream and a shorter outage, as CI runs it.
+        #[arg(long)]
+        quick: bool,
+        /// Build and run release binaries (default: debug, as the tests build them).
+        #[arg(long)]
+        release: bool,
+    },
     /// The end-to-end benchmark (release build, separate processes, ceilings).
     Bench {
         /// About a minute instead of several.
@@ -109,6 +120,7 @@ fn main() -> anyhow::Result<()> {
             },
         ),
         Task::Chaos { quick, release } => chaos(&root(), quick, release),
+        Task::Cluster { quick, release } => cluster(&root(), quick, release),
         Task::Bench {
             quick,
             senders,
@@ -155,7 +167,7 @@ fn test(root: &Path) -> anyhow::Result<()> {
     )?;
     cargo(root, &["test", "--workspace"])?;
     fuzz::fuzz(root, 10, None)?;
-    // The fault-injection suite, at CI size.
+    // The fault-injection suite and the cluster's node loss, at CI size.
     chaos(root, true, false)?;
     // Kubernetes manifests, alert rules and the dashboard, validated offline.
     let status = Command::new("bash")
@@ -294,6 +306,50 @@ fn chaos(root: &Path, quick: bool, release: bool) -> anyhow::Result<()> {
         .context("cannot run qr3-bench chaos")?;
     if !status.success() {
         bail!("the fault-injection suite found lost deliveries or failed");
+    }
+    // The node-loss scenario, on a cluster of its own.
+    run_cluster(root, quick, profile)
+}
+
+fn cluster(root: &Path, quick: bool, release: bool) -> anyhow::Result<()> {
+    let profile = if release { "release" } else { "debug" };
+    // The same features as `chaos` builds with, so the two share one build.
+    let mut build = vec![
+        "build",
+        "-p",
+        "qr3-webhooks",
+        "-p",
+        "qr3-bench",
+        "--features",
+        "qr3-webhooks/failpoints",
+    ];
+    if release {
+        build.push("--release");
+    }
+    cargo(root, &build)?;
+    run_cluster(root, quick, profile)
+}
+
+/// `qr3-bench cluster` with the binaries of `profile` (already built).
+fn run_cluster(root: &Path, quick: bool, profile: &str) -> anyhow::Result<()> {
+    let target = root.join("target").join(profile);
+    let mut args = vec![
+        "cluster".to_owned(),
+        "--bin".to_owned(),
+        target.join("qr3-webhooks").display().to_string(),
+        "--out".to_owned(),
+        root.join("target/cluster").display().to_string(),
+    ];
+    if quick {
+        args.push("--quick".to_owned());
+    }
+    let status = Command::new(target.join("qr3-bench"))
+        .args(&args)
+        .current_dir(root)
+        .status()
+        .context("cannot run qr3-bench cluster")?;
+    if !status.success() {
+        bail!("the cluster scenario lost deliveries or failed");
     }
     Ok(())
 }

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use lapin::BasicProperties;
-use qr3_broker::{Outgoing, Publisher};
+use qr3_broker::{Outgoing, SharedPublisher};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::chaos_receiver::{ChaosReceiver, Mode};
+use crate::cluster_nodes::Cluster;
 use crate::procs::Proc;
 use crate::{Common, Run};
 
@@ -28,7 +29,7 @@ pub struct ChaosArgs {
 
 /// The fault a scenario injects.
 #[derive(Debug, Clone, Copy)]
-enum Fault {
+pub enum Fault {
     KillSender {
         times: usize,
     },
@@ -58,10 +59,15 @@ enum Fault {
     /// The sender's log writer panics (a fault-injection point): the process must exit
     /// non-zero by itself, and a new sender (as Kubernetes would start) takes over.
     KillTask,
+    /// The RabbitMQ cluster node holding most of the workers' connections stops, and
+    /// starts again `millis` after the workers have reconnected to the other nodes.
+    StopNode {
+        millis: u64,
+    },
 }
 
 #[derive(Debug, Serialize)]
-struct Outcome {
+pub struct Outcome {
     scenario: String,
     events: usize,
     expected: usize,
@@ -72,6 +78,23 @@ struct Outcome {
     /// Messages on the run's `.dead` queues after the scenario (drained).
     dead_lettered: usize,
     recovery_ms: u64,
+    /// Node loss: from the first worker seen without its connection until every
+    /// worker that lost its connection is connected again (to another node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reconnect_ms: Option<u64>,
+}
+
+/// What the scenarios of one run share: the run, its processes and API, the harness's
+/// publisher, the store, and the cluster when the run has one.
+pub struct Stage<'a> {
+    pub run: &'a Run,
+    /// The broker URL (or node list) of the harness's own connections.
+    pub amqp: String,
+    pub api: String,
+    pub publisher: std::sync::Arc<SharedPublisher>,
+    pub store: qr3_store::Store,
+    pub procs: Vec<Proc>,
+    pub cluster: Option<&'a mut Cluster>,
 }
 
 const RETRY_DELAYS: &str = "500,1500";
@@ -82,7 +105,16 @@ const WEBHOOKS: usize = 3;
 const DELIVERY_LIMIT: &str = "5";
 
 pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
-    let run = Run::new("chaos", &args.common)?;
+    let run = configure(Run::new("chaos", &args.common)?);
+    run.env.run(&["migrate"]).context("migrate")?;
+    let result = scenarios(&args, &run).await;
+    run.cleanup(&args.common.amqp).await;
+    let outcomes = result?;
+    report(&args.common.out.join("chaos.json"), &outcomes)
+}
+
+/// The run's environment with the scenarios' settings.
+pub fn configure(run: Run) -> Run {
     // Short retry delays and timeout so a scenario ends in seconds; disabling is not
     // what is under test here.
     let mut env = run.env.clone();
@@ -97,12 +129,11 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     ] {
         env = env.with(key, value);
     }
-    let run = Run { env, ..run };
-    run.env.run(&["migrate"]).context("migrate")?;
-    let result = scenarios(&args, &run).await;
-    run.cleanup(&args.common.amqp).await;
-    let outcomes = result?;
+    Run { env, ..run }
+}
 
+/// Prints the outcomes, writes them to `path` and fails when anything was lost.
+pub fn report(path: &std::path::Path, outcomes: &[Outcome]) -> anyhow::Result<()> {
     println!(
         "\n{:<40} {:>7} {:>9} {:>7} {:>5} {:>10} {:>10} {:>5} {:>13}",
         "scenario",
@@ -115,7 +146,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         "dead",
         "recovery (ms)"
     );
-    for o in &outcomes {
+    for o in outcomes {
         println!(
             "{:<40} {:>7} {:>9} {:>7} {:>5} {:>10} {:>10} {:>5} {:>13}",
             o.scenario,
@@ -126,13 +157,10 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             o.duplicates,
             o.attempts_not_logged,
             o.dead_lettered,
-            o.recovery_ms
+            o.reconnect_ms.unwrap_or(o.recovery_ms)
         );
     }
-    std::fs::write(
-        args.common.out.join("chaos.json"),
-        serde_json::to_string_pretty(&outcomes)?,
-    )?;
+    std::fs::write(path, serde_json::to_string_pretty(&outcomes)?)?;
     let lost: usize = outcomes
         .iter()
         .map(|o| o.lost + o.attempts_not_logged + o.dead_lettered)
@@ -152,24 +180,12 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
 }
 
 async fn scenarios(args: &ChaosArgs, run: &Run) -> anyhow::Result<Vec<Outcome>> {
-    let mut procs = vec![
+    let procs = vec![
         run.env.spawn("ingest", "chaos-ingest")?,
         run.env.spawn("sender", "chaos-sender")?,
         run.env.spawn("api", "chaos-api")?,
     ];
-    let api = format!("http://127.0.0.1:{}", run.api_port);
-    crate::procs::wait_ready(&api).await?;
-    let connection = qr3_broker::connect(&args.common.amqp, "qr3-chaos-publisher").await?;
-    let publisher = Publisher::open(&connection).await?;
-    let store = {
-        let pool = qr3_store::connect(&run.db_url, 2)?;
-        let mut settings = qr3_config::Settings::defaults();
-        settings.secrets.allow_insecure_dev_key = true;
-        qr3_store::Store::new(
-            pool,
-            qr3_store::SecretCipher::new(&settings.encryption_key()?),
-        )
-    };
+    let mut stage = Stage::new(run, &args.common.amqp, procs, None).await?;
     let (events, rate) = if args.quick { (300, 150) } else { (1500, 300) };
     let kill_times = if args.quick { 2 } else { 3 };
     let list: Vec<(&str, Fault)> = vec![
@@ -223,31 +239,69 @@ async fn scenarios(args: &ChaosArgs, run: &Run) -> anyhow::Result<Vec<Outcome>> 
     let mut outcomes = Vec::new();
     for (index, (name, fault)) in list.into_iter().enumerate() {
         println!("chaos: {name}…");
-        let outcome = scenario(
-            run, &api, &publisher, &store, &mut procs, index, name, fault, events, rate,
-        )
-        .await?;
+        let outcome = scenario(&mut stage, index, name, fault, (events, rate)).await?;
         outcomes.push(outcome);
     }
-    for p in procs {
-        p.terminate();
-    }
+    stage.terminate();
     Ok(outcomes)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn scenario(
-    run: &Run,
-    api: &str,
-    publisher: &Publisher,
-    store: &qr3_store::Store,
-    procs: &mut Vec<Proc>,
+impl<'a> Stage<'a> {
+    /// Waits for the API among `procs` and opens the harness's publisher and store.
+    pub async fn new(
+        run: &'a Run,
+        amqp: &str,
+        procs: Vec<Proc>,
+        cluster: Option<&'a mut Cluster>,
+    ) -> anyhow::Result<Self> {
+        let api = format!("http://127.0.0.1:{}", run.api_port);
+        crate::procs::wait_ready(&api).await?;
+        // Reconnects (to another node of a cluster) when its connection is lost.
+        let publisher = std::sync::Arc::new(SharedPublisher::new(amqp, "qr3-chaos-publisher"));
+        let store = {
+            let pool = qr3_store::connect(&run.db_url, 2)?;
+            let mut settings = qr3_config::Settings::defaults();
+            settings.secrets.allow_insecure_dev_key = true;
+            qr3_store::Store::new(
+                pool,
+                qr3_store::SecretCipher::new(&settings.encryption_key()?),
+            )
+        };
+        Ok(Self {
+            run,
+            amqp: amqp.to_owned(),
+            api,
+            publisher,
+            store,
+            procs,
+            cluster,
+        })
+    }
+
+    /// Stops every process with SIGTERM.
+    pub fn terminate(self) {
+        for p in self.procs {
+            p.terminate();
+        }
+    }
+}
+
+/// One scenario: webhooks on fresh receivers, a steady stream of `events` at `rate`
+/// per second, `fault` a quarter of the way in, then the count.
+pub async fn scenario(
+    stage: &mut Stage<'_>,
     index: usize,
     name: &str,
     fault: Fault,
-    events: usize,
-    rate: usize,
+    (events, rate): (usize, usize),
 ) -> anyhow::Result<Outcome> {
+    let run = stage.run;
+    let api = stage.api.clone();
+    let api = api.as_str();
+    let publisher = stage.publisher.clone();
+    let store = stage.store.clone();
+    let procs = &mut stage.procs;
+    let mut reconnect_ms = None;
     let workspace: serde_json::Value =
         serde_json::from_str(&run.env.run(&["workspace", "create", name])?)?;
     let workspace_id = workspace["workspace_id"]
@@ -391,6 +445,15 @@ async fn scenario(
             recovered_from.push(Instant::now());
         }
         Fault::StaleCache | Fault::PoisonRow => {}
+        Fault::StopNode { millis } => {
+            let cluster = stage
+                .cluster
+                .as_deref_mut()
+                .context("the node-loss scenario needs a cluster")?;
+            let (stopped_at, reconnected) = stop_node(cluster, &run.prefix, procs, millis).await?;
+            recovered_from.push(stopped_at);
+            reconnect_ms = Some(reconnected);
+        }
         Fault::KillTask => {
             let at = procs
                 .iter()
@@ -608,7 +671,7 @@ async fn scenario(
         })
         .max()
         .unwrap_or(0);
-    let dead_lettered = drain_dead_letters(run, publisher).await?;
+    let dead_lettered = drain_dead_letters(run, &stage.amqp).await?;
     Ok(Outcome {
         scenario: name.to_owned(),
         events,
@@ -619,12 +682,14 @@ async fn scenario(
         attempts_not_logged: not_logged,
         dead_lettered,
         recovery_ms,
+        reconnect_ms,
     })
 }
 
 /// Takes every message off the run's two `.dead` queues and says how many there were.
-async fn drain_dead_letters(run: &Run, publisher: &Publisher) -> anyhow::Result<usize> {
-    let channel = publisher.channel();
+async fn drain_dead_letters(run: &Run, amqp: &str) -> anyhow::Result<usize> {
+    let connection = qr3_broker::connect(amqp, "qr3-chaos-drain").await?;
+    let channel = connection.create_channel().await?;
     let mut count = 0;
     for queue in [
         format!("{}.ingest.dead", run.prefix),
@@ -647,7 +712,90 @@ async fn drain_dead_letters(run: &Run, publisher: &Publisher) -> anyhow::Result<
             println!("chaos: dead letter on {queue}: {reason:?}");
         }
     }
+    let _ = connection.close(200, "drained".into()).await;
     Ok(count)
+}
+
+/// Stops the cluster node holding most of the workers' connections, measures how long
+/// until every worker that lost its connection is connected again, and starts the
+/// node again `down_ms` later. Returns the stop's instant and the reconnection time.
+async fn stop_node(
+    cluster: &mut Cluster,
+    prefix: &str,
+    procs: &[Proc],
+    down_ms: u64,
+) -> anyhow::Result<(Instant, u64)> {
+    let names = [
+        format!("qr3-ingest/{prefix}"),
+        format!("qr3-sender/{prefix}"),
+    ];
+    let held = cluster.connections(&names).await?;
+    let victim = (0..held.len()).max_by_key(|&i| held[i]).unwrap_or(0);
+    if held[victim] == 0 {
+        bail!("no worker connection found on any node");
+    }
+    let leaders = cluster.leaders(victim, &format!("{prefix}.")).await?;
+    println!(
+        "cluster: worker connections per node {held:?}; stopping {} (leader of {leaders} of the run's queues)",
+        cluster.nodes[victim].name
+    );
+    let workers: Vec<String> = procs
+        .iter()
+        .filter(|p| p.name.contains("ingest") || p.name.contains("sender"))
+        .map(|p| p.metrics.clone())
+        .collect();
+    let watching = watch_reconnection(workers);
+    let stopped_at = Instant::now();
+    cluster.stop(victim).await?;
+    println!(
+        "cluster: {} stopped ({} ms)",
+        cluster.nodes[victim].name,
+        stopped_at.elapsed().as_millis()
+    );
+    let reconnected = tokio::time::timeout(Duration::from_secs(60), watching)
+        .await
+        .context("the workers did not reconnect within 60 s")???;
+    let (lost_at, back_at) = reconnected;
+    let reconnect_ms = (back_at - lost_at).as_millis() as u64;
+    println!(
+        "cluster: workers lost their node {} ms into the stop; every one connected again {reconnect_ms} ms later",
+        (lost_at - stopped_at).as_millis()
+    );
+    tokio::time::sleep(Duration::from_millis(down_ms)).await;
+    let restarting = Instant::now();
+    cluster.restart(victim).await?;
+    println!(
+        "cluster: {} running again ({} ms to boot)",
+        cluster.nodes[victim].name,
+        restarting.elapsed().as_millis()
+    );
+    Ok((stopped_at, reconnect_ms))
+}
+
+/// Watches the workers' `qr3_broker_connected` every 50 ms (a worker stays down at
+/// least 200 ms between connections): resolves to the instant a worker was first seen
+/// disconnected and the instant when every worker seen so is connected again.
+fn watch_reconnection(
+    workers: Vec<String>,
+) -> tokio::task::JoinHandle<anyhow::Result<(Instant, Instant)>> {
+    tokio::spawn(async move {
+        let mut first_lost = None;
+        loop {
+            let mut all_up = true;
+            for metrics in &workers {
+                let connected =
+                    crate::procs::gauge(metrics, "qr3_broker_connected").await == Some(1.0);
+                if !connected {
+                    all_up = false;
+                    first_lost.get_or_insert_with(Instant::now);
+                }
+            }
+            if let (true, Some(lost_at)) = (all_up, first_lost) {
+                return Ok((lost_at, Instant::now()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
 }
 
 /// A job for a webhook that does not exist (senders skip it), bound for `queue`.

@@ -8,6 +8,8 @@
 mod ceilings;
 mod chaos;
 mod chaos_receiver;
+mod cluster;
+mod cluster_nodes;
 mod cpu;
 mod procs;
 mod receiver;
@@ -39,6 +41,8 @@ enum Mode {
     Bench(Args),
     /// Fault injection under a steady stream: kills, connection drops, bad receivers.
     Chaos(chaos::ChaosArgs),
+    /// A three-node RabbitMQ cluster on this machine loses the workers' node.
+    Cluster(cluster::ClusterArgs),
 }
 
 /// What every run needs to find the system and its services.
@@ -224,6 +228,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().mode {
         Mode::Bench(args) => bench(args).await,
         Mode::Chaos(args) => chaos::run(args).await,
+        Mode::Cluster(args) => cluster::run(args).await,
     }
 }
 

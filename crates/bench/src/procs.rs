@@ -141,3 +141,16 @@ pub async fn wait_ready(api: &str) -> anyhow::Result<()> {
     }
     bail!("the API at {api} did not become ready")
 }
+
+/// The value of an unlabelled gauge on a process's /metrics; `None` when the process
+/// does not answer or does not export it.
+pub async fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(metrics).await.ok()?.text().await.ok()?;
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

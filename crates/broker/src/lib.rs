@@ -12,19 +12,23 @@ pub mod connect;
 pub mod dead_letters;
 pub mod job;
 pub mod message;
+pub mod nodes;
 pub mod publish;
 pub mod tls;
 pub mod topology;
 
 pub use acks::{AckTracker, Settlement};
 pub use backoff::Backoff;
-pub use connect::{connect, connect_with_retry, consume_reconnecting, Fatal, Link};
+pub use connect::{
+    connect, connect_node, connect_nodes, connect_with_retry, consume_reconnecting, Fatal, Link,
+};
 pub use dead_letters::{DeadLetter, DeadQueue, RedriveMode, RedriveSummary, Scope};
 pub use job::{
     deferrals, failures, read_jobs, with_deferrals, with_failures, DeliveryJob, InvalidJob, Packer,
     Trigger,
 };
 pub use message::{EventMessage, IncomingEvent, Rejection};
+pub use nodes::{Nodes, NodesError};
 pub use publish::{close_channel, Outgoing, PublishError, Publisher, SharedPublisher};
 pub use tls::BrokerTls;
 pub use topology::Topology;

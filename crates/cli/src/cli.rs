@@ -114,6 +114,9 @@ pub struct PublishArgs {
 /// Runs one parsed command line to completion.
 pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref()).context("cannot load configuration")?;
+    // Every node URL must parse, or no role could ever connect (the error names the
+    // entry's position, not the URL).
+    qr3_broker::Nodes::parse(settings.amqp.url.expose()).context("invalid configuration")?;
     qr3_telemetry::init_tracing(&settings.log)?;
     if settings.uses_insecure_dev_key() {
         tracing::warn!("secrets.encryption_key is not set: webhook secrets are protected by the well-known development key");

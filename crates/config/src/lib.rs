@@ -117,6 +117,10 @@ impl<'de> Deserialize<'de> for MigrateOnStart {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
+    /// One broker URL, or the nodes of a cluster: a TOML string or array of strings, or
+    /// from `QR3__AMQP__URL` a comma-separated list. Kept as one comma-separated string
+    /// (`qr3_broker::Nodes` splits it); may hold passwords, hence redacted.
+    #[serde(deserialize_with = "amqp_urls")]
     pub url: Redacted<String>,
     pub events_exchange: String,
     pub prefix: String,
@@ -125,6 +129,42 @@ pub struct AmqpSettings {
     /// CA certificates (PEM file) trusted for `amqps://` besides Mozilla's roots; empty
     /// for none.
     pub tls_ca_file: String,
+}
+
+impl AmqpSettings {
+    /// The node URLs of `amqp.url`, in the order given.
+    pub fn urls(&self) -> Vec<&str> {
+        self.url
+            .expose()
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .collect()
+    }
+}
+
+/// `amqp.url`: a string (itself possibly comma-separated) or an array of strings,
+/// joined into one comma-separated list.
+fn amqp_urls<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Redacted<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Urls {
+        List(Vec<String>),
+        One(String),
+    }
+    let items = match Urls::deserialize(d)? {
+        Urls::List(items) => items,
+        Urls::One(item) => vec![item],
+    };
+    Ok(Redacted::new(
+        items
+            .iter()
+            .flat_map(|item| item.split(','))
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .collect::<Vec<_>>()
+            .join(","),
+    ))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -411,6 +451,19 @@ impl Settings {
             return invalid(
                 "amqp.prefix must be non-empty and use only letters, digits, '.', '_' and '-'",
             );
+        }
+        let urls = self.amqp.urls();
+        if urls.is_empty() {
+            return invalid("amqp.url must name at least one node");
+        }
+        for (n, url) in urls.iter().enumerate() {
+            // The URL itself may hold a password: name its position only.
+            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "amqp.url entry {} must start with amqp:// or amqps://",
+                    n + 1
+                )));
+            }
         }
         if self.amqp.events_exchange.is_empty() {
             return invalid("amqp.events_exchange must not be empty");
@@ -699,7 +752,10 @@ mod tests {
         assert!(s.amqp.tls_ca_file.is_empty());
         s.amqp.tls_ca_file = "/nonexistent/ca.pem".into();
         let error = s.validate().unwrap_err().to_string();
-        assert!(error.contains("amqp.tls_ca_file /nonexistent/ca.pem"), "{error}");
+        assert!(
+            error.contains("amqp.tls_ca_file /nonexistent/ca.pem"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -808,5 +864,79 @@ mod tests {
             "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
         ));
         assert!(s.encryption_key().is_ok());
+    }
+
+    /// Settings from the defaults, a TOML snippet and `QR3__…` variables, validated.
+    fn amqp_from(toml: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let vars: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULTS_TOML,
+                config::FileFormat::Toml,
+            ))
+            .add_source(config::File::from_str(
+                "[secrets]\nallow_insecure_dev_key = true",
+                config::FileFormat::Toml,
+            ))
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .add_source(environment().source(Some(vars)))
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    #[test]
+    fn amqp_url_reads_one_node_a_toml_array_or_a_comma_separated_list() {
+        let (a, b, c) = (
+            "amqp://u:p@10.0.0.1:5672/%2f",
+            "amqp://u:p@10.0.0.2:5672/%2f",
+            "amqps://u:p@10.0.0.3:5671/%2f",
+        );
+        let urls =
+            |s: Settings| -> Vec<String> { s.amqp.urls().into_iter().map(str::to_owned).collect() };
+        assert_eq!(
+            urls(amqp_from(&format!("[amqp]\nurl = \"{a}\""), &[]).unwrap()),
+            [a]
+        );
+        assert_eq!(
+            urls(amqp_from(&format!("[amqp]\nurl = [\"{a}\", \"{b}\", \"{c}\"]"), &[]).unwrap()),
+            [a, b, c]
+        );
+        assert_eq!(
+            urls(amqp_from(&format!("[amqp]\nurl = \"{a}, {b}\""), &[]).unwrap()),
+            [a, b]
+        );
+        // The environment overrides the file, comma-separated.
+        let from_env = amqp_from(
+            &format!("[amqp]\nurl = \"{a}\""),
+            &[("QR3__AMQP__URL", &format!("{b},{c}"))],
+        )
+        .unwrap();
+        assert_eq!(urls(from_env.clone()), [b, c]);
+        assert_eq!(from_env.amqp.url.expose(), &format!("{b},{c}"));
+        assert_eq!(urls(amqp_from("", &[("QR3__AMQP__URL", a)]).unwrap()), [a]);
+    }
+
+    #[test]
+    fn amqp_url_entries_must_be_amqp_urls_and_errors_do_not_show_them() {
+        for bad in [
+            "[amqp]\nurl = []",
+            "[amqp]\nurl = \" , \"",
+            "[amqp]\nurl = [\"amqp://u:p@h:1/%2f\", \"http://u:hunter2@h:2/\"]",
+        ] {
+            let error = amqp_from(bad, &[]).unwrap_err().to_string();
+            assert!(error.contains("amqp.url"), "{error}");
+            assert!(!error.contains("hunter2"), "{error}");
+        }
+        let error = amqp_from("", &[("QR3__AMQP__URL", "amqp://h:1/%2f,h2:5672")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("entry 2"), "{error}");
+        let s = amqp_from("", &[("QR3__AMQP__URL", "amqp://u:hunter2@h:1/%2f")]).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
     }
 }

@@ -5,6 +5,7 @@ mod backlog;
 mod broker_tls;
 mod bundles;
 mod cli;
+mod cluster;
 mod dead_letters;
 mod delivery;
 mod failure_classes;

@@ -699,7 +699,10 @@ mod tests {
         assert!(s.amqp.tls_ca_file.is_empty());
         s.amqp.tls_ca_file = "/nonexistent/ca.pem".into();
         let error = s.validate().unwrap_err().to_string();
-        assert!(error.contains("amqp.tls_ca_file /nonexistent/ca.pem"), "{error}");
+        assert!(
+            error.contains("amqp.tls_ca_file /nonexistent/ca.pem"),
+            "{error}"
+        );
     }
 
     #[test]

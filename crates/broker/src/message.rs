@@ -27,6 +27,8 @@ pub struct IncomingEvent {
     pub workspace_id: WorkspaceId,
     pub created: Timestamp,
     pub data: Map<String, Value>,
+    /// The payload its webhooks receive, encoded once (its size is checked at parse).
+    payload: String,
 }
 
 /// Why an event message was dead-lettered. `reason()` is the metric label and the
@@ -116,32 +118,32 @@ impl IncomingEvent {
             })?,
             None => Timestamp::now(),
         };
-        let event = Self {
+        let payload = Payload {
+            id: &id,
+            event_type,
+            created,
+            data: &message.data,
+        }
+        .encode();
+        if payload.len() > max_bytes {
+            return Err(Rejection::PayloadTooLarge {
+                size: payload.len(),
+                max: max_bytes,
+            });
+        }
+        Ok(Self {
             id,
             event_type,
             workspace_id,
             created,
             data: message.data,
-        };
-        let size = event.payload().len();
-        if size > max_bytes {
-            return Err(Rejection::PayloadTooLarge {
-                size,
-                max: max_bytes,
-            });
-        }
-        Ok(event)
+            payload,
+        })
     }
 
-    /// The exact payload its webhooks receive (SPEC Part A).
-    pub fn payload(&self) -> String {
-        Payload {
-            id: &self.id,
-            event_type: self.event_type,
-            created: self.created,
-            data: &self.data,
-        }
-        .encode()
+    /// The exact payload its webhooks receive (SPEC Part A), as signed and sent.
+    pub fn payload(&self) -> &str {
+        &self.payload
     }
 }
 

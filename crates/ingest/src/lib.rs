@@ -24,7 +24,6 @@ use qr3_broker::{
     Settlement, Topology, Trigger,
 };
 use qr3_config::Settings;
-use qr3_domain::Payload;
 use qr3_store::{ClaimOutcome, EventKey, Store};
 use qr3_telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
@@ -428,15 +427,8 @@ impl Ingest {
                 .filter(|s| s.wants(event.event_type))
                 .collect();
             if !targets.is_empty() {
-                // Encoded once per event, whatever the number of webhooks.
-                let body = Payload {
-                    id: &event.id,
-                    event_type: event.event_type,
-                    created: event.created,
-                    data: &event.data,
-                }
-                .encode()
-                .into_bytes();
+                // Encoded once per event (at parse), whatever the number of webhooks.
+                let body = event.payload().as_bytes().to_vec();
                 let jobs: Vec<DeliveryJob> = targets
                     .iter()
                     .map(|target| DeliveryJob {

@@ -26,15 +26,24 @@ pub async fn connect_node(url: &str, name: &str, tls: &BrokerTls) -> lapin::Resu
 /// connection made. Logs and errors name nodes by `host:port` only. An invalid list
 /// is an `InvalidInput` I/O error. With one node its error is returned as it is; with
 /// several, an error naming each node and why it failed. `amqps://` trusts the default
-/// roots (tools and tests; the roles use [`connect_nodes`] with `amqp.tls_ca_file`).
+/// roots (tools and tests; the roles use [`connect_with_tls`] with `amqp.tls_ca_file`).
 pub async fn connect(urls: &str, name: &str) -> lapin::Result<Connection> {
+    connect_with_tls(urls, name, &BrokerTls::default()).await
+}
+
+/// [`connect`] with the TLS settings given (`BrokerTls::from_settings`).
+pub async fn connect_with_tls(
+    urls: &str,
+    name: &str,
+    tls: &BrokerTls,
+) -> lapin::Result<Connection> {
     let nodes = Nodes::parse(urls).map_err(|error| {
         lapin::Error::from(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             error.to_string(),
         ))
     })?;
-    connect_nodes(&nodes, name, &BrokerTls::default()).await
+    connect_nodes(&nodes, name, tls).await
 }
 
 /// [`connect`] with the list already parsed and the TLS settings given.

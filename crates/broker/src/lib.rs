@@ -20,7 +20,8 @@ pub mod topology;
 pub use acks::{AckTracker, Settlement};
 pub use backoff::Backoff;
 pub use connect::{
-    connect, connect_node, connect_nodes, connect_with_retry, consume_reconnecting, Fatal, Link,
+    connect, connect_node, connect_nodes, connect_with_retry, connect_with_tls,
+    consume_reconnecting, Fatal, Link,
 };
 pub use dead_letters::{DeadLetter, DeadQueue, RedriveMode, RedriveSummary, Scope};
 pub use job::{

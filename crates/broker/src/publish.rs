@@ -140,7 +140,8 @@ impl SharedPublisher {
                 .as_ref()
                 .is_none_or(|(connection, _)| !connection.status().connected())
             {
-                let connection = crate::tls::connect(&self.url, &self.name, &self.tls).await?;
+                let connection =
+                    crate::connect::connect_with_tls(&self.url, &self.name, &self.tls).await?;
                 let publisher = Publisher::open(&connection).await?;
                 *state = Some((connection, publisher));
             }
@@ -163,7 +164,8 @@ impl SharedPublisher {
             .as_ref()
             .is_none_or(|(connection, _)| !connection.status().connected())
         {
-            let connection = crate::tls::connect(&self.url, &self.name, &self.tls).await?;
+            let connection =
+                crate::connect::connect_with_tls(&self.url, &self.name, &self.tls).await?;
             let publisher = Publisher::open(&connection).await?;
             *state = Some((connection, publisher));
         }

@@ -79,7 +79,7 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     qr3_store::migrate(&pool, settings.retention.delivery_log_days).await?;
     pool.close();
     let tls = qr3_broker::BrokerTls::from_settings(&settings.amqp);
-    let connection = qr3_broker::tls::connect(settings.amqp.url.expose(), "qr3-migrate", &tls)
+    let connection = qr3_broker::connect_with_tls(settings.amqp.url.expose(), "qr3-migrate", &tls)
         .await
         .context("cannot connect to RabbitMQ")?;
     Topology::from_settings(settings)

@@ -71,9 +71,10 @@ impl Selection {
 pub async fn run(settings: &Settings, args: DeadLettersArgs) -> anyhow::Result<()> {
     let topology = Topology::from_settings(settings);
     let tls = qr3_broker::BrokerTls::from_settings(&settings.amqp);
-    let connection = qr3_broker::tls::connect(settings.amqp.url.expose(), "qr3-dead-letters", &tls)
-        .await
-        .context("cannot connect to RabbitMQ")?;
+    let connection =
+        qr3_broker::connect_with_tls(settings.amqp.url.expose(), "qr3-dead-letters", &tls)
+            .await
+            .context("cannot connect to RabbitMQ")?;
     let outcome = execute(&connection, &topology, args).await;
     let _ = connection.close(200, "done".into()).await;
     outcome

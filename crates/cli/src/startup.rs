@@ -87,7 +87,7 @@ impl Dependencies {
     async fn prepare_broker(&self) -> anyhow::Result<()> {
         let settings = &self.settings;
         let connection = within(async {
-            qr3_broker::tls::connect(
+            qr3_broker::connect_with_tls(
                 settings.amqp.url.expose(),
                 &format!("qr3-startup/{}", settings.amqp.prefix),
                 &qr3_broker::BrokerTls::from_settings(&settings.amqp),

@@ -111,7 +111,7 @@ async fn read_depth(
     queue: &str,
 ) -> Result<u32, DeadLetterError> {
     if !matches!(link, Some((connection, _)) if connection.status().connected()) {
-        let connection = crate::tls::connect(url, name, tls).await?;
+        let connection = crate::connect::connect_with_tls(url, name, tls).await?;
         let channel = connection.create_channel().await?;
         *link = Some((connection, channel));
     }

@@ -8,6 +8,7 @@
 mod ceilings;
 mod chaos;
 mod chaos_receiver;
+mod cost;
 mod cpu;
 mod procs;
 mod receiver;

@@ -17,7 +17,8 @@ use crate::cpu::{self, Snapshot};
 
 /// The relations of the delivery log: the attempts and the payloads they share, every
 /// partition of each.
-const LOG_TABLES: &str = "(c.relname LIKE 'delivery\\_attempts%' OR c.relname LIKE 'event\\_payloads%')";
+const LOG_TABLES: &str =
+    "(c.relname LIKE 'delivery\\_attempts%' OR c.relname LIKE 'event\\_payloads%')";
 
 /// Postgres's sizes at one moment.
 #[derive(Debug, Clone, Copy)]

@@ -11,6 +11,7 @@ mod helpers;
 mod hostile;
 mod manual;
 mod metrics;
+mod payload_once;
 mod ping;
 mod retries;
 mod robustness;

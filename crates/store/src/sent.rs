@@ -26,47 +26,71 @@ pub struct RowFields<'a> {
     pub unix_seconds: i64,
 }
 
-/// The headers in format 1, or `None` when they do not have the shape it rebuilds.
+/// The headers in format 1, or `None` when they do not have the shape it rebuilds
+/// exactly. On the sender's hot path, so it checks in place, allocating only the blob.
 pub fn encode(headers: &[(String, String)], row: &RowFields<'_>) -> Option<Vec<u8>> {
-    let [(ct, ct_v), (ua, ua_v), (eid, _), (ety, _), (did, _), (att, _), (ts, _), (sig, sig_v), (wid, _), (wts, _), (wsig, wsig_v)] =
+    let [(_, ct), (_, ua), (_, eid), (_, ety), (_, did), (_, att), (_, ts), (_, sig), (_, wid), (_, wts), (_, wsig)] =
         headers
     else {
         return None;
     };
-    let names = [ct, ua, eid, ety, did, att, ts, sig, wid, wts, wsig];
-    if names
+    let names_match = headers
         .iter()
         .zip(NAMES)
-        .any(|(n, expected)| n.as_str() != expected)
-        || ct_v != "application/json"
-    {
+        .all(|((name, _), expected)| name == expected);
+    let seconds = row.unix_seconds.to_string();
+    let rebuilt = names_match
+        && ct == "application/json"
+        && eid == row.event_id
+        && wid == row.event_id
+        && ety == row.event_type
+        && did == row.id
+        && att.parse::<u16>().ok() == Some(row.attempt)
+        && !att.starts_with(['0', '+'])
+        && *ts == seconds
+        && *wts == seconds;
+    if !rebuilt {
         return None;
     }
-    let version = ua_v.strip_prefix(USER_AGENT_PREFIX)?;
+    let version = ua.strip_prefix(USER_AGENT_PREFIX)?;
     let version_len = u8::try_from(version.len()).ok()?;
-    let mut out = Vec::with_capacity(2 + version.len() + DIGEST * 3);
+    let mut digest = [0u8; DIGEST];
+    let hex_digest = sig.strip_prefix("sha256=")?;
+    // Lower-case hex only: that is what decoding writes back.
+    if hex_digest.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    hex::decode_to_slice(hex_digest, &mut digest).ok()?;
+    let entries = if wsig.is_empty() {
+        0
+    } else {
+        wsig.split(' ').count()
+    };
+    let mut out = Vec::with_capacity(2 + version.len() + DIGEST * (1 + entries));
     out.push(FORMAT_COMPACT);
     out.push(version_len);
     out.extend_from_slice(version.as_bytes());
-    let hex_digest = sig_v.strip_prefix("sha256=")?;
-    let digest = hex::decode(hex_digest).ok()?;
-    if digest.len() != DIGEST {
-        return None;
-    }
     out.extend_from_slice(&digest);
-    if !wsig_v.is_empty() {
-        for entry in wsig_v.split(' ') {
-            let digest = base64::engine::general_purpose::STANDARD
-                .decode(entry.strip_prefix("v1,")?)
-                .ok()?;
-            if digest.len() != DIGEST {
+    if entries > 0 {
+        let engine = &base64::engine::general_purpose::STANDARD;
+        for entry in wsig.split(' ') {
+            let encoded = entry.strip_prefix("v1,")?;
+            // A 32-byte digest is 44 characters with padding; anything else (or a
+            // non-canonical spelling) would not come back the same.
+            let mut decoded = [0u8; DIGEST + 2];
+            if engine.decode_slice(encoded, &mut decoded).ok()? != DIGEST {
                 return None;
             }
-            out.extend_from_slice(&digest);
+            let mut again = [0u8; 44];
+            let n = engine.encode_slice(&decoded[..DIGEST], &mut again).ok()?;
+            if &again[..n] != encoded.as_bytes() {
+                return None;
+            }
+            out.extend_from_slice(&decoded[..DIGEST]);
         }
     }
-    // Whatever the checks above missed, the round trip catches.
-    (decode(&out, row).as_deref() == Some(headers)).then_some(out)
+    debug_assert_eq!(decode(&out, row).as_deref(), Some(headers));
+    Some(out)
 }
 
 /// The names format 1 rebuilds, in the order the sender sets them.
@@ -198,5 +222,18 @@ mod tests {
         let mut extra = sent("v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=");
         extra.push(("x-other".into(), "1".into()));
         assert!(encode(&extra, &row()).is_none(), "a header more");
+        let mut zero = sent("v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=");
+        zero[5].1 = "02".into();
+        assert!(
+            encode(&zero, &row()).is_none(),
+            "an attempt number spelled otherwise"
+        );
+        let unpadded = sent("v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4");
+        assert!(
+            encode(&unpadded, &row()).is_none(),
+            "base64 without its padding"
+        );
+        let short = sent("v1,AAEC");
+        assert!(encode(&short, &row()).is_none(), "not a 32-byte digest");
     }
 }

@@ -382,3 +382,56 @@ async fn retention_drops_payloads_with_their_attempts() {
     );
     assert_reads_back(&db.store, &today).await;
 }
+
+#[tokio::test]
+async fn erasing_a_workspace_erases_its_payloads_and_no_other() {
+    let db = TestDb::new().await.unwrap();
+    let (gone, gone_hooks) = webhooks(&db.store, 2).await;
+    let (kept, kept_hooks) = webhooks(&db.store, 1).await;
+    let secrets = [WebhookSecret::generate()];
+    let event = EventId::generate();
+    let batch = [
+        sent(
+            &gone,
+            &gone_hooks[0],
+            &event,
+            1,
+            Timestamp::now(),
+            BODY,
+            &secrets,
+        ),
+        sent(
+            &gone,
+            &gone_hooks[1],
+            &event,
+            1,
+            Timestamp::now(),
+            BODY,
+            &secrets,
+        ),
+        sent(
+            &kept,
+            &kept_hooks[0],
+            &event,
+            1,
+            Timestamp::now(),
+            BODY,
+            &secrets,
+        ),
+    ];
+    db.store.record_attempts(&batch, 100).await.unwrap();
+    let erased = db.store.erase_workspace(&gone).await.unwrap().unwrap();
+    assert_eq!(
+        erased.deliveries, 2,
+        "payloads are not counted as deliveries"
+    );
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT count(*) FROM event_payloads WHERE workspace_id = '{gone}'")
+        )
+        .await,
+        0
+    );
+    assert_reads_back(&db.store, &batch[2]).await;
+}

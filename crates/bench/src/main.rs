@@ -10,6 +10,7 @@ mod chaos;
 mod chaos_receiver;
 mod cluster;
 mod cluster_nodes;
+mod cost;
 mod cpu;
 mod procs;
 mod receiver;

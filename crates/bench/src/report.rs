@@ -99,6 +99,8 @@ pub struct Report {
     pub w4: Throughput,
     pub memory: Vec<Memory>,
     pub signatures_checked: u64,
+    /// CPU time and Postgres bytes per delivery, per throughput workload.
+    pub costs: Vec<crate::cost::Cost>,
 }
 
 /// One target line: the figure, the target, and whether it is met.
@@ -112,6 +114,10 @@ struct Check {
 fn checks(r: &Report) -> Vec<Check> {
     let w1_ratio = r.w1.deliveries_per_s / r.ceilings.broker_msgs_per_s;
     let w4_ratio = r.w4.deliveries_per_s / r.w2.deliveries_per_s;
+    let w2_ratio = r.w2.deliveries_per_s / r.ceilings.broker_msgs_per_s;
+    let w2_cost = r.costs.iter().find(|c| c.workload == "W2");
+    let w2_cpu = w2_cost.map_or(f64::NAN, |c| c.qr3_cpu_us);
+    let w2_bytes = w2_cost.map_or(f64::NAN, |c| c.log_bytes);
     let sender_inflight = r
         .memory
         .iter()
@@ -154,6 +160,24 @@ fn checks(r: &Report) -> Vec<Check> {
             value: format!("{sender_inflight:.1} MiB"),
             target: "<= 64 MiB",
             met: sender_inflight <= 64.0,
+        },
+        Check {
+            name: "W2 / RabbitMQ-alone",
+            value: format!("{:.0} %", w2_ratio * 100.0),
+            target: ">= 150 %",
+            met: w2_ratio >= 1.5,
+        },
+        Check {
+            name: "W2 qr3 CPU per delivery",
+            value: format!("{w2_cpu:.1} µs"),
+            target: "<= 35 µs",
+            met: w2_cpu <= 35.0,
+        },
+        Check {
+            name: "W2 Postgres log bytes per delivery",
+            value: format!("{w2_bytes:.0} B"),
+            target: "<= 300 B",
+            met: w2_bytes <= 300.0,
         },
         Check {
             name: "exactly once (W1, W2)",
@@ -227,6 +251,23 @@ pub fn print(r: &Report) {
             .map(|(g, c)| format!("{g} {c:.2}"))
             .collect();
         println!("  {name}: {}", parts.join(", "));
+    }
+    println!("\nCost per delivery: CPU µs of each process group; Postgres bytes (log = attempts and payloads with their indexes, tables = every table, WAL = the whole server's)");
+    for c in &r.costs {
+        let parts: Vec<String> = c
+            .cpu_us
+            .iter()
+            .map(|(g, us)| format!("{g} {us:.1}"))
+            .collect();
+        println!(
+            "  {}: qr3 {:.1} µs ({}); log {:.0} B, tables {:.0} B, WAL {:.0} B",
+            c.workload,
+            c.qr3_cpu_us,
+            parts.join(", "),
+            c.log_bytes,
+            c.table_bytes,
+            c.wal_bytes
+        );
     }
     println!("\nJobs the senders parked (webhook at its in-flight cap) and skipped");
     for (name, t) in [("W1", &r.w1), ("W2", &r.w2), ("W4", &r.w4)] {

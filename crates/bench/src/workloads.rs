@@ -133,6 +133,7 @@ pub async fn run_all(
     set_phase(&sampler, "W1");
     println!("W1: {} events to 1 webhook…", sizes.w1_events);
     let counts = sender_counts(&procs).await;
+    let probe = crate::cost::Probe::start(db_url, &pids).await?;
     let w1 = throughput(
         &pids,
         &receiver,
@@ -146,12 +147,14 @@ pub async fn run_all(
     )
     .await?;
     let w1 = with_sender_counts(w1, &procs, counts).await;
+    let mut costs = vec![probe.finish("W1", w1.delivered).await?];
 
     // W2: fan-out to ten webhooks.
     settle(&pids).await;
     set_phase(&sampler, "W2");
     println!("W2: {} events to 10 webhooks…", sizes.w2_events);
     let counts = sender_counts(&procs).await;
+    let probe = crate::cost::Probe::start(db_url, &pids).await?;
     let w2 = throughput(
         &pids,
         &receiver,
@@ -165,6 +168,7 @@ pub async fn run_all(
     )
     .await?;
     let w2 = with_sender_counts(w2, &procs, counts).await;
+    costs.push(probe.finish("W2", w2.delivered).await?);
 
     // W3: steady rate, latency, from a quiet machine.
     settle(&pids).await;
@@ -178,6 +182,7 @@ pub async fn run_all(
     println!("W4: W2 with one of the ten receivers hanging…");
     *receiver.log.hang.lock().expect("lock") = Some(29);
     let counts = sender_counts(&procs).await;
+    let probe = crate::cost::Probe::start(db_url, &pids).await?;
     let w4 = throughput(
         &pids,
         &receiver,
@@ -191,6 +196,7 @@ pub async fn run_all(
     )
     .await?;
     let w4 = with_sender_counts(w4, &procs, counts).await;
+    costs.push(probe.finish("W4", w4.delivered).await?);
     *receiver.log.hang.lock().expect("lock") = None;
 
     // W5: memory with 1,000 deliveries in flight.
@@ -245,6 +251,7 @@ pub async fn run_all(
         w4,
         memory,
         signatures_checked,
+        costs,
     })
 }
 

@@ -76,17 +76,28 @@ async fn flush(
     publisher: &Publisher,
     hold: &Hold,
     held: &TaskTracker,
-    batch: Vec<Pending>,
+    mut batch: Vec<Pending>,
 ) {
     let inner = &sender.inner;
     crate::failpoint(&inner.settings.amqp.prefix, "sender-log-writer");
     let started = Instant::now();
-    let records: Vec<AttemptRecord> = batch
-        .iter()
-        .filter_map(|p| match &p.attempted {
-            Attempted::Made(record) => Some((**record).clone()),
-            Attempted::Skipped(_) | Attempted::Parked => None,
-        })
+    // The rows move out of the batch (no copy of their detail); each job keeps the
+    // index of its row.
+    let mut records: Vec<AttemptRecord> = Vec::with_capacity(batch.len());
+    let rows: Vec<Option<usize>> = batch
+        .iter_mut()
+        .map(
+            |p| match std::mem::replace(&mut p.attempted, Attempted::Parked) {
+                Attempted::Made(record) => {
+                    records.push(*record);
+                    Some(records.len() - 1)
+                }
+                other => {
+                    p.attempted = other;
+                    None
+                }
+            },
+        )
         .collect();
     // The log must be durable before anything is acknowledged: keep trying while the
     // database is away (the jobs stay unacknowledged in the broker meanwhile).
@@ -133,8 +144,8 @@ async fn flush(
     // The batch's retries, packed per delay queue like ingest's jobs: a failing
     // receiver's retries cost the broker a few messages, not one each.
     let mut retries: BTreeMap<u64, Vec<DeliveryJob>> = BTreeMap::new();
-    for pending in &batch {
-        let Attempted::Made(record) = &pending.attempted else {
+    for (pending, row) in batch.iter().zip(&rows) {
+        let Some(record) = row.map(|i| &records[i]) else {
             continue;
         };
         if record.status != AttemptStatus::Failed

@@ -4,13 +4,20 @@
 //! FROM unnest(…)`, and each webhook's consecutive-failure count is updated once, by one
 //! `UPDATE … FROM unnest(…)`. That update is also where a webhook is disabled when its
 //! count reaches the threshold; a success resets the count.
+//!
+//! An event's payload is stored once per (workspace, event, UTC day) in
+//! `event_payloads`, partitioned by day like the attempts so retention drops both
+//! together; an attempt row keeps its own body only when it differs from that payload,
+//! and its headers in the compact form of [`crate::sent`]. Rows written before keep
+//! their full body and jsonb headers, and are read as they are.
 
 use std::collections::{BTreeMap, HashSet};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, Utc};
 use qr3_domain::{DeliveryId, EventId, EventType, Timestamp, WebhookId, WorkspaceId};
 use tokio_postgres::Row;
 
+use crate::sent::{self, RowFields};
 use crate::{Result, Store, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,16 +219,51 @@ fn attempt_from_row(row: &Row) -> Result<AttemptRecord> {
     })
 }
 
+/// The detail of a row read with [`DETAIL_COLUMNS`] after [`COLUMNS`]: the body is the
+/// row's own or its event's payload; the headers are rebuilt from `sent_headers` when
+/// they are in the compact form, or read from the jsonb of older rows.
 fn attempt_with_detail_from_row(row: &Row) -> Result<AttemptRecord> {
     let mut record = attempt_from_row(row)?;
     let body: Option<String> = row.get(13);
+    let compact: Option<&[u8]> = row.get(15);
+    let request_headers = match compact {
+        Some(blob) if blob.first() == Some(&sent::FORMAT_COMPACT) => {
+            sent::decode(blob, &row_fields(&record))
+                .ok_or_else(|| corrupt("unreadable sent_headers"))?
+        }
+        _ => AttemptDetail::headers_from_json(row.get(12)),
+    };
     record.detail = body.map(|request_body| AttemptDetail {
-        request_headers: AttemptDetail::headers_from_json(row.get(12)),
+        request_headers,
         request_body,
         response_body: row.get(14),
     });
     Ok(record)
 }
+
+/// What the compact headers are rebuilt from.
+fn row_fields(record: &AttemptRecord) -> RowFields<'_> {
+    RowFields {
+        id: record.id.as_str(),
+        event_id: record.event_id.as_str(),
+        event_type: record.event_type.as_str(),
+        attempt: record.attempt,
+        unix_seconds: record.created_at.unix_seconds(),
+    }
+}
+
+/// Midnight UTC of `at`'s day: the day of `event_payloads` an attempt's payload is in.
+fn payload_day(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.duration_trunc(chrono::Duration::days(1)).unwrap_or(at)
+}
+
+/// The detail columns of an attempt `a`, its body falling back to its event's payload
+/// of the same day (one index lookup in one partition).
+const DETAIL_COLUMNS: &str = "a.request_headers,
+    coalesce(a.request_body, (SELECT p.body FROM event_payloads p
+        WHERE p.workspace_id = a.workspace_id AND p.event_id = a.event_id
+          AND p.created_at = date_trunc('day', a.created_at, 'UTC'))),
+    a.response_body, a.sent_headers";
 
 impl Store {
     /// Writes a batch of attempts and updates failure counts in one transaction.
@@ -267,7 +309,35 @@ impl Store {
         let mut request_headers = Vec::with_capacity(n);
         let mut request_bodies = Vec::with_capacity(n);
         let mut response_bodies = Vec::with_capacity(n);
+        let mut sent_headers = Vec::with_capacity(n);
+        let mut days = Vec::with_capacity(n);
+        // One payload per (workspace, event, day), in key order so two senders storing
+        // the same payloads take their index locks in the same order.
+        let mut payloads: BTreeMap<(&str, &str, DateTime<Utc>), &str> = BTreeMap::new();
         for r in batch {
+            let day = payload_day(r.created_at.as_datetime());
+            days.push(day);
+            match &r.detail {
+                Some(detail) => {
+                    payloads
+                        .entry((r.workspace_id.as_str(), r.event_id.as_str(), day))
+                        .or_insert(detail.request_body.as_str());
+                    match sent::encode(&detail.request_headers, &row_fields(r)) {
+                        Some(blob) => {
+                            sent_headers.push(Some(blob));
+                            request_headers.push(None);
+                        }
+                        None => {
+                            sent_headers.push(Some(vec![sent::FORMAT_JSON]));
+                            request_headers.push(Some(detail.headers_json()));
+                        }
+                    }
+                }
+                None => {
+                    sent_headers.push(None);
+                    request_headers.push(None);
+                }
+            }
             ids.push(r.id.as_str());
             webhooks.push(r.webhook_id.as_str());
             workspaces.push(r.workspace_id.as_str());
@@ -280,7 +350,6 @@ impl Store {
             triggers.push(r.trigger.as_str());
             errors.push(r.error.as_deref());
             created.push(r.created_at.as_datetime());
-            request_headers.push(r.detail.as_ref().map(AttemptDetail::headers_json));
             request_bodies.push(r.detail.as_ref().map(|d| d.request_body.as_str()));
             response_bodies.push(r.detail.as_ref().and_then(|d| d.response_body.as_deref()));
         }
@@ -330,14 +399,45 @@ impl Store {
         let threshold = i32::try_from(disable_after).unwrap_or(i32::MAX);
         let reason = format!("{disable_after} consecutive failed delivery attempts");
 
+        if !payloads.is_empty() {
+            let (mut p_workspaces, mut p_events, mut p_days, mut p_bodies) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for ((workspace, event, day), body) in &payloads {
+                p_workspaces.push(*workspace);
+                p_events.push(*event);
+                p_days.push(*day);
+                p_bodies.push(*body);
+            }
+            let store_payloads = tx
+                .prepare_cached(
+                    "INSERT INTO event_payloads (workspace_id, event_id, created_at, body)
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[])
+                     ON CONFLICT DO NOTHING",
+                )
+                .await?;
+            tx.execute(
+                &store_payloads,
+                &[&p_workspaces, &p_events, &p_days, &p_bodies],
+            )
+            .await?;
+        }
+        // A body equal to its event's payload is not stored again.
         let insert = tx
             .prepare_cached(
                 "INSERT INTO delivery_attempts (id, webhook_id, workspace_id, event_id, event_type, status, \
                  status_code, response_time_ms, attempt, trigger, error, created_at, request_headers, \
-                 request_body, response_body)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                 request_body, response_body, sent_headers)
+                 SELECT u.id, u.webhook_id, u.workspace_id, u.event_id, u.event_type, u.status, u.status_code, \
+                 u.response_time_ms, u.attempt, u.trigger, u.error, u.created_at, u.request_headers, \
+                 CASE WHEN u.request_body = (SELECT p.body FROM event_payloads p \
+                     WHERE p.workspace_id = u.workspace_id AND p.event_id = u.event_id AND p.created_at = u.day) \
+                 THEN NULL ELSE u.request_body END, \
+                 u.response_body, u.sent_headers
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
                  $7::smallint[], $8::int[], $9::smallint[], $10::text[], $11::text[], $12::timestamptz[], \
-                 $13::jsonb[], $14::text[], $15::text[])",
+                 $13::jsonb[], $14::text[], $15::text[], $16::bytea[], $17::timestamptz[]) \
+                 AS u(id, webhook_id, workspace_id, event_id, event_type, status, status_code, response_time_ms, \
+                 attempt, trigger, error, created_at, request_headers, request_body, response_body, sent_headers, day)",
             )
             .await?;
         tx.execute(
@@ -358,6 +458,8 @@ impl Store {
                 &request_headers,
                 &request_bodies,
                 &response_bodies,
+                &sent_headers,
+                &days,
             ],
         )
         .await?;
@@ -460,7 +562,7 @@ impl Store {
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(&format!(
-                "SELECT {COLUMNS}, request_headers, request_body, response_body FROM delivery_attempts
+                "SELECT {COLUMNS}, {DETAIL_COLUMNS} FROM delivery_attempts a
                  WHERE id = $1 AND webhook_id = $2 AND workspace_id = $3"
             ))
             .await?;
@@ -507,18 +609,24 @@ impl Store {
         let stmt = client
             .prepare_cached(
                 "WITH last AS (
-                    SELECT DISTINCT ON (event_id) event_id, event_type, status, request_body,
+                    SELECT DISTINCT ON (event_id) event_id, event_type, status, request_body, created_at,
                            min(id) OVER (PARTITION BY event_id) AS first_id
                     FROM delivery_attempts
                     WHERE webhook_id = $1 AND workspace_id = $2 AND created_at >= $3
                       AND trigger IN ('event', 'manual')
                     ORDER BY event_id, id DESC
+                 ), failed AS (
+                    SELECT l.event_id, l.event_type, l.first_id,
+                           coalesce(l.request_body, (SELECT p.body FROM event_payloads p
+                               WHERE p.workspace_id = $2 AND p.event_id = l.event_id
+                                 AND p.created_at = date_trunc('day', l.created_at, 'UTC'))) AS body
+                    FROM last l WHERE l.status = 'failed'
                  )
-                 SELECT l.event_id, l.event_type, l.request_body,
+                 SELECT l.event_id, l.event_type, l.body,
                         (SELECT count(*) FROM delivery_attempts a
                          WHERE a.event_id = l.event_id AND a.webhook_id = $1 AND a.trigger <> 'ping')
-                 FROM last l
-                 WHERE l.status = 'failed' AND l.request_body IS NOT NULL
+                 FROM failed l
+                 WHERE l.body IS NOT NULL
                    AND NOT EXISTS (SELECT 1 FROM delivery_attempts s
                                    WHERE s.event_id = l.event_id AND s.webhook_id = $1
                                      AND s.status = 'success' AND s.trigger <> 'ping')

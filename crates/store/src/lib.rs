@@ -13,6 +13,7 @@ mod crypto;
 mod events;
 mod migrate;
 mod pool;
+mod sent;
 mod stats;
 mod tls;
 mod webhooks;

@@ -148,6 +148,12 @@ pub async fn run_retention(pool: &Pool, retention_days: u32) -> anyhow::Result<(
     .await
     .context("cannot expire rows of the default delivery-log partition")?;
     tx.execute(
+        "DELETE FROM event_payloads_default WHERE created_at < $1",
+        &[&cutoff],
+    )
+    .await
+    .context("cannot expire payloads of the default delivery-log partition")?;
+    tx.execute(
         "DELETE FROM ingested_events WHERE claimed_at < $1",
         &[&cutoff],
     )

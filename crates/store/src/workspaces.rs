@@ -376,20 +376,24 @@ impl Store {
             .await?;
         tx.commit().await?;
 
-        // `regclass::text` quotes a name where it needs it.
+        // `regclass::text` quotes a name where it needs it. The payloads the attempts
+        // share go too (they are not counted as deliveries).
         let partitions = client
             .query(
-                "SELECT i.inhrelid::regclass::text FROM pg_inherits i
-                 WHERE i.inhparent = 'delivery_attempts'::regclass
+                "SELECT i.inhrelid::regclass::text, i.inhparent = 'delivery_attempts'::regclass
+                 FROM pg_inherits i
+                 WHERE i.inhparent IN ('delivery_attempts'::regclass, 'event_payloads'::regclass)
                  ORDER BY 1",
                 &[],
             )
             .await?;
         for partition in partitions {
             let name: String = partition.get(0);
+            let attempts: bool = partition.get(1);
             let sql = format!("DELETE FROM {name} WHERE workspace_id = $1");
             match client.execute(sql.as_str(), &[&ws]).await {
-                Ok(n) => erased.deliveries += n,
+                Ok(n) if attempts => erased.deliveries += n,
+                Ok(_) => {}
                 // Retention dropped it meanwhile: its rows are gone too.
                 Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => {}
                 Err(e) => return Err(e.into()),

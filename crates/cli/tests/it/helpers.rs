@@ -33,12 +33,22 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 /// `roles` only (the API among them); others can be started later with `app::start`.
 pub async fn spawn_roles_with(roles: Roles, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let db = TestDb::new().await.expect("test database");
+    let created = db.store.create_workspace("test").await.expect("workspace");
+    spawn_on(db, created, roles, configure).await
+}
+
+/// `roles` on `db`, prepared (and migrated) by the test, for `created`'s workspace.
+pub async fn spawn_on(
+    db: TestDb,
+    created: qr3_store::CreatedWorkspace,
+    roles: Roles,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
     let mut settings = qr3_testkit::test_settings(&db.url);
     configure(&mut settings);
     let running = app::start(settings.clone(), roles)
         .await
         .expect("app starts");
-    let created = db.store.create_workspace("test").await.expect("workspace");
     TestApp {
         api: format!("http://{}", running.api_addr.expect("api runs")),
         store: db.store.clone(),

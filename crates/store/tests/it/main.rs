@@ -3,6 +3,7 @@
 mod attempts;
 mod events;
 mod migrations;
+mod payloads;
 mod rotation;
 mod stats;
 mod tls;

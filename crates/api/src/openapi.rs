@@ -42,6 +42,7 @@ use crate::{routes, state::ApiState};
     tags(
         (name = "webhooks", description = "Webhook endpoints of a workspace."),
         (name = "deliveries", description = "The delivery log: one entry per attempt."),
+        (name = "portal", description = "Customer-portal sessions: a link that opens the portal page (`/portal/`) for one workspace's webhooks."),
         (name = "meta", description = "This document."),
         (name = "admin", description = "The operator's API: workspaces under the platform's own ids, their API keys, and offboarding. Authenticates with an admin token (`api.admin_token`), never with an API key."),
     )
@@ -67,6 +68,14 @@ impl Modify for BearerAuth {
         admin.description =
             Some("An operator token from `api.admin_token`; only for `/admin/v1`.".into());
         components.add_security_scheme("admin_token", SecurityScheme::Http(admin));
+        let mut portal = Http::new(HttpAuthScheme::Bearer);
+        portal.description = Some(
+            "A customer-portal session token (`qr3p_…`) from `POST /v1/portal-sessions`; \
+             only on the workspace's webhook routes, and a read-only session only on \
+             those that change nothing (403 otherwise)."
+                .into(),
+        );
+        components.add_security_scheme("portal_session", SecurityScheme::Http(portal));
     }
 }
 
@@ -100,7 +109,23 @@ const ALSO_RATE_LIMITED: &str = "Or too many requests with this API key \
 impl Modify for LimitResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let bearer = SecurityRequirement::new("bearer", Vec::<String>::new());
+        let session = SecurityRequirement::new("portal_session", Vec::<String>::new());
         for item in openapi.paths.paths.values_mut() {
+            let changes = [
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in changes.into_iter().flatten() {
+                if operation
+                    .security
+                    .as_ref()
+                    .is_some_and(|security| security.contains(&session))
+                {
+                    add_read_only_refused(operation);
+                }
+            }
             let operations = [
                 &mut item.get,
                 &mut item.put,
@@ -143,6 +168,18 @@ fn add_timeout(operation: &mut Operation) {
             RefOr::T(error_response(
                 "The request did not complete within `api.request_timeout_ms` \
                  (a body sent too slowly, or a dependency too slow); retry.",
+            ))
+        });
+}
+
+fn add_read_only_refused(operation: &mut Operation) {
+    operation
+        .responses
+        .responses
+        .entry("403".into())
+        .or_insert_with(|| {
+            RefOr::T(error_response(
+                "A read-only portal session: it changes nothing.",
             ))
         });
 }

@@ -13,6 +13,8 @@ mod crypto;
 mod events;
 mod migrate;
 mod pool;
+mod portal_sessions;
+mod reveal;
 mod stats;
 mod webhooks;
 mod workspaces;
@@ -28,6 +30,10 @@ pub use migrate::{
     check_schema, migrate, migrate_to, required_schema_version, run_retention, SchemaCheck,
 };
 pub use pool::{connect, create_database_if_missing, database_name, is_missing_database};
+pub use portal_sessions::{
+    is_portal_token, NewPortalSession, PortalSession, PORTAL_TOKEN_PREFIX,
+};
+pub use reveal::RevealedSecret;
 pub use stats::{LatencyPercentiles, StatsWindow, WebhookStats};
 pub use webhooks::{
     DeliveryTarget, NewWebhook, RotatedSecret, SigningSecret, Subscribers, Unreadable,

@@ -8,7 +8,7 @@ use qr3_store::{AttemptFilter, AttemptStatus};
 use utoipa::OpenApi;
 
 use crate::{
-    auth::Authenticated,
+    auth::WebhookReader,
     error::ApiError,
     extract::{DeliveryPath, Query, WebhookPath},
     pagination::PageRequest,
@@ -49,11 +49,11 @@ pub(crate) struct Doc;
         (status = 422, description = "Invalid `status`, `event_type`, `limit` or `cursor`, or an unknown parameter.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("portal_session" = []))
 )]
 pub(crate) async fn list(
     State(state): State<ApiState>,
-    Authenticated(workspace): Authenticated,
+    WebhookReader(workspace): WebhookReader,
     WebhookPath(webhook): WebhookPath,
     Query(query): Query<DeliveryQuery>,
 ) -> Result<Json<Page<Delivery>>, ApiError> {
@@ -97,11 +97,11 @@ pub(crate) async fn list(
         (status = 404, description = "No such webhook in this workspace, or no such attempt of it.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("portal_session" = []))
 )]
 pub(crate) async fn read(
     State(state): State<ApiState>,
-    Authenticated(workspace): Authenticated,
+    WebhookReader(workspace): WebhookReader,
     DeliveryPath(webhook, delivery): DeliveryPath,
 ) -> Result<Json<DeliveryDetail>, ApiError> {
     state.webhook(&workspace, &webhook).await?;

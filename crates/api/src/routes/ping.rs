@@ -16,7 +16,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use super::jobs;
 use crate::{
-    auth::Authenticated,
+    auth::WebhookWriter,
     error::ApiError,
     extract::WebhookPath,
     state::ApiState,
@@ -60,11 +60,11 @@ pub struct PingResult {
         (status = 503, description = "The message broker is unreachable.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("portal_session" = []))
 )]
 pub(crate) async fn ping(
     State(state): State<ApiState>,
-    Authenticated(workspace): Authenticated,
+    WebhookWriter(workspace): WebhookWriter,
     WebhookPath(webhook): WebhookPath,
 ) -> Result<(StatusCode, Json<PingResult>), ApiError> {
     state.webhook(&workspace, &webhook).await?;

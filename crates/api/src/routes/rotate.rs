@@ -8,7 +8,7 @@ use qr3_domain::WebhookSecret;
 use utoipa::OpenApi;
 
 use crate::{
-    auth::Authenticated,
+    auth::WebhookWriter,
     error::ApiError,
     extract::WebhookPath,
     routes::webhooks::reveals_secret,
@@ -44,11 +44,11 @@ pub(crate) struct Doc;
         (status = 404, description = "No such webhook in this workspace.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("portal_session" = []))
 )]
 pub(crate) async fn rotate_secret(
     State(state): State<ApiState>,
-    Authenticated(workspace): Authenticated,
+    WebhookWriter(workspace): WebhookWriter,
     WebhookPath(id): WebhookPath,
 ) -> Result<Response, ApiError> {
     let secret = WebhookSecret::generate();

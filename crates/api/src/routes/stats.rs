@@ -5,7 +5,7 @@ use axum::{extract::State, routing::get, Json, Router};
 use utoipa::OpenApi;
 
 use crate::{
-    auth::Authenticated,
+    auth::WebhookReader,
     error::ApiError,
     extract::WebhookPath,
     state::ApiState,
@@ -37,11 +37,11 @@ pub(crate) struct Doc;
         (status = 404, description = "No such webhook in this workspace.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("portal_session" = []))
 )]
 pub(crate) async fn stats(
     State(state): State<ApiState>,
-    Authenticated(workspace): Authenticated,
+    WebhookReader(workspace): WebhookReader,
     WebhookPath(webhook): WebhookPath,
 ) -> Result<Json<WebhookStats>, ApiError> {
     // The stats of a webhook that is not the caller's would read as zeros, not 404.

@@ -13,7 +13,7 @@ use qr3_store::{NewWebhook, WebhookPatch};
 use utoipa::OpenApi;
 
 use crate::{
-    auth::Authenticated,
+    auth::{WebhookReader, WebhookWriter},
     error::ApiError,
     extract::{JsonBody, Query, WebhookPath},
     pagination::PageRequest,
@@ -58,11 +58,11 @@ pub(crate) struct Doc;
         (status = 422, description = "A field is invalid; `field` names it.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("portal_session" = []))
 )]
 pub(crate) async fn create(
     State(state): State<ApiState>,
-    Authenticated(workspace): Authenticated,
+    WebhookWriter(workspace): WebhookWriter,
     JsonBody(body): JsonBody<CreateWebhook>,
 ) -> Result<Response, ApiError> {
     let policy = state.config.target_policy;
@@ -106,11 +106,11 @@ pub(crate) async fn create(
         (status = 422, description = "Invalid `limit` or `cursor`, or an unknown parameter.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("portal_session" = []))
 )]
 pub(crate) async fn list(
     State(state): State<ApiState>,
-    Authenticated(workspace): Authenticated,
+    WebhookReader(workspace): WebhookReader,
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Page<Webhook>>, ApiError> {
     let request = PageRequest::<WebhookId>::parse(query.limit.as_deref(), query.cursor.as_deref())?;
@@ -140,11 +140,11 @@ pub(crate) async fn list(
         (status = 404, description = "No such webhook in this workspace.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("portal_session" = []))
 )]
 pub(crate) async fn read(
     State(state): State<ApiState>,
-    Authenticated(workspace): Authenticated,
+    WebhookReader(workspace): WebhookReader,
     WebhookPath(id): WebhookPath,
 ) -> Result<Json<Webhook>, ApiError> {
     let webhook = state.webhook(&workspace, &id).await?;
@@ -174,11 +174,11 @@ pub(crate) async fn read(
         (status = 422, description = "A field is invalid (`invalid_field`), or no field is given (`invalid_request`).", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("portal_session" = []))
 )]
 pub(crate) async fn update(
     State(state): State<ApiState>,
-    Authenticated(workspace): Authenticated,
+    WebhookWriter(workspace): WebhookWriter,
     WebhookPath(id): WebhookPath,
     JsonBody(body): JsonBody<UpdateWebhook>,
 ) -> Result<Response, ApiError> {
@@ -230,11 +230,11 @@ pub(crate) async fn update(
         (status = 404, description = "No such webhook in this workspace.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ("portal_session" = []))
 )]
 pub(crate) async fn delete(
     State(state): State<ApiState>,
-    Authenticated(workspace): Authenticated,
+    WebhookWriter(workspace): WebhookWriter,
     WebhookPath(id): WebhookPath,
 ) -> Result<StatusCode, ApiError> {
     let deleted = state

@@ -31,7 +31,8 @@ use crate::{routes, state::ApiState};
         version = "1.0.0",
         description = "Register webhooks for the events of a qr3 workspace and read their \
             delivery logs. Every `/v1` request except this document authenticates with \
-            `Authorization: Bearer <api key>`. The operator API under `/admin/v1` \
+            `Authorization: Bearer <api key>`; the routes under `/v1/webhooks` also take a \
+            customer-portal session token (tag `portal`). The operator API under `/admin/v1` \
             (tag `admin`: workspaces and their API keys) authenticates with \
             `Authorization: Bearer <admin token>` and answers 404 throughout where no \
             admin token is configured. Every error is \
@@ -60,7 +61,10 @@ impl Modify for BearerAuth {
         scheme.description = Some(
             "A workspace API key (`qr3k_…`), minted with \
              `POST /admin/v1/workspaces/{workspace_id}/api-keys` (or the CLI's \
-             `workspace create` and `api-key create`); only for `/v1`."
+             `workspace create` and `api-key create`); only for `/v1`. On the routes \
+             under `/v1/webhooks` a customer-portal session token (`qr3p_…`, from \
+             `POST /v1/portal-sessions`) works too: a read-only one only on those that \
+             change nothing and reveal no secret (403 otherwise)."
                 .into(),
         );
         components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
@@ -68,14 +72,7 @@ impl Modify for BearerAuth {
         admin.description =
             Some("An operator token from `api.admin_token`; only for `/admin/v1`.".into());
         components.add_security_scheme("admin_token", SecurityScheme::Http(admin));
-        let mut portal = Http::new(HttpAuthScheme::Bearer);
-        portal.description = Some(
-            "A customer-portal session token (`qr3p_…`) from `POST /v1/portal-sessions`; \
-             only on the workspace's webhook routes, and a read-only session only on \
-             those that change nothing (403 otherwise)."
-                .into(),
-        );
-        components.add_security_scheme("portal_session", SecurityScheme::Http(portal));
+
     }
 }
 
@@ -93,9 +90,10 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     doc
 }
 
-/// Adds to every operation the 408 of the request timeout and, to every operation
-/// authenticated with an API key, the 429 of the key's rate limit with its
-/// `Retry-After` header. Done once here rather than in each `#[utoipa::path]`, so a new
+/// Adds to every operation the 408 of the request timeout, to every operation
+/// authenticated with an API key the 429 of the key's rate limit with its
+/// `Retry-After` header, and to every change under `/v1/webhooks` the 403 of a
+/// read-only portal session. Done once here rather than in each `#[utoipa::path]`, so a new
 /// route cannot forget them. A 429 a route already declares (its own limit) is kept
 /// and its description extended.
 struct LimitResponses;
@@ -109,20 +107,15 @@ const ALSO_RATE_LIMITED: &str = "Or too many requests with this API key \
 impl Modify for LimitResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let bearer = SecurityRequirement::new("bearer", Vec::<String>::new());
-        let session = SecurityRequirement::new("portal_session", Vec::<String>::new());
-        for item in openapi.paths.paths.values_mut() {
-            let changes = [
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ];
-            for operation in changes.into_iter().flatten() {
-                if operation
-                    .security
-                    .as_ref()
-                    .is_some_and(|security| security.contains(&session))
-                {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if path.starts_with("/v1/webhooks") {
+                let changes = [
+                    &mut item.put,
+                    &mut item.post,
+                    &mut item.delete,
+                    &mut item.patch,
+                ];
+                for operation in changes.into_iter().flatten() {
                     add_read_only_refused(operation);
                 }
             }

@@ -49,7 +49,7 @@ pub(crate) struct Doc;
         (status = 422, description = "Invalid `status`, `event_type`, `limit` or `cursor`, or an unknown parameter.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
-    security(("bearer" = []), ("portal_session" = []))
+    security(("bearer" = []))
 )]
 pub(crate) async fn list(
     State(state): State<ApiState>,
@@ -97,7 +97,7 @@ pub(crate) async fn list(
         (status = 404, description = "No such webhook in this workspace, or no such attempt of it.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
-    security(("bearer" = []), ("portal_session" = []))
+    security(("bearer" = []))
 )]
 pub(crate) async fn read(
     State(state): State<ApiState>,

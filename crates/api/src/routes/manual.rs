@@ -174,7 +174,7 @@ impl CursorId for RecoverCursor {
         (status = 503, description = "The message broker is unreachable.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
-    security(("bearer" = []), ("portal_session" = []))
+    security(("bearer" = []))
 )]
 pub(crate) async fn retry(
     State(state): State<ApiState>,
@@ -278,7 +278,7 @@ pub(crate) async fn retry(
         (status = 503, description = "The message broker is unreachable.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
-    security(("bearer" = []), ("portal_session" = []))
+    security(("bearer" = []))
 )]
 pub(crate) async fn recover(
     State(state): State<ApiState>,

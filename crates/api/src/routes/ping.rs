@@ -60,7 +60,7 @@ pub struct PingResult {
         (status = 503, description = "The message broker is unreachable.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
-    security(("bearer" = []), ("portal_session" = []))
+    security(("bearer" = []))
 )]
 pub(crate) async fn ping(
     State(state): State<ApiState>,

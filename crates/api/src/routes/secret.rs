@@ -62,7 +62,7 @@ pub struct WebhookSecretView {
         (status = 404, description = "No such webhook in this workspace.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
-    security(("bearer" = []), ("portal_session" = []))
+    security(("bearer" = []))
 )]
 pub(crate) async fn reveal(
     State(state): State<ApiState>,

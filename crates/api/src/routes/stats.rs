@@ -37,7 +37,7 @@ pub(crate) struct Doc;
         (status = 404, description = "No such webhook in this workspace.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
-    security(("bearer" = []), ("portal_session" = []))
+    security(("bearer" = []))
 )]
 pub(crate) async fn stats(
     State(state): State<ApiState>,

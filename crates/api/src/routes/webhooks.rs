@@ -58,7 +58,7 @@ pub(crate) struct Doc;
         (status = 422, description = "A field is invalid; `field` names it.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
-    security(("bearer" = []), ("portal_session" = []))
+    security(("bearer" = []))
 )]
 pub(crate) async fn create(
     State(state): State<ApiState>,
@@ -106,7 +106,7 @@ pub(crate) async fn create(
         (status = 422, description = "Invalid `limit` or `cursor`, or an unknown parameter.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
-    security(("bearer" = []), ("portal_session" = []))
+    security(("bearer" = []))
 )]
 pub(crate) async fn list(
     State(state): State<ApiState>,
@@ -140,7 +140,7 @@ pub(crate) async fn list(
         (status = 404, description = "No such webhook in this workspace.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
-    security(("bearer" = []), ("portal_session" = []))
+    security(("bearer" = []))
 )]
 pub(crate) async fn read(
     State(state): State<ApiState>,
@@ -174,7 +174,7 @@ pub(crate) async fn read(
         (status = 422, description = "A field is invalid (`invalid_field`), or no field is given (`invalid_request`).", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
-    security(("bearer" = []), ("portal_session" = []))
+    security(("bearer" = []))
 )]
 pub(crate) async fn update(
     State(state): State<ApiState>,
@@ -230,7 +230,7 @@ pub(crate) async fn update(
         (status = 404, description = "No such webhook in this workspace.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
-    security(("bearer" = []), ("portal_session" = []))
+    security(("bearer" = []))
 )]
 pub(crate) async fn delete(
     State(state): State<ApiState>,

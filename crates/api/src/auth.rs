@@ -76,9 +76,7 @@ impl FromRequestParts<ApiState> for WebhookWriter {
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
         match authenticate(parts, state).await? {
             Principal::ApiKey(workspace) => Ok(Self(workspace)),
-            Principal::Session(session) if session.read_only => {
-                Err(ApiError::Forbidden(READ_ONLY))
-            }
+            Principal::Session(session) if session.read_only => Err(ApiError::Forbidden(READ_ONLY)),
             Principal::Session(session) => Ok(Self(session.workspace_id)),
         }
     }

@@ -72,7 +72,6 @@ impl Modify for BearerAuth {
         admin.description =
             Some("An operator token from `api.admin_token`; only for `/admin/v1`.".into());
         components.add_security_scheme("admin_token", SecurityScheme::Http(admin));
-
     }
 }
 

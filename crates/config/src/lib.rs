@@ -230,9 +230,12 @@ fn is_frame_ancestor(origin: &str) -> bool {
         && host.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
-    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
     host_ok && port_ok
 }
 
@@ -840,6 +843,57 @@ mod tests {
             [a.clone(), b.clone()]
         );
         assert!(from_toml("[api]\nadmin_token = \"\"").is_empty());
+    }
+
+    #[test]
+    fn portal_frame_ancestors_are_origins_from_a_list_or_the_environment() {
+        let from_env = |value: &str| -> Settings {
+            let vars = [("QR3__PORTAL__FRAME_ANCESTORS".to_owned(), value.to_owned())];
+            config::Config::builder()
+                .add_source(config::File::from_str(
+                    DEFAULTS_TOML,
+                    config::FileFormat::Toml,
+                ))
+                .add_source(environment().source(Some(vars.into_iter().collect())))
+                .build()
+                .and_then(|c| c.try_deserialize::<Settings>())
+                .unwrap()
+        };
+        let s = from_env("https://app.qr3.app, http://localhost:3000");
+        assert_eq!(
+            s.portal.frame_ancestors,
+            ["https://app.qr3.app", "http://localhost:3000"]
+        );
+        assert!(Settings::defaults().portal.frame_ancestors.is_empty());
+        for good in [
+            "https://app.qr3.app",
+            "https://*.qr3.app",
+            "http://127.0.0.1:8080",
+        ] {
+            assert!(is_frame_ancestor(good), "{good}");
+        }
+        for bad in [
+            "app.qr3.app",
+            "https://app.qr3.app/",
+            "https://app.qr3.app; script-src *",
+            "'self'",
+            "*",
+            "https://",
+            "https://a..b",
+            "https://a:port",
+            "javascript:alert(1)",
+        ] {
+            assert!(!is_frame_ancestor(bad), "{bad}");
+        }
+        let mut s = Settings::defaults();
+        s.secrets.allow_insecure_dev_key = true;
+        s.portal.frame_ancestors = vec!["https://a.example/ x".into()];
+        assert!(s.validate().is_err());
+        s.portal.frame_ancestors = vec![];
+        s.portal.public_url = "webhooks.example.com/portal/".into();
+        assert!(s.validate().is_err());
+        s.portal.public_url = "https://webhooks.example.com/portal/".into();
+        assert!(s.validate().is_ok());
     }
 
     #[test]

@@ -30,9 +30,7 @@ pub use migrate::{
     check_schema, migrate, migrate_to, required_schema_version, run_retention, SchemaCheck,
 };
 pub use pool::{connect, create_database_if_missing, database_name, is_missing_database};
-pub use portal_sessions::{
-    is_portal_token, NewPortalSession, PortalSession, PORTAL_TOKEN_PREFIX,
-};
+pub use portal_sessions::{is_portal_token, NewPortalSession, PortalSession, PORTAL_TOKEN_PREFIX};
 pub use reveal::RevealedSecret;
 pub use stats::{LatencyPercentiles, StatsWindow, WebhookStats};
 pub use webhooks::{

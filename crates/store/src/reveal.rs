@@ -39,9 +39,7 @@ impl Store {
         };
         Ok(Some(RevealedSecret {
             secret: self.cipher.open(id, row.get(0))?,
-            previous_expires_at: row
-                .get::<_, Option<DateTime<Utc>>>(1)
-                .map(Timestamp::from),
+            previous_expires_at: row.get::<_, Option<DateTime<Utc>>>(1).map(Timestamp::from),
         }))
     }
 }

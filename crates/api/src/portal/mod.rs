@@ -136,10 +136,8 @@ mod tests {
         assert!(none.ends_with("frame-ancestors 'none'"), "{none}");
         assert!(none.contains("script-src 'self';"));
         assert!(!none.contains("unsafe-inline"));
-        let some = content_security_policy(&[
-            "https://app.qr3.app".into(),
-            "https://*.qr3.app".into(),
-        ]);
+        let some =
+            content_security_policy(&["https://app.qr3.app".into(), "https://*.qr3.app".into()]);
         assert!(
             some.ends_with("frame-ancestors https://app.qr3.app https://*.qr3.app"),
             "{some}"
@@ -157,7 +155,13 @@ mod tests {
             assert!(tag.contains("src="), "only external scripts: <script{tag}>");
         }
         for asset in ASSETS.iter().chain([&INDEX]) {
-            for remote in ["src=\"http", "href=\"http", "from \"http", "url(", "fetch(\"http"] {
+            for remote in [
+                "src=\"http",
+                "href=\"http",
+                "from \"http",
+                "url(",
+                "fetch(\"http",
+            ] {
                 assert!(
                     !asset.body.contains(remote),
                     "{} loads nothing from elsewhere ({remote})",

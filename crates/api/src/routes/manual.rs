@@ -99,10 +99,13 @@ pub struct RecoverResult {
     /// `true` when more events qualified than one request queues
     /// (`api.recover_max_events`): call again with `next_cursor` to queue the next ones.
     pub has_more: bool,
-    /// Pass as `cursor` to continue after the events queued so far: the events they
-    /// were (failed manual attempts included) are not queued again. Always given, so a
-    /// client can also come back later for events that failed since.
-    pub next_cursor: String,
+    /// Pass as `cursor` to continue after the events queued so far: those events
+    /// (their manual attempts failed or not) are not queued again under it. Given
+    /// whenever events were queued or a cursor was sent, so a client can also come back
+    /// later for events that failed since; absent when a request with `since` alone
+    /// queued nothing (call again with `since`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// Where a recovery resumes: its `since` and the first attempt (since then) of the last
@@ -204,9 +207,9 @@ pub(crate) async fn retry(
         .attempts_for_event(&webhook.id, &attempt.event_id)
         .await
         .context("reading an event's attempts")?;
-    let delivered = earlier
-        .iter()
-        .any(|a| a.status == qr3_store::AttemptStatus::Success && a.trigger != AttemptTrigger::Ping);
+    let delivered = earlier.iter().any(|a| {
+        a.status == qr3_store::AttemptStatus::Success && a.trigger != AttemptTrigger::Ping
+    });
     if delivered && !body.force {
         return Err(ApiError::Conflict(format!(
             "event {} was already delivered to this webhook; send {{\"force\": true}} to \
@@ -304,8 +307,15 @@ pub(crate) async fn recover(
     let has_more = found.len() > max;
     found.truncate(max);
     let next = match found.last() {
-        Some(last) => RecoverCursor::new(start.since, Some(last.first_attempt.clone())),
-        None => start,
+        Some(last) => Some(RecoverCursor::new(
+            start.since,
+            Some(last.first_attempt.clone()),
+        )),
+        None => body
+            .cursor
+            .as_deref()
+            .is_some_and(|c| !c.is_empty())
+            .then_some(start),
     };
     let event_ids: Vec<String> = found.iter().map(|r| r.event_id.to_string()).collect();
     jobs::publish(
@@ -323,7 +333,7 @@ pub(crate) async fn recover(
             queued: event_ids.len(),
             event_ids,
             has_more,
-            next_cursor: encode_cursor(&next),
+            next_cursor: next.as_ref().map(encode_cursor),
         }),
     ))
 }
@@ -429,5 +439,42 @@ fn manual_job(
         attempt,
         trigger: Trigger::Manual,
         body: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recover_cursors_round_trip_and_belong_to_recover() {
+        let since = Timestamp::parse("2026-03-15T10:00:00.123Z").unwrap();
+        let after = DeliveryId::generate();
+        for cursor in [
+            RecoverCursor::new(since, Some(after.clone())),
+            RecoverCursor::new(since, None),
+        ] {
+            let text = encode_cursor(&cursor);
+            let back = decode_cursor::<RecoverCursor>(&text).expect("round trip");
+            assert_eq!(back.since, since);
+            assert_eq!(back.after, cursor.after);
+        }
+        let listing = encode_cursor(&after);
+        assert!(decode_cursor::<RecoverCursor>(&listing).is_none());
+        let start = |since: Option<&str>, cursor: Option<String>| {
+            recover_start(&RecoverRequest {
+                since: since.map(str::to_owned),
+                cursor,
+            })
+        };
+        let cursor = encode_cursor(&RecoverCursor::new(since, Some(after.clone())));
+        assert_eq!(
+            start(None, Some(cursor.clone())).unwrap().after,
+            Some(after.clone())
+        );
+        assert!(start(Some("2026-03-15T10:00:00.123Z"), Some(cursor.clone())).is_ok());
+        assert!(start(Some("2026-03-15T10:00:00Z"), Some(cursor)).is_err());
+        assert!(start(None, None).is_err());
+        assert!(start(None, Some("bm9wZQ".into())).is_err());
     }
 }

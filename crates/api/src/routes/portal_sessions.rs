@@ -21,10 +21,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::{
-    auth::Authenticated,
-    error::ApiError,
-    extract::OptionalJsonBody,
-    state::ApiState,
+    auth::Authenticated, error::ApiError, extract::OptionalJsonBody, state::ApiState,
     wire::error::ErrorBody,
 };
 

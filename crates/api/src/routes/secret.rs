@@ -14,10 +14,7 @@ use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::{
-    auth::WebhookWriter,
-    error::ApiError,
-    extract::WebhookPath,
-    state::ApiState,
+    auth::WebhookWriter, error::ApiError, extract::WebhookPath, state::ApiState,
     wire::error::ErrorBody,
 };
 

@@ -81,7 +81,11 @@ async fn a_portal_session_manages_its_workspace_webhooks_and_nothing_else() {
     assert_eq!(session["read_only"], false);
     let url = session["url"].as_str().unwrap();
     let (page, token) = url.split_once('#').unwrap();
-    assert_eq!(page, format!("{}/portal/", app.api), "an absolute URL of the portal");
+    assert_eq!(
+        page,
+        format!("{}/portal/", app.api),
+        "an absolute URL of the portal"
+    );
     assert!(token.starts_with("qr3p_"), "{token}");
     let lifetime = millis_left(&session);
     assert!(
@@ -117,7 +121,11 @@ async fn a_portal_session_manages_its_workspace_webhooks_and_nothing_else() {
             Some(json!({"is_active": false})),
         ),
         (Method::GET, format!("/v1/webhooks/{hook}/secret"), None),
-        (Method::POST, format!("/v1/webhooks/{hook}/rotate-secret"), None),
+        (
+            Method::POST,
+            format!("/v1/webhooks/{hook}/rotate-secret"),
+            None,
+        ),
         (Method::GET, format!("/v1/webhooks/{hook}/deliveries"), None),
         (Method::GET, format!("/v1/webhooks/{hook}/stats"), None),
     ] {
@@ -132,7 +140,10 @@ async fn a_portal_session_manages_its_workspace_webhooks_and_nothing_else() {
         None,
     )
     .await;
-    assert!(secret["secret_whsec"].as_str().unwrap().starts_with("whsec_"));
+    assert!(secret["secret_whsec"]
+        .as_str()
+        .unwrap()
+        .starts_with("whsec_"));
     assert!(
         secret["previous_secret_expires_at"].is_string(),
         "the rotation's grace period: {secret}"
@@ -179,8 +190,13 @@ async fn a_portal_session_manages_its_workspace_webhooks_and_nothing_else() {
     .await;
     assert_eq!(status, 404, "another workspace's session");
     for _ in 0..2 {
-        let (status, _) =
-            call(&app, Method::DELETE, &format!("/v1/portal-sessions/{id}"), None).await;
+        let (status, _) = call(
+            &app,
+            Method::DELETE,
+            &format!("/v1/portal-sessions/{id}"),
+            None,
+        )
+        .await;
         assert_eq!(status, 204);
     }
     let (status, body) = call_as(&app, token, Method::GET, "/v1/webhooks", None).await;
@@ -194,8 +210,15 @@ async fn a_portal_session_manages_its_workspace_webhooks_and_nothing_else() {
 #[tokio::test]
 async fn sessions_expire_and_their_lifetime_is_at_most_a_day() {
     let app = spawn_app_with(|_| {}).await;
-    for bad in [json!({"expires_in": 59}), json!({"expires_in": 86_401}), json!({"expires_in": -1}), json!({"read_only": "yes"}), json!({"scope": "all"})] {
-        let (status, body) = call(&app, Method::POST, "/v1/portal-sessions", Some(bad.clone())).await;
+    for bad in [
+        json!({"expires_in": 59}),
+        json!({"expires_in": 86_401}),
+        json!({"expires_in": -1}),
+        json!({"read_only": "yes"}),
+        json!({"scope": "all"}),
+    ] {
+        let (status, body) =
+            call(&app, Method::POST, "/v1/portal-sessions", Some(bad.clone())).await;
         assert_eq!(status, 422, "{bad}: {body}");
     }
     let (session, token) = open_session(&app, json!({"expires_in": 86_400})).await;
@@ -257,7 +280,11 @@ async fn a_read_only_session_reads_everything_and_changes_nothing() {
         ),
         (Method::DELETE, format!("/v1/webhooks/{id}"), None),
         (Method::GET, format!("/v1/webhooks/{id}/secret"), None),
-        (Method::POST, format!("/v1/webhooks/{id}/rotate-secret"), None),
+        (
+            Method::POST,
+            format!("/v1/webhooks/{id}/rotate-secret"),
+            None,
+        ),
         (Method::POST, format!("/v1/webhooks/{id}/ping"), None),
         (
             Method::POST,
@@ -273,7 +300,10 @@ async fn a_read_only_session_reads_everything_and_changes_nothing() {
         let (status, body) = call_as(&app, &token, method.clone(), &path, body).await;
         assert_eq!(status, 403, "{method} {path}: {body}");
         assert_eq!(body["error"]["code"], "forbidden");
-        assert!(body["error"]["message"].as_str().unwrap().contains("read-only"));
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("read-only"));
     }
     let unchanged = app
         .store
@@ -299,9 +329,17 @@ async fn a_workspace_s_sessions_share_one_rate_limit_apart_from_its_keys() {
     let (_, second) = open_session(&app, json!({})).await;
     let mut statuses = Vec::new();
     for token in [&first, &second, &first, &second] {
-        statuses.push(call_as(&app, token, Method::GET, "/v1/webhooks", None).await.0);
+        statuses.push(
+            call_as(&app, token, Method::GET, "/v1/webhooks", None)
+                .await
+                .0,
+        );
     }
-    assert_eq!(statuses, [200, 200, 200, 429], "one bucket for both sessions");
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429],
+        "one bucket for both sessions"
+    );
     let response = reqwest::Client::new()
         .get(format!("{}/v1/webhooks", app.api))
         .bearer_auth(&second)
@@ -328,33 +366,65 @@ async fn the_portal_page_is_served_with_a_strict_content_security_policy() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let page = client.get(format!("{}/portal/", app.api)).send().await.unwrap();
+    let page = client
+        .get(format!("{}/portal/", app.api))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.status(), 200);
     let headers = page.headers().clone();
-    assert!(headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     let csp = headers["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("script-src 'self'"), "{csp}");
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
     assert!(!csp.contains("unsafe-inline"), "{csp}");
     assert_eq!(headers["x-frame-options"], "DENY");
     let html = page.text().await.unwrap();
-    assert!(html.contains("<script type=\"module\" src=\"app.js\">"), "{html}");
-    let script = client.get(format!("{}/portal/app.js", app.api)).send().await.unwrap();
+    assert!(
+        html.contains("<script type=\"module\" src=\"app.js\">"),
+        "{html}"
+    );
+    let script = client
+        .get(format!("{}/portal/app.js", app.api))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(script.status(), 200);
-    assert!(script.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
-    let redirect = client.get(format!("{}/portal", app.api)).send().await.unwrap();
+    assert!(script.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    let redirect = client
+        .get(format!("{}/portal", app.api))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(redirect.status(), 308);
     assert_eq!(redirect.headers()["location"], "/portal/");
-    let missing = client.get(format!("{}/portal/nope.js", app.api)).send().await.unwrap();
+    let missing = client
+        .get(format!("{}/portal/nope.js", app.api))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 404);
     app.stop().await;
 
     let app = spawn_app_with(|s| {
-        s.portal.frame_ancestors = vec!["https://app.qr3.app".into(), "https://*.qr3.test:8443".into()];
+        s.portal.frame_ancestors = vec![
+            "https://app.qr3.app".into(),
+            "https://*.qr3.test:8443".into(),
+        ];
         s.portal.public_url = "https://webhooks.qr3.test/portal/".into();
     })
     .await;
-    let page = client.get(format!("{}/portal/", app.api)).send().await.unwrap();
+    let page = client
+        .get(format!("{}/portal/", app.api))
+        .send()
+        .await
+        .unwrap();
     let csp = page.headers()["content-security-policy"].to_str().unwrap();
     assert!(
         csp.ends_with("frame-ancestors https://app.qr3.app https://*.qr3.test:8443"),
@@ -386,7 +456,10 @@ async fn a_forced_retry_sends_a_delivered_event_again() {
     for body in [None, Some(json!({})), Some(json!({"force": false}))] {
         let (status, answer) = call(&app, Method::POST, &retry, body.clone()).await;
         assert_eq!(status, 409, "{body:?}: {answer}");
-        assert!(answer["error"]["message"].as_str().unwrap().contains("force"));
+        assert!(answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("force"));
     }
     for bad in [json!({"force": "yes"}), json!({"forse": true})] {
         let (status, answer) = call(&app, Method::POST, &retry, Some(bad.clone())).await;
@@ -461,8 +534,13 @@ async fn recover_pages_with_a_cursor_past_events_whose_manual_attempt_fails() {
     assert_eq!(app.attempts(&hook, 3).await.len(), 3);
     let recover = format!("/v1/webhooks/{}/recover", hook.id);
 
-    let (status, first) =
-        call(&app, Method::POST, &recover, Some(json!({"since": started.to_string()}))).await;
+    let (status, first) = call(
+        &app,
+        Method::POST,
+        &recover,
+        Some(json!({"since": started.to_string()})),
+    )
+    .await;
     assert_eq!(status, 202, "{first}");
     assert_eq!(first["event_ids"], json!(["evt_cur_1", "evt_cur_2"]));
     assert_eq!(first["has_more"], true);
@@ -496,12 +574,25 @@ async fn recover_pages_with_a_cursor_past_events_whose_manual_attempt_fails() {
     assert_eq!(third["next_cursor"], second["next_cursor"]);
 
     // A later failure is picked up by the same cursor.
-    app.publish("qr.created", Some("evt_cur_4"), json!({})).await;
+    app.publish("qr.created", Some("evt_cur_4"), json!({}))
+        .await;
     app.attempts(&hook, 7).await;
-    let (_, fourth) = call(&app, Method::POST, &recover, Some(json!({"cursor": cursor}))).await;
+    let (_, fourth) = call(
+        &app,
+        Method::POST,
+        &recover,
+        Some(json!({"cursor": cursor})),
+    )
+    .await;
     assert_eq!(fourth["event_ids"], json!(["evt_cur_4"]));
 
-    let (status, body) = call(&app, Method::POST, &recover, Some(json!({"cursor": "bm9wZQ"}))).await;
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        &recover,
+        Some(json!({"cursor": "bm9wZQ"})),
+    )
+    .await;
     assert_eq!((status, &body["error"]["field"]), (422, &json!("cursor")));
     let (status, body) = call(
         &app,

@@ -47,11 +47,21 @@ async fn portal_browser_a_session_sees_its_webhooks_and_retries_a_delivery() {
     })
     .await;
     let receiver = Receiver::start(Behaviour::Status(500)).await;
-    let hook = app.webhook(&receiver.url(), &["qr.created", "qr.scanned"]).await;
-    app.publish("qr.created", Some("evt_portal_browser"), json!({"qr_id": "qr_1"}))
+    let hook = app
+        .webhook(&receiver.url(), &["qr.created", "qr.scanned"])
         .await;
-    app.publish("qr.scanned", Some("evt_portal_scan"), json!({"qr_id": "qr_1"}))
-        .await;
+    app.publish(
+        "qr.created",
+        Some("evt_portal_browser"),
+        json!({"qr_id": "qr_1"}),
+    )
+    .await;
+    app.publish(
+        "qr.scanned",
+        Some("evt_portal_scan"),
+        json!({"qr_id": "qr_1"}),
+    )
+    .await;
     app.attempts(&hook, 2).await;
 
     // A second workspace with a webhook of its own.
@@ -98,10 +108,16 @@ async fn portal_browser_a_session_sees_its_webhooks_and_retries_a_delivery() {
         )
         .await;
     browser.click(".filters button[type=submit]").await;
-    browser.wait_without("#deliveries", "evt_portal_browser").await;
+    browser
+        .wait_without("#deliveries", "evt_portal_browser")
+        .await;
     browser.wait_for("#deliveries", "evt_portal_scan").await;
-    browser.script(
-        "document.querySelectorAll('.filters select')[1].value = '';", json!([])).await;
+    browser
+        .script(
+            "document.querySelectorAll('.filters select')[1].value = '';",
+            json!([]),
+        )
+        .await;
     browser.click(".filters button[type=submit]").await;
     browser.wait_for("#deliveries", "evt_portal_browser").await;
 
@@ -113,7 +129,9 @@ async fn portal_browser_a_session_sees_its_webhooks_and_retries_a_delivery() {
             ENTER,
         )
         .await;
-    browser.wait_for("#request-body", "evt_portal_browser").await;
+    browser
+        .wait_for("#request-body", "evt_portal_browser")
+        .await;
     browser.wait_for("#delivery", "x-qr3-signature").await;
     browser.screenshot(shots, "delivery.png").await;
 
@@ -145,7 +163,14 @@ async fn portal_browser_a_session_sees_its_webhooks_and_retries_a_delivery() {
     assert!(!browser.visible("#new-webhook").await);
     browser.click(".open-webhook").await;
     browser.wait_for("#deliveries", "evt_portal_browser").await;
-    for control in ["#toggle", "#delete", "#ping", "#reveal", "#rotate", "#recover-outcome"] {
+    for control in [
+        "#toggle",
+        "#delete",
+        "#ping",
+        "#reveal",
+        "#rotate",
+        "#recover-outcome",
+    ] {
         assert!(!browser.visible(control).await, "{control} is not offered");
     }
     browser.screenshot(shots, "read-only.png").await;
@@ -171,7 +196,11 @@ async fn portal_browser_a_session_sees_its_webhooks_and_retries_a_delivery() {
             json!([format!("/v1/webhooks/{}/deliveries", hook.id), their_token]),
         )
         .await;
-    assert_eq!(status, json!(404), "the first workspace's webhook is not found");
+    assert_eq!(
+        status,
+        json!(404),
+        "the first workspace's webhook is not found"
+    );
     browser.stop().await;
     app.stop().await;
 }

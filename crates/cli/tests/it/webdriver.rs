@@ -139,7 +139,7 @@ impl Browser {
 
     /// Waits until an element matching `css` shows `text` (or exists, for `""`).
     pub async fn wait_for(&self, css: &str, text: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let found = self
                 .script(
@@ -162,7 +162,7 @@ impl Browser {
 
     /// Waits until no element matching `css` shows `text`.
     pub async fn wait_without(&self, css: &str, text: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let found = self
                 .script(

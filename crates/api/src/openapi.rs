@@ -86,7 +86,33 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
         doc.merge(resource);
     }
     LimitResponses.modify(&mut doc);
+    OptionalBodies.modify(&mut doc);
     doc
+}
+
+/// Marks the request bodies that may be left out as not required (the derive marks
+/// every body of a non-`Option` type required, and an `Option` would also admit `null`,
+/// which these routes refuse).
+struct OptionalBodies;
+
+/// The operations whose body is optional (`extract::OptionalJsonBody`).
+const OPTIONAL_BODIES: &[&str] = &["retry_delivery", "create_portal_session"];
+
+impl Modify for OptionalBodies {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let Some(operation) = item.post.as_mut() else {
+                continue;
+            };
+            let optional = operation
+                .operation_id
+                .as_deref()
+                .is_some_and(|id| OPTIONAL_BODIES.contains(&id));
+            if let (true, Some(body)) = (optional, operation.request_body.as_mut()) {
+                body.required = Some(utoipa::openapi::Required::False);
+            }
+        }
+    }
 }
 
 /// Adds to every operation the 408 of the request timeout, to every operation

@@ -46,8 +46,8 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"expires_in": 3600, "read_only": false}))]
 pub struct CreatePortalSession {
-    /// Seconds the session lasts: 60 to 86400 (a day); 3600 when left out.
-    #[schema(minimum = 60, maximum = 86400, default = 3600)]
+    /// Seconds the session lasts: 1 to 86400 (a day); 3600 when left out.
+    #[schema(minimum = 1, maximum = 86400, default = 3600)]
     pub expires_in: Option<u64>,
     /// `true`: the portal shows the webhooks, their deliveries and stats, and changes
     /// nothing (the API refuses such a session anything else with 403).
@@ -92,7 +92,7 @@ pub struct PortalSessionCreated {
         (status = 400, description = "A body that is not JSON, not an object, or not `application/json`.", body = ErrorBody),
         (status = 401, description = "Missing, malformed or invalid API key.", body = ErrorBody),
         (status = 403, description = "A portal session cannot open sessions; use an API key.", body = ErrorBody),
-        (status = 422, description = "`expires_in` outside 60 to 86400, `read_only` not a boolean, or an unknown field.", body = ErrorBody),
+        (status = 422, description = "`expires_in` outside 1 to 86400, `read_only` not a boolean, or an unknown field.", body = ErrorBody),
         (status = 500, description = "Unexpected error.", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -105,13 +105,13 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     let lifetime = match body.expires_in {
         None => DEFAULT_LIFETIME,
-        Some(secs) if (60..=PortalSettings::MAX_SESSION.as_secs()).contains(&secs) => {
+        Some(secs) if (1..=PortalSettings::MAX_SESSION.as_secs()).contains(&secs) => {
             Duration::from_secs(secs)
         }
         Some(_) => {
             return Err(ApiError::invalid_field(
                 "expires_in",
-                "expires_in must be 60 to 86400 seconds (a day at most)",
+                "expires_in must be 1 to 86400 seconds (a day at most)",
             ))
         }
     };

@@ -211,7 +211,7 @@ async fn a_portal_session_manages_its_workspace_webhooks_and_nothing_else() {
 async fn sessions_expire_and_their_lifetime_is_at_most_a_day() {
     let app = spawn_app_with(|_| {}).await;
     for bad in [
-        json!({"expires_in": 59}),
+        json!({"expires_in": 0}),
         json!({"expires_in": 86_401}),
         json!({"expires_in": -1}),
         json!({"read_only": "yes"}),
@@ -225,6 +225,14 @@ async fn sessions_expire_and_their_lifetime_is_at_most_a_day() {
     assert!(millis_left(&session) > 23 * 3_600_000);
     let (status, _) = call_as(&app, &token, Method::GET, "/v1/webhooks", None).await;
     assert_eq!(status, 200);
+
+    // A session of one second is refused once its second is up.
+    let (_, short) = open_session(&app, json!({"expires_in": 1})).await;
+    let (status, _) = call_as(&app, &short, Method::GET, "/v1/webhooks", None).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _) = call_as(&app, &short, Method::GET, "/v1/webhooks", None).await;
+    assert_eq!(status, 401, "expired");
 
     // Its time is up.
     let client = app.store.pool().get().await.unwrap();

@@ -1,6 +1,7 @@
 //! The customer portal in a real browser (Debian's headless Chromium through
 //! chromedriver): a session opens the portal, sees its webhooks and the delivery of a
-//! published event, opens it, retries it; a read-only session sees no control that
+//! published event, opens it, retries it, creates, pings, disables and deletes a
+//! webhook; a read-only session sees no control that
 //! changes anything; another workspace's session sees none of the first's data.
 //!
 //! With `QR3_PORTAL_SCREENSHOTS=<dir>` (relative to the workspace root) the test also
@@ -153,6 +154,33 @@ async fn portal_browser_a_session_sees_its_webhooks_and_retries_a_delivery() {
     browser.wait_for("#secret", "whsec_").await;
     browser.scroll_to("#secret").await;
     browser.screenshot(shots, "secret.png").await;
+
+    // A new webhook through the form, pinged, disabled and deleted.
+    let second = Receiver::start(Behaviour::Status(200)).await;
+    browser.click("#nav-webhooks").await;
+    browser.click("#new-webhook").await;
+    browser.wait_for("form", "Endpoint URL").await;
+    browser.keys("input[name=url]", &second.url()).await;
+    browser
+        .click("input[type=checkbox][value='qr.created']")
+        .await;
+    browser.screenshot(shots, "create.png").await;
+    browser.click("form button[type=submit]").await;
+    browser.wait_for("#secret", "whsec_").await;
+    browser.click("#open-created").await;
+    browser.wait_for("#webhook", &second.url()).await;
+    browser.click("#ping").await;
+    browser.wait_for("#ping-outcome", "delivered").await;
+    assert_eq!(
+        second.wait_for(1, Duration::from_secs(5)).await[0].header("x-qr3-event-type"),
+        Some("webhook.ping")
+    );
+    browser.click("#toggle").await;
+    browser.wait_for("#webhook .summary", "Disabled").await;
+    browser.click("#delete").await;
+    browser.click("#confirm-delete").await;
+    browser.wait_for("#webhooks", &receiver.url()).await;
+    browser.wait_without("#webhooks", &second.url()).await;
 
     // A read-only session: everything to see, nothing to change.
     let read_only = portal_url(&app, &app.api_key, true).await;

@@ -194,7 +194,10 @@ impl Browser {
             == json!(true)
     }
 
+    /// The first element matching `css`, once one is visible (views load
+    /// asynchronously).
     async fn element(&self, css: &str) -> String {
+        self.wait_for(css, "").await;
         let found = self
             .ok(
                 "POST",

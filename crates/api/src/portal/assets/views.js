@@ -147,7 +147,7 @@ export async function create(ctx) {
       result.replaceChildren(
         h("p", {}, "Webhook created. Its secret is shown this once:"),
         secretPanel(created.secret, created.secret_whsec, null),
-        button("Open the webhook", () => ctx.go("webhook", created.id), { class: "primary" }),
+        button("Open the webhook", () => ctx.go("webhook", created.id), { class: "primary", id: "open-created" }),
       );
     });
   });

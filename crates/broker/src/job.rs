@@ -412,6 +412,21 @@ mod tests {
         assert!(DeliveryJob::from_message(&BasicProperties::default(), vec![]).is_err());
     }
 
+    #[test]
+    fn every_trigger_round_trips() {
+        for trigger in [
+            Trigger::Event,
+            Trigger::Ping,
+            Trigger::Manual,
+            Trigger::Resend,
+        ] {
+            let mut sent = job("evt_trigger");
+            sent.trigger = trigger;
+            let back = DeliveryJob::from_message(&sent.properties(), sent.body.clone()).unwrap();
+            assert_eq!(back.trigger, trigger, "{}", trigger.as_str());
+        }
+    }
+
     fn job(event: &str) -> DeliveryJob {
         DeliveryJob {
             webhook_id: WebhookId::generate(),

@@ -27,6 +27,8 @@ pub struct Browser {
     base: String,
     http: reqwest::Client,
     profile: std::path::PathBuf,
+    /// Whether the WebDriver session is still open (for `Drop` after a panic).
+    open: bool,
 }
 
 impl Browser {
@@ -72,6 +74,7 @@ impl Browser {
             base,
             http,
             profile,
+            open: false,
         };
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
@@ -91,6 +94,7 @@ impl Browser {
             .unwrap_or_else(|| panic!("no WebDriver session: {session}"))
             .to_owned();
         browser.base = format!("{}/session/{id}", browser.base);
+        browser.open = true;
         browser
     }
 
@@ -252,6 +256,7 @@ impl Browser {
     /// Ends the session and chromedriver.
     pub async fn stop(mut self) {
         let _ = self.command("DELETE", "", json!(null)).await;
+        self.open = false;
         let _ = self.driver.kill();
         let _ = self.driver.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
@@ -260,8 +265,21 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // After `stop` this finds the process gone; after a panic it ends it.
+        // After a panic: close the session (so chromedriver ends Chromium) from a thread
+        // with a runtime of its own, as `Drop` cannot await; then end chromedriver.
+        if self.open {
+            let session = self.base.clone();
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                runtime.block_on(async { reqwest::Client::new().delete(session).send().await.ok() })
+            })
+            .join();
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }

@@ -153,6 +153,7 @@ fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
 
 fn test(root: &Path) -> anyhow::Result<()> {
     install_test_receivers(root)?;
+    install_test_browser(root)?;
     cargo(root, &["fmt", "--all", "--", "--check"])?;
     cargo(
         root,
@@ -210,6 +211,26 @@ fn install_test_receivers(root: &Path) -> anyhow::Result<()> {
         if !status.success() {
             bail!("pip could not install standardwebhooks");
         }
+    }
+    Ok(())
+}
+
+/// The customer portal's browser test drives Debian's headless Chromium through
+/// chromedriver: install both with `.ci/install` when either is missing (it uses
+/// apt-get, so as root). Nothing downloads a browser of its own.
+fn install_test_browser(root: &Path) -> anyhow::Result<()> {
+    if ["/usr/bin/chromium", "/usr/bin/chromedriver"]
+        .iter()
+        .all(|binary| Path::new(binary).exists())
+    {
+        return Ok(());
+    }
+    let status = Command::new("bash")
+        .arg(root.join(".ci/install"))
+        .status()
+        .context("cannot run .ci/install")?;
+    if !status.success() {
+        bail!(".ci/install could not install chromium and chromium-driver (apt-get needs root)");
     }
     Ok(())
 }

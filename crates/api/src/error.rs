@@ -19,6 +19,10 @@ pub(crate) enum ApiError {
     /// 401, with `WWW-Authenticate: Bearer`.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// 403: authenticated, but this credential may not make this request (a read-only
+    /// portal session).
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// 404: unknown route, or a webhook that is not in the caller's workspace (whether
     /// it exists elsewhere, never existed or is not even a well-formed id); on
     /// `/admin/v1`, a workspace or API key that does not exist.
@@ -82,6 +86,7 @@ impl ApiError {
         match self {
             ApiError::Malformed(_) => ErrorCode::MalformedRequest,
             ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
@@ -99,6 +104,7 @@ impl ApiError {
         match self.code() {
             ErrorCode::MalformedRequest => StatusCode::BAD_REQUEST,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

@@ -58,6 +58,37 @@ impl<T: DeserializeOwned> FromRequest<ApiState> for JsonBody<T> {
     }
 }
 
+/// Like [`JsonBody`], for a route whose body may be left out: no body at all (empty,
+/// whatever its `Content-Type`) is `T::default()`; any other body follows
+/// [`JsonBody`]'s rules.
+#[derive(Debug)]
+pub(crate) struct OptionalJsonBody<T>(pub T);
+
+impl<T: DeserializeOwned + Default> FromRequest<ApiState> for OptionalJsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &ApiState) -> Result<Self, ApiError> {
+        let limit = state.config.max_body_bytes;
+        let json = is_json(req.headers());
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge { limit }
+            } else {
+                ApiError::Malformed("cannot read the request body".into())
+            }
+        })?;
+        if bytes.is_empty() {
+            return Ok(Self(T::default()));
+        }
+        if !json {
+            return Err(ApiError::Malformed(
+                "Content-Type must be application/json".into(),
+            ));
+        }
+        parse_json(&bytes).map(OptionalJsonBody)
+    }
+}
+
 fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers
         .get(header::CONTENT_TYPE)

@@ -2,6 +2,7 @@
 //! and delivery logs under `/v1`, authenticated by workspace API keys, and the
 //! operator's `/admin/v1` (workspaces and their API keys), authenticated by admin
 //! tokens; both described by an OpenAPI 3 document served at `GET /v1/openapi.json`.
+//! It also serves the customer portal page at `/portal/` (`portal`).
 //!
 //! Invariants:
 //! - every response this router produces, errors included, is JSON; an error is
@@ -9,7 +10,8 @@
 //!   (`ApiError`'s `IntoResponse`);
 //! - every `/v1` read or write goes through the authenticated workspace, so another
 //!   workspace's ids answer 404 exactly like unknown ids;
-//! - a workspace API key works only on `/v1`, an admin token only on `/admin/v1`;
+//! - a workspace API key works only on `/v1`, an admin token only on `/admin/v1`, a
+//!   portal session token only on `/v1`'s routes of its workspace's webhooks (`auth`);
 //! - wire types (module `wire`) are separate from store and domain types;
 //! - an authenticated request spends one request of its caller's rate-limit bucket
 //!   (`ratelimit`), and only after authenticating; nothing else is rate limited here;
@@ -24,6 +26,7 @@ mod error;
 mod extract;
 mod openapi;
 mod pagination;
+mod portal;
 mod ratelimit;
 mod routes;
 mod server;
@@ -60,6 +63,7 @@ pub fn router(state: ApiState) -> Router {
     }
     routes
         .merge(openapi::router())
+        .merge(portal::router())
         // Applies to the routes above only: must come after every `merge`.
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::route_not_found)

@@ -31,7 +31,8 @@ use crate::{routes, state::ApiState};
         version = "1.0.0",
         description = "Register webhooks for the events of a qr3 workspace and read their \
             delivery logs. Every `/v1` request except this document authenticates with \
-            `Authorization: Bearer <api key>`. The operator API under `/admin/v1` \
+            `Authorization: Bearer <api key>`; the routes under `/v1/webhooks` also take a \
+            customer-portal session token (tag `portal`). The operator API under `/admin/v1` \
             (tag `admin`: workspaces and their API keys) authenticates with \
             `Authorization: Bearer <admin token>` and answers 404 throughout where no \
             admin token is configured. Every error is \
@@ -42,6 +43,7 @@ use crate::{routes, state::ApiState};
     tags(
         (name = "webhooks", description = "Webhook endpoints of a workspace."),
         (name = "deliveries", description = "The delivery log: one entry per attempt."),
+        (name = "portal", description = "Customer-portal sessions: a link that opens the portal page (`/portal/`) for one workspace's webhooks."),
         (name = "meta", description = "This document."),
         (name = "admin", description = "The operator's API: workspaces under the platform's own ids, their API keys, and offboarding. Authenticates with an admin token (`api.admin_token`), never with an API key."),
     )
@@ -59,7 +61,10 @@ impl Modify for BearerAuth {
         scheme.description = Some(
             "A workspace API key (`qr3k_…`), minted with \
              `POST /admin/v1/workspaces/{workspace_id}/api-keys` (or the CLI's \
-             `workspace create` and `api-key create`); only for `/v1`."
+             `workspace create` and `api-key create`); only for `/v1`. On the routes \
+             under `/v1/webhooks` a customer-portal session token (`qr3p_…`, from \
+             `POST /v1/portal-sessions`) works too: a read-only one only on those that \
+             change nothing and reveal no secret (403 otherwise)."
                 .into(),
         );
         components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
@@ -81,12 +86,39 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
         doc.merge(resource);
     }
     LimitResponses.modify(&mut doc);
+    OptionalBodies.modify(&mut doc);
     doc
 }
 
-/// Adds to every operation the 408 of the request timeout and, to every operation
-/// authenticated with an API key, the 429 of the key's rate limit with its
-/// `Retry-After` header. Done once here rather than in each `#[utoipa::path]`, so a new
+/// Marks the request bodies that may be left out as not required (the derive marks
+/// every body of a non-`Option` type required, and an `Option` would also admit `null`,
+/// which these routes refuse).
+struct OptionalBodies;
+
+/// The operations whose body is optional (`extract::OptionalJsonBody`).
+const OPTIONAL_BODIES: &[&str] = &["retry_delivery", "create_portal_session"];
+
+impl Modify for OptionalBodies {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let Some(operation) = item.post.as_mut() else {
+                continue;
+            };
+            let optional = operation
+                .operation_id
+                .as_deref()
+                .is_some_and(|id| OPTIONAL_BODIES.contains(&id));
+            if let (true, Some(body)) = (optional, operation.request_body.as_mut()) {
+                body.required = Some(utoipa::openapi::Required::False);
+            }
+        }
+    }
+}
+
+/// Adds to every operation the 408 of the request timeout, to every operation
+/// authenticated with an API key the 429 of the key's rate limit with its
+/// `Retry-After` header, and to every change under `/v1/webhooks` the 403 of a
+/// read-only portal session. Done once here rather than in each `#[utoipa::path]`, so a new
 /// route cannot forget them. A 429 a route already declares (its own limit) is kept
 /// and its description extended.
 struct LimitResponses;
@@ -100,7 +132,18 @@ const ALSO_RATE_LIMITED: &str = "Or too many requests with this API key \
 impl Modify for LimitResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let bearer = SecurityRequirement::new("bearer", Vec::<String>::new());
-        for item in openapi.paths.paths.values_mut() {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if path.starts_with("/v1/webhooks") {
+                let changes = [
+                    &mut item.put,
+                    &mut item.post,
+                    &mut item.delete,
+                    &mut item.patch,
+                ];
+                for operation in changes.into_iter().flatten() {
+                    add_read_only_refused(operation);
+                }
+            }
             let operations = [
                 &mut item.get,
                 &mut item.put,
@@ -143,6 +186,18 @@ fn add_timeout(operation: &mut Operation) {
             RefOr::T(error_response(
                 "The request did not complete within `api.request_timeout_ms` \
                  (a body sent too slowly, or a dependency too slow); retry.",
+            ))
+        });
+}
+
+fn add_read_only_refused(operation: &mut Operation) {
+    operation
+        .responses
+        .responses
+        .entry("403".into())
+        .or_insert_with(|| {
+            RefOr::T(error_response(
+                "A read-only portal session: it changes nothing.",
             ))
         });
 }

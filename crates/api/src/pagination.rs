@@ -168,7 +168,7 @@ pub(crate) fn encode_cursor<Id: CursorId>(id: &Id) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}:{}", Id::TAG, id.id_str()))
 }
 
-fn decode_cursor<Id: CursorId>(raw: &str) -> Option<Id> {
+pub(crate) fn decode_cursor<Id: CursorId>(raw: &str) -> Option<Id> {
     let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
     let text = std::str::from_utf8(&bytes).ok()?;
     let (tag, id) = text.split_once(':')?;

@@ -15,24 +15,29 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use governor::{clock::Clock, DefaultKeyedRateLimiter, Quota, RateLimiter};
-use qr3_domain::ApiKeyId;
+use qr3_domain::{ApiKeyId, WorkspaceId};
 
 use crate::error::ApiError;
 
 /// Who a request is counted against: one bucket per value. New kinds of credential
-/// (portal sessions, operator tokens) become new variants, checked by their extractor
-/// once it has authenticated the request.
+/// (operator tokens) become new variants, checked by their extractor once it has
+/// authenticated the request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Caller {
     /// A workspace API key, by its public id (`key_…`), never its secret.
     ApiKey(ApiKeyId),
+    /// Every portal session of a workspace, together: minting more sessions does not
+    /// buy more requests. The bucket is the size of one API key's.
+    PortalSessions(WorkspaceId),
 }
 
 /// Which limit refused a request: the `limit` label of `qr3_http_rate_limited_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Limit {
-    /// The caller's request rate (`api.rate_limit_per_second`), this module.
+    /// An API key's request rate (`api.rate_limit_per_second`), this module.
     ApiKey,
+    /// The request rate of a workspace's portal sessions (the same settings).
+    PortalSession,
     /// A webhook's manual retries and recoveries (`api.manual_requests_per_minute`).
     ManualRequests,
 }
@@ -41,6 +46,7 @@ impl Limit {
     pub(crate) fn label(self) -> &'static str {
         match self {
             Limit::ApiKey => "api_key",
+            Limit::PortalSession => "portal_session",
             Limit::ManualRequests => "manual_requests",
         }
     }
@@ -85,9 +91,20 @@ impl RateLimit {
         }
         self.limiter.check_key(caller).map_err(|not_until| {
             let wait = not_until.wait_time_from(self.limiter.clock().now());
+            let (limit, message) = match caller {
+                Caller::ApiKey(_) => (
+                    Limit::ApiKey,
+                    "too many requests with this API key; retry after `Retry-After` seconds",
+                ),
+                Caller::PortalSessions(_) => (
+                    Limit::PortalSession,
+                    "too many requests from this workspace's portal sessions; retry after \
+                     `Retry-After` seconds",
+                ),
+            };
             ApiError::RateLimited {
-                limit: Limit::ApiKey,
-                message: "too many requests with this API key; retry after `Retry-After` seconds",
+                limit,
+                message,
                 // Rounded up: a client retrying on time must find a request in its bucket.
                 retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
             }

@@ -39,6 +39,11 @@ pub struct ApiConfig {
     pub rate_limit_burst: u32,
     /// Longest a `/v1` request may take, body included (`api.request_timeout_ms`).
     pub request_timeout: Duration,
+    /// The portal page's public URL (`portal.public_url`); `None`: from the `Host`.
+    pub portal_url: Option<String>,
+    /// The `Content-Security-Policy` of the portal's responses, its `frame-ancestors`
+    /// from `portal.frame_ancestors`.
+    pub portal_csp: String,
 }
 
 impl ApiConfig {
@@ -57,6 +62,8 @@ impl ApiConfig {
             rate_limit_per_second: settings.api.rate_limit_per_second,
             rate_limit_burst: settings.api.rate_limit_burst,
             request_timeout: settings.api.request_timeout(),
+            portal_url: Some(settings.portal.public_url.clone()).filter(|url| !url.is_empty()),
+            portal_csp: crate::portal::content_security_policy(&settings.portal.frame_ancestors),
         }
     }
 }

@@ -36,6 +36,10 @@ pub enum Trigger {
     Ping,
     /// A manual retry or recovery through the API: one attempt, never retried.
     Manual,
+    /// A forced resend through the API (`{"force": true}` on a retry) of an event the
+    /// webhook already received: made even though the event was delivered, otherwise
+    /// like `Manual` (one attempt, never retried, logged with trigger `manual`).
+    Resend,
 }
 
 impl Trigger {
@@ -44,6 +48,7 @@ impl Trigger {
             Trigger::Event => "event",
             Trigger::Ping => "ping",
             Trigger::Manual => "manual",
+            Trigger::Resend => "resend",
         }
     }
 }
@@ -146,6 +151,7 @@ impl DeliveryJob {
             "event" => Trigger::Event,
             "ping" => Trigger::Ping,
             "manual" => Trigger::Manual,
+            "resend" => Trigger::Resend,
             other => return Err(InvalidJob(format!("unknown trigger {other}"))),
         };
         let attempt = u16::try_from(int_header(headers, ATTEMPT)?).map_err(invalid)?;
@@ -404,6 +410,21 @@ mod tests {
         assert_eq!(back.event_created, job.event_created);
         assert_eq!(back.attempt, 2);
         assert!(DeliveryJob::from_message(&BasicProperties::default(), vec![]).is_err());
+    }
+
+    #[test]
+    fn every_trigger_round_trips() {
+        for trigger in [
+            Trigger::Event,
+            Trigger::Ping,
+            Trigger::Manual,
+            Trigger::Resend,
+        ] {
+            let mut sent = job("evt_trigger");
+            sent.trigger = trigger;
+            let back = DeliveryJob::from_message(&sent.properties(), sent.body.clone()).unwrap();
+            assert_eq!(back.trigger, trigger, "{}", trigger.as_str());
+        }
     }
 
     fn job(event: &str) -> DeliveryJob {

@@ -59,6 +59,7 @@ pub struct Settings {
     pub secrets: SecretsSettings,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
+    pub portal: PortalSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -211,6 +212,74 @@ impl ApiSettings {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }
+}
+
+/// The customer portal (`/portal/`) and its sessions (`POST /v1/portal-sessions`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortalSettings {
+    /// The absolute URL of the portal page as customers' browsers reach it (ending in
+    /// `/portal/`); a session's `url` is this plus `#<token>`. Empty: built from the
+    /// request's `Host` header as `http://<host>/portal/` (local use).
+    pub public_url: String,
+    /// Origins allowed to embed the portal in a frame (`frame-ancestors` of its
+    /// Content-Security-Policy), such as `https://app.qr3.app`. Empty: no framing.
+    #[serde(deserialize_with = "string_list")]
+    pub frame_ancestors: Vec<String>,
+}
+
+impl PortalSettings {
+    /// The longest a portal session may last, and the longest `expires_in` accepted.
+    pub const MAX_SESSION: Duration = Duration::from_secs(86_400);
+}
+
+/// A TOML array of strings or, from the environment, a comma-separated string; blank
+/// entries are dropped.
+fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Items {
+        List(Vec<String>),
+        One(String),
+    }
+    let items = match Items::deserialize(d)? {
+        Items::List(items) => items,
+        Items::One(item) => vec![item],
+    };
+    Ok(items
+        .iter()
+        .flat_map(|item| item.split(','))
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Whether `origin` is a CSP host source naming one web origin: `http` or `https`, a
+/// host (its first label may be `*`), an optional port, nothing else.
+fn is_frame_ancestor(origin: &str) -> bool {
+    let Some(rest) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (rest, None),
+    };
+    let host = host.strip_prefix("*.").unwrap_or(host);
+    let host_ok = !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    host_ok && port_ok
 }
 
 /// Admin tokens: a TOML string or array of strings, or from the environment a
@@ -401,6 +470,7 @@ fn environment() -> config::Environment {
         .list_separator(",")
         .with_list_parse_key("delivery.retry_delays_ms")
         .with_list_parse_key("api.admin_token")
+        .with_list_parse_key("portal.frame_ancestors")
         .try_parsing(true)
 }
 
@@ -544,6 +614,33 @@ impl Settings {
             );
         }
         self.encryption_key()?;
+        self.validate_portal()?;
+        Ok(())
+    }
+
+    /// The portal's URL is absolute http(s) without query or fragment (a session's
+    /// token is appended as the fragment), and its frame ancestors are plain origins
+    /// (they go into a Content-Security-Policy header as they are).
+    fn validate_portal(&self) -> Result<(), ConfigError> {
+        let url = &self.portal.public_url;
+        if !url.is_empty()
+            && (!(url.starts_with("https://") || url.starts_with("http://"))
+                || url.contains(['#', '?', ' ', '"', '<', '>']))
+        {
+            return Err(ConfigError::Invalid(
+                "portal.public_url must be an absolute http(s) URL without query or fragment, \
+                 e.g. https://webhooks.example.com/portal/"
+                    .into(),
+            ));
+        }
+        for origin in &self.portal.frame_ancestors {
+            if !is_frame_ancestor(origin) {
+                return Err(ConfigError::Invalid(format!(
+                    "portal.frame_ancestors: `{origin}` is not an origin such as \
+                     https://app.example.com (scheme, host, optional port; no path)"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -823,6 +920,57 @@ mod tests {
             [a.clone(), b.clone()]
         );
         assert!(from_toml("[api]\nadmin_token = \"\"").is_empty());
+    }
+
+    #[test]
+    fn portal_frame_ancestors_are_origins_from_a_list_or_the_environment() {
+        let from_env = |value: &str| -> Settings {
+            let vars = [("QR3__PORTAL__FRAME_ANCESTORS".to_owned(), value.to_owned())];
+            config::Config::builder()
+                .add_source(config::File::from_str(
+                    DEFAULTS_TOML,
+                    config::FileFormat::Toml,
+                ))
+                .add_source(environment().source(Some(vars.into_iter().collect())))
+                .build()
+                .and_then(|c| c.try_deserialize::<Settings>())
+                .unwrap()
+        };
+        let s = from_env("https://app.qr3.app, http://localhost:3000");
+        assert_eq!(
+            s.portal.frame_ancestors,
+            ["https://app.qr3.app", "http://localhost:3000"]
+        );
+        assert!(Settings::defaults().portal.frame_ancestors.is_empty());
+        for good in [
+            "https://app.qr3.app",
+            "https://*.qr3.app",
+            "http://127.0.0.1:8080",
+        ] {
+            assert!(is_frame_ancestor(good), "{good}");
+        }
+        for bad in [
+            "app.qr3.app",
+            "https://app.qr3.app/",
+            "https://app.qr3.app; script-src *",
+            "'self'",
+            "*",
+            "https://",
+            "https://a..b",
+            "https://a:port",
+            "javascript:alert(1)",
+        ] {
+            assert!(!is_frame_ancestor(bad), "{bad}");
+        }
+        let mut s = Settings::defaults();
+        s.secrets.allow_insecure_dev_key = true;
+        s.portal.frame_ancestors = vec!["https://a.example/ x".into()];
+        assert!(s.validate().is_err());
+        s.portal.frame_ancestors = vec![];
+        s.portal.public_url = "webhooks.example.com/portal/".into();
+        assert!(s.validate().is_err());
+        s.portal.public_url = "https://webhooks.example.com/portal/".into();
+        assert!(s.validate().is_ok());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Typed, prefixed identifiers (`wh_…`, `evt_…`, `whd_…`, `ws_…`, `key_…`).
+//! Typed, prefixed identifiers (`wh_…`, `evt_…`, `whd_…`, `ws_…`, `key_…`, `ps_…`).
 //!
 //! Generated ids are a prefix plus a lowercase ULID: 48 bits of millisecond time followed
 //! by 80 random bits from the OS-seeded CSPRNG, so they sort by creation time and cannot
@@ -111,6 +111,10 @@ ulid_id!(
 ulid_id!(
     /// An API key's public identifier (the secret part is never stored).
     ApiKeyId, "key_", "api key"
+);
+ulid_id!(
+    /// A customer-portal session's public identifier (its token is never stored).
+    PortalSessionId, "ps_", "portal session"
 );
 
 impl DeliveryId {

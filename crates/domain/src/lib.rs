@@ -17,7 +17,7 @@ pub mod time;
 pub mod workspace;
 
 pub use event::{EventFilter, EventType, Subscriptions};
-pub use ids::{ApiKeyId, DeliveryId, EventId, WebhookId, WorkspaceId};
+pub use ids::{ApiKeyId, DeliveryId, EventId, PortalSessionId, WebhookId, WorkspaceId};
 pub use payload::Payload;
 pub use secret::WebhookSecret;
 pub use target::{TargetPolicy, WebhookUrl};

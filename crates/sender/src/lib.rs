@@ -486,7 +486,8 @@ impl Sender {
         let repeat = match job.trigger {
             Trigger::Event => job.attempt > 1 || recheck,
             Trigger::Manual => true,
-            Trigger::Ping => false,
+            // Asked for although the event was delivered: always made.
+            Trigger::Resend | Trigger::Ping => false,
         };
         if repeat
             && inner
@@ -591,7 +592,7 @@ impl Sender {
         let error = outcome.error.clone();
         let attempt_label = match job.trigger {
             Trigger::Ping => "ping".to_owned(),
-            Trigger::Manual => "manual".to_owned(),
+            Trigger::Manual | Trigger::Resend => "manual".to_owned(),
             Trigger::Event => job.attempt.to_string(),
         };
         inner
@@ -604,7 +605,7 @@ impl Sender {
             .delivery_response_seconds
             .observe(outcome.elapsed.as_secs_f64());
         // A manual resend of an old event is not pipeline lag (it would page on-call).
-        if job.trigger != Trigger::Manual {
+        if !matches!(job.trigger, Trigger::Manual | Trigger::Resend) {
             let lag = (now.unix_millis() - job.event_created.unix_millis()).max(0) as f64 / 1000.0;
             inner.metrics.delivery_lag_seconds.observe(lag);
         }
@@ -623,7 +624,7 @@ impl Sender {
             trigger: match job.trigger {
                 Trigger::Event => AttemptTrigger::Event,
                 Trigger::Ping => AttemptTrigger::Ping,
-                Trigger::Manual => AttemptTrigger::Manual,
+                Trigger::Manual | Trigger::Resend => AttemptTrigger::Manual,
             },
             error,
             created_at: now,

@@ -137,6 +137,9 @@ pub struct Recoverable {
     pub body: String,
     /// The number the next attempt carries (attempts so far + 1).
     pub next_attempt: u16,
+    /// The event's first attempt since `since`: its place in the recovery order, which
+    /// later attempts do not change (a recover cursor resumes after it).
+    pub first_attempt: DeliveryId,
 }
 
 /// The answer of the manual-request rate limit.
@@ -597,12 +600,15 @@ impl Store {
     /// Up to `limit` events to recover on a webhook, in the order of their first attempt
     /// since `since` (oldest event first): their last attempt
     /// since `since` failed, no attempt of them ever succeeded, and their body is in the
-    /// log (rows logged before the log kept bodies cannot be re-sent).
+    /// log (rows logged before the log kept bodies cannot be re-sent). With `after`,
+    /// only the events whose first attempt since `since` comes after that attempt, so a
+    /// caller pages through to the end even when the manual attempts fail again.
     pub async fn recoverable_events(
         &self,
         workspace: &WorkspaceId,
         webhook: &WebhookId,
         since: Timestamp,
+        after: Option<&DeliveryId>,
         limit: i64,
     ) -> Result<Vec<Recoverable>> {
         let client = self.pool.get().await?;
@@ -624,9 +630,11 @@ impl Store {
                  )
                  SELECT l.event_id, l.event_type, l.body,
                         (SELECT count(*) FROM delivery_attempts a
-                         WHERE a.event_id = l.event_id AND a.webhook_id = $1 AND a.trigger <> 'ping')
+                         WHERE a.event_id = l.event_id AND a.webhook_id = $1 AND a.trigger <> 'ping'),
+                        l.first_id
                  FROM failed l
                  WHERE l.body IS NOT NULL
+                   AND ($5::text IS NULL OR l.first_id > $5)
                    AND NOT EXISTS (SELECT 1 FROM delivery_attempts s
                                    WHERE s.event_id = l.event_id AND s.webhook_id = $1
                                      AND s.status = 'success' AND s.trigger <> 'ping')
@@ -641,6 +649,7 @@ impl Store {
                     &workspace.as_str(),
                     &since.as_datetime(),
                     &limit,
+                    &after.map(DeliveryId::as_str),
                 ],
             )
             .await?;
@@ -653,6 +662,7 @@ impl Store {
                     event_type: event_type.parse().map_err(corrupt)?,
                     body: row.get(2),
                     next_attempt: u16::try_from(attempts + 1).unwrap_or(u16::MAX),
+                    first_attempt: DeliveryId::parse(row.get(4)).map_err(corrupt)?,
                 })
             })
             .collect()

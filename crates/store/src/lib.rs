@@ -13,6 +13,8 @@ mod crypto;
 mod events;
 mod migrate;
 mod pool;
+mod portal_sessions;
+mod reveal;
 mod sent;
 mod stats;
 mod tls;
@@ -32,6 +34,8 @@ pub use migrate::{
 pub use pool::{
     connect, connect_once, create_database_if_missing, database_name, is_missing_database,
 };
+pub use portal_sessions::{is_portal_token, NewPortalSession, PortalSession, PORTAL_TOKEN_PREFIX};
+pub use reveal::RevealedSecret;
 pub use stats::{LatencyPercentiles, StatsWindow, WebhookStats};
 pub use tls::{DatabaseTarget, SslMode};
 pub use webhooks::{

@@ -8,7 +8,7 @@ use qr3_store::{AttemptFilter, AttemptStatus};
 use utoipa::OpenApi;
 
 use crate::{
-    auth::Authenticated,
+    auth::WebhookReader,
     error::ApiError,
     extract::{DeliveryPath, Query, WebhookPath},
     pagination::PageRequest,
@@ -53,7 +53,7 @@ pub(crate) struct Doc;
 )]
 pub(crate) async fn list(
     State(state): State<ApiState>,
-    Authenticated(workspace): Authenticated,
+    WebhookReader(workspace): WebhookReader,
     WebhookPath(webhook): WebhookPath,
     Query(query): Query<DeliveryQuery>,
 ) -> Result<Json<Page<Delivery>>, ApiError> {
@@ -101,7 +101,7 @@ pub(crate) async fn list(
 )]
 pub(crate) async fn read(
     State(state): State<ApiState>,
-    Authenticated(workspace): Authenticated,
+    WebhookReader(workspace): WebhookReader,
     DeliveryPath(webhook, delivery): DeliveryPath,
 ) -> Result<Json<DeliveryDetail>, ApiError> {
     state.webhook(&workspace, &webhook).await?;

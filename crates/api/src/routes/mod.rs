@@ -6,7 +6,9 @@ pub(crate) mod deliveries;
 mod jobs;
 pub(crate) mod manual;
 pub(crate) mod ping;
+pub(crate) mod portal_sessions;
 pub(crate) mod rotate;
+pub(crate) mod secret;
 pub(crate) mod stats;
 pub(crate) mod webhooks;
 
@@ -31,6 +33,8 @@ pub(crate) fn v1_resources() -> Router<ApiState> {
         .merge(rotate::router())
         .merge(manual::router())
         .merge(stats::router())
+        .merge(secret::router())
+        .merge(portal_sessions::router())
 }
 
 /// The OpenAPI paths of every `/v1` resource, merged into the served document.
@@ -42,5 +46,7 @@ pub(crate) fn v1_docs() -> Vec<utoipa::openapi::OpenApi> {
         rotate::Doc::openapi(),
         manual::Doc::openapi(),
         stats::Doc::openapi(),
+        secret::Doc::openapi(),
+        portal_sessions::Doc::openapi(),
     ]
 }

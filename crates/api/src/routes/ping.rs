@@ -16,7 +16,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use super::jobs;
 use crate::{
-    auth::Authenticated,
+    auth::WebhookWriter,
     error::ApiError,
     extract::WebhookPath,
     state::ApiState,
@@ -64,7 +64,7 @@ pub struct PingResult {
 )]
 pub(crate) async fn ping(
     State(state): State<ApiState>,
-    Authenticated(workspace): Authenticated,
+    WebhookWriter(workspace): WebhookWriter,
     WebhookPath(webhook): WebhookPath,
 ) -> Result<(StatusCode, Json<PingResult>), ApiError> {
     state.webhook(&workspace, &webhook).await?;

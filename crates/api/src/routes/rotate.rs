@@ -8,7 +8,7 @@ use qr3_domain::WebhookSecret;
 use utoipa::OpenApi;
 
 use crate::{
-    auth::Authenticated,
+    auth::WebhookWriter,
     error::ApiError,
     extract::WebhookPath,
     routes::webhooks::reveals_secret,
@@ -48,7 +48,7 @@ pub(crate) struct Doc;
 )]
 pub(crate) async fn rotate_secret(
     State(state): State<ApiState>,
-    Authenticated(workspace): Authenticated,
+    WebhookWriter(workspace): WebhookWriter,
     WebhookPath(id): WebhookPath,
 ) -> Result<Response, ApiError> {
     let secret = WebhookSecret::generate();

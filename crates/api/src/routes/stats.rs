@@ -5,7 +5,7 @@ use axum::{extract::State, routing::get, Json, Router};
 use utoipa::OpenApi;
 
 use crate::{
-    auth::Authenticated,
+    auth::WebhookReader,
     error::ApiError,
     extract::WebhookPath,
     state::ApiState,
@@ -41,7 +41,7 @@ pub(crate) struct Doc;
 )]
 pub(crate) async fn stats(
     State(state): State<ApiState>,
-    Authenticated(workspace): Authenticated,
+    WebhookReader(workspace): WebhookReader,
     WebhookPath(webhook): WebhookPath,
 ) -> Result<Json<WebhookStats>, ApiError> {
     // The stats of a webhook that is not the caller's would read as zeros, not 404.

@@ -13,7 +13,7 @@ use qr3_store::{NewWebhook, WebhookPatch};
 use utoipa::OpenApi;
 
 use crate::{
-    auth::Authenticated,
+    auth::{WebhookReader, WebhookWriter},
     error::ApiError,
     extract::{JsonBody, Query, WebhookPath},
     pagination::PageRequest,
@@ -62,7 +62,7 @@ pub(crate) struct Doc;
 )]
 pub(crate) async fn create(
     State(state): State<ApiState>,
-    Authenticated(workspace): Authenticated,
+    WebhookWriter(workspace): WebhookWriter,
     JsonBody(body): JsonBody<CreateWebhook>,
 ) -> Result<Response, ApiError> {
     let policy = state.config.target_policy;
@@ -110,7 +110,7 @@ pub(crate) async fn create(
 )]
 pub(crate) async fn list(
     State(state): State<ApiState>,
-    Authenticated(workspace): Authenticated,
+    WebhookReader(workspace): WebhookReader,
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Page<Webhook>>, ApiError> {
     let request = PageRequest::<WebhookId>::parse(query.limit.as_deref(), query.cursor.as_deref())?;
@@ -144,7 +144,7 @@ pub(crate) async fn list(
 )]
 pub(crate) async fn read(
     State(state): State<ApiState>,
-    Authenticated(workspace): Authenticated,
+    WebhookReader(workspace): WebhookReader,
     WebhookPath(id): WebhookPath,
 ) -> Result<Json<Webhook>, ApiError> {
     let webhook = state.webhook(&workspace, &id).await?;
@@ -178,7 +178,7 @@ pub(crate) async fn read(
 )]
 pub(crate) async fn update(
     State(state): State<ApiState>,
-    Authenticated(workspace): Authenticated,
+    WebhookWriter(workspace): WebhookWriter,
     WebhookPath(id): WebhookPath,
     JsonBody(body): JsonBody<UpdateWebhook>,
 ) -> Result<Response, ApiError> {
@@ -234,7 +234,7 @@ pub(crate) async fn update(
 )]
 pub(crate) async fn delete(
     State(state): State<ApiState>,
-    Authenticated(workspace): Authenticated,
+    WebhookWriter(workspace): WebhookWriter,
     WebhookPath(id): WebhookPath,
 ) -> Result<StatusCode, ApiError> {
     let deleted = state

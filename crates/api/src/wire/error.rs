@@ -31,6 +31,9 @@ pub enum ErrorCode {
     /// 401: the API key (on `/admin/v1`, the admin token) is missing, malformed or not
     /// valid.
     Unauthorized,
+    /// 403: the credential is valid but may not do this (a read-only portal session
+    /// asking to change something or to reveal a secret).
+    Forbidden,
     /// 404: no such route, or no such webhook in this workspace (on `/admin/v1`, no
     /// such workspace or API key).
     NotFound,

@@ -278,7 +278,7 @@ async fn rows_of_the_old_shape_read_as_before_after_the_migration() {
     let since = Timestamp::from(Utc::now() - chrono::Duration::hours(1));
     let recoverable = db
         .store
-        .recoverable_events(&ws, &hooks[0], since, 10)
+        .recoverable_events(&ws, &hooks[0], since, None, 10)
         .await
         .unwrap();
     assert_eq!(
@@ -308,7 +308,7 @@ async fn rows_of_the_old_shape_read_as_before_after_the_migration() {
     assert_reads_back(&db.store, &old[0]).await;
     let recoverable = db
         .store
-        .recoverable_events(&ws, &hooks[0], since, 10)
+        .recoverable_events(&ws, &hooks[0], since, None, 10)
         .await
         .unwrap();
     assert_eq!(recoverable[0].body, BODY, "from the payload now");

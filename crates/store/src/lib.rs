@@ -13,6 +13,7 @@ mod crypto;
 mod events;
 mod migrate;
 mod pool;
+mod rate;
 mod stats;
 mod webhooks;
 mod workspaces;
@@ -27,6 +28,7 @@ pub use events::{ClaimOutcome, EventKey};
 pub use migrate::{
     check_schema, migrate, migrate_to, required_schema_version, run_retention, SchemaCheck,
 };
+pub use rate::RateBlock;
 pub use pool::{connect, create_database_if_missing, database_name, is_missing_database};
 pub use stats::{LatencyPercentiles, StatsWindow, WebhookStats};
 pub use webhooks::{

@@ -12,6 +12,7 @@ mod hostile;
 mod manual;
 mod metrics;
 mod ping;
+mod rate_limit;
 mod retries;
 mod robustness;
 mod secrets;

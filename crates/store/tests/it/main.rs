@@ -3,6 +3,7 @@
 mod attempts;
 mod events;
 mod migrations;
+mod rate;
 mod rotation;
 mod stats;
 mod workspaces;

@@ -7,11 +7,13 @@
 //! - `load`: the API under `wrk`, and the sender's memory with a large backlog.
 //! - `chaos`: the fault-injection suite (`--quick` runs in `test`).
 //! - `bench`: the end-to-end benchmark against ceilings measured in the same run.
+//! - `tidy`: the docs cannot drift from the code (code map, configuration keys, metrics).
 
 mod demo;
 mod fuzz;
 mod load;
 mod sandbox;
+mod tidy;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -87,6 +89,8 @@ enum Task {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         settings: Vec<String>,
     },
+    /// Check that the docs name only modules, configuration keys and metrics that exist.
+    Tidy,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -116,6 +120,7 @@ fn main() -> anyhow::Result<()> {
             docs,
             settings,
         } => bench(&root(), quick, senders, ingests, docs, &settings),
+        Task::Tidy => tidy::tidy(&root()),
     }
 }
 
@@ -141,6 +146,7 @@ fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
 
 fn test(root: &Path) -> anyhow::Result<()> {
     install_test_receivers(root)?;
+    tidy::tidy(root)?;
     cargo(root, &["fmt", "--all", "--", "--check"])?;
     cargo(
         root,

@@ -223,10 +223,13 @@ async fn scenarios(args: &ChaosArgs, run: &Run) -> anyhow::Result<Vec<Outcome>> 
     let mut outcomes = Vec::new();
     for (index, (name, fault)) in list.into_iter().enumerate() {
         println!("chaos: {name}…");
-        let outcome = scenario(
-            run, &api, &publisher, &store, &mut procs, index, name, fault, events, rate,
-        )
-        .await?;
+        let deployment = Deployment {
+            run,
+            api: &api,
+            publisher: &publisher,
+            store: &store,
+        };
+        let outcome = scenario(deployment, &mut procs, index, name, fault, events, rate).await?;
         outcomes.push(outcome);
     }
     for p in procs {
@@ -235,12 +238,17 @@ async fn scenarios(args: &ChaosArgs, run: &Run) -> anyhow::Result<Vec<Outcome>> 
     Ok(outcomes)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The run's throwaway deployment as a scenario uses it.
+#[derive(Clone, Copy)]
+struct Deployment<'a> {
+    run: &'a Run,
+    api: &'a str,
+    publisher: &'a Publisher,
+    store: &'a qr3_store::Store,
+}
+
 async fn scenario(
-    run: &Run,
-    api: &str,
-    publisher: &Publisher,
-    store: &qr3_store::Store,
+    deployment: Deployment<'_>,
     procs: &mut Vec<Proc>,
     index: usize,
     name: &str,
@@ -248,6 +256,12 @@ async fn scenario(
     events: usize,
     rate: usize,
 ) -> anyhow::Result<Outcome> {
+    let Deployment {
+        run,
+        api,
+        publisher,
+        store,
+    } = deployment;
     let workspace: serde_json::Value =
         serde_json::from_str(&run.env.run(&["workspace", "create", name])?)?;
     let workspace_id = workspace["workspace_id"]

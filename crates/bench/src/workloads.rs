@@ -126,6 +126,12 @@ pub async fn run_all(
     let connection = qr3_broker::connect(&args.common.amqp, "qr3-bench-publisher").await?;
     let publisher = Publisher::open(&connection).await?;
     let exchange = format!("{prefix}.events");
+    let rig = Rig {
+        pids: &pids,
+        receiver: &receiver,
+        publisher: &publisher,
+        exchange: &exchange,
+    };
 
     // W1: one webhook, as fast as possible, from a quiet machine (the ceilings leave
     // RabbitMQ and Postgres with housekeeping to do).
@@ -133,18 +139,7 @@ pub async fn run_all(
     set_phase(&sampler, "W1");
     println!("W1: {} events to 1 webhook…", sizes.w1_events);
     let counts = sender_counts(&procs).await;
-    let w1 = throughput(
-        &pids,
-        &receiver,
-        &publisher,
-        &exchange,
-        &ws1,
-        "w1",
-        sizes.w1_events,
-        |i| (0..1).contains(&i),
-        1,
-    )
-    .await?;
+    let w1 = throughput(rig, &ws1, "w1", sizes.w1_events, |i| (0..1).contains(&i), 1).await?;
     let w1 = with_sender_counts(w1, &procs, counts).await;
 
     // W2: fan-out to ten webhooks.
@@ -153,10 +148,7 @@ pub async fn run_all(
     println!("W2: {} events to 10 webhooks…", sizes.w2_events);
     let counts = sender_counts(&procs).await;
     let w2 = throughput(
-        &pids,
-        &receiver,
-        &publisher,
-        &exchange,
+        rig,
         &ws2,
         "w2",
         sizes.w2_events,
@@ -179,10 +171,7 @@ pub async fn run_all(
     *receiver.log.hang.lock().expect("lock") = Some(29);
     let counts = sender_counts(&procs).await;
     let w4 = throughput(
-        &pids,
-        &receiver,
-        &publisher,
-        &exchange,
+        rig,
         &ws3,
         "w4",
         sizes.w2_events,
@@ -353,18 +342,30 @@ async fn settle(pids: &[(String, u32)]) {
 
 /// Publishes `events` as fast as the broker confirms them and waits for the deliveries
 /// to the receivers `counted` selects (`per_event` of them per event).
-#[allow(clippy::too_many_arguments)]
+/// What every throughput workload drives: the processes it measures, the receiver, the
+/// publisher and the events exchange.
+#[derive(Clone, Copy)]
+struct Rig<'a> {
+    pids: &'a [(String, u32)],
+    receiver: &'a Receiver,
+    publisher: &'a Publisher,
+    exchange: &'a str,
+}
+
 async fn throughput(
-    pids: &[(String, u32)],
-    receiver: &Receiver,
-    publisher: &Publisher,
-    exchange: &str,
+    rig: Rig<'_>,
     ws: &Workspace,
     tag: &str,
     events: usize,
     counted: impl Fn(usize) -> bool,
     per_event: usize,
 ) -> anyhow::Result<Throughput> {
+    let Rig {
+        pids,
+        receiver,
+        publisher,
+        exchange,
+    } = rig;
     let start_index = receiver.log.count();
     let expected = events * per_event;
     let messages: Vec<Outgoing> = (0..events)

@@ -38,7 +38,10 @@ pub fn signed<'a>(
         (DELIVERY_ID.clone(), value(id.as_str())),
         (ATTEMPT.clone(), HeaderValue::from(job.attempt)),
         (TIMESTAMP.clone(), HeaderValue::from(seconds)),
-        (SIGNATURE.clone(), value(&signature::sign(current, &job.body))),
+        (
+            SIGNATURE.clone(),
+            value(&signature::sign(current, &job.body)),
+        ),
         (WEBHOOK_ID.clone(), value(job.event_id.as_str())),
         (WEBHOOK_TIMESTAMP.clone(), HeaderValue::from(seconds)),
         (
@@ -112,8 +115,16 @@ mod tests {
         let seconds = now.unix_seconds();
         assert_eq!(get("x-qr3-timestamp"), seconds.to_string());
         assert_eq!(get("webhook-timestamp"), seconds.to_string());
-        assert!(signature::verify(&current, &job.body, &get("x-qr3-signature")));
-        assert!(!signature::verify(&previous, &job.body, &get("x-qr3-signature")));
+        assert!(signature::verify(
+            &current,
+            &job.body,
+            &get("x-qr3-signature")
+        ));
+        assert!(!signature::verify(
+            &previous,
+            &job.body,
+            &get("x-qr3-signature")
+        ));
         let standard = get("webhook-signature");
         assert_eq!(standard.split(' ').count(), 2, "one per secret");
         for secret in [&current, &previous] {

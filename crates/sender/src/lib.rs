@@ -29,8 +29,7 @@ use qr3_broker::{
 use qr3_config::Settings;
 use qr3_domain::{DeliveryId, TargetPolicy, Timestamp, WebhookUrl};
 use qr3_store::{
-    AttemptDetail, AttemptRecord, AttemptStatus, AttemptTrigger, DeliveryTarget, Store,
-    StoreError,
+    AttemptDetail, AttemptRecord, AttemptStatus, AttemptTrigger, DeliveryTarget, Store, StoreError,
 };
 use qr3_telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
@@ -349,7 +348,10 @@ impl Sender {
         // the log first.
         let recheck = origin.redelivered || origin.deferrals > 0 || origin.failures > 0;
         let attempted = self.attempt_holding(&job, recheck, shutdown).await;
-        permit.finish(breaker_outcome(&attempted, inner.settings.delivery.timeout()));
+        permit.finish(breaker_outcome(
+            &attempted,
+            inner.settings.delivery.timeout(),
+        ));
         // 3. The outcome.
         match attempted {
             // The rate limit had no slot within delivery.defer_ms: it knows the next
@@ -473,9 +475,9 @@ impl Sender {
         let id = DeliveryId::generate();
         let now = Timestamp::now();
         let (outcome, sent) = self.send(job, &target, &id, now).await;
-        Ok(Attempted::Made(Box::new(self.record(
-            job, &target, id, now, outcome, sent,
-        ))))
+        Ok(Attempted::Made(Box::new(
+            self.record(job, &target, id, now, outcome, sent),
+        )))
     }
 
     /// The webhook's delivery target, or why the job gets no attempt (`skip.rs`).
@@ -486,7 +488,9 @@ impl Sender {
     ) -> Result<Result<Arc<DeliveryTarget>, skip::Skip>, StoreError> {
         let inner = &self.inner;
         let target = inner.targets.get(&inner.store, &job.webhook_id).await?;
-        let (exists, is_active) = target.as_ref().map_or((false, false), |t| (true, t.is_active));
+        let (exists, is_active) = target
+            .as_ref()
+            .map_or((false, false), |t| (true, t.is_active));
         if let Some(skip) = skip::by_webhook(exists, is_active, job.trigger) {
             return Ok(Err(skip));
         }

@@ -70,15 +70,24 @@ mod tests {
             assert_eq!(by_webhook(false, true, trigger), Some(Skip::WebhookDeleted));
             assert_eq!(by_webhook(true, true, trigger), None);
         }
-        assert_eq!(by_webhook(true, false, Trigger::Event), Some(Skip::WebhookDisabled));
-        assert_eq!(by_webhook(true, false, Trigger::Manual), Some(Skip::WebhookDisabled));
+        assert_eq!(
+            by_webhook(true, false, Trigger::Event),
+            Some(Skip::WebhookDisabled)
+        );
+        assert_eq!(
+            by_webhook(true, false, Trigger::Manual),
+            Some(Skip::WebhookDisabled)
+        );
         assert_eq!(by_webhook(true, false, Trigger::Ping), None);
         assert_eq!(Skip::AlreadyDelivered.label(), "already_delivered");
     }
 
     #[test]
     fn the_log_is_asked_for_retries_manual_attempts_and_rechecked_jobs_only() {
-        assert!(!needs_log_check(&job(Trigger::Event, 1), false), "first attempts are not checked");
+        assert!(
+            !needs_log_check(&job(Trigger::Event, 1), false),
+            "first attempts are not checked"
+        );
         assert!(needs_log_check(&job(Trigger::Event, 1), true));
         assert!(needs_log_check(&job(Trigger::Event, 2), false));
         assert!(needs_log_check(&job(Trigger::Manual, 1), false));

@@ -28,8 +28,8 @@ pub use events::{ClaimOutcome, EventKey};
 pub use migrate::{
     check_schema, migrate, migrate_to, required_schema_version, run_retention, SchemaCheck,
 };
-pub use rate::RateBlock;
 pub use pool::{connect, create_database_if_missing, database_name, is_missing_database};
+pub use rate::RateBlock;
 pub use stats::{LatencyPercentiles, StatsWindow, WebhookStats};
 pub use webhooks::{
     DeliveryTarget, NewWebhook, RotatedSecret, SigningSecret, Subscribers, Unreadable,

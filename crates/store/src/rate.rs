@@ -30,7 +30,9 @@ impl Store {
         count: u32,
         max_wait: Duration,
     ) -> Result<Option<RateBlock>> {
-        let interval_us = i64::try_from(interval.as_micros()).unwrap_or(i64::MAX).max(1);
+        let interval_us = i64::try_from(interval.as_micros())
+            .unwrap_or(i64::MAX)
+            .max(1);
         let max_wait_us = i64::try_from(max_wait.as_micros()).unwrap_or(i64::MAX);
         let span_us = interval_us.saturating_mul(i64::from(count.max(1)));
         let client = self.pool.get().await?;

@@ -56,7 +56,11 @@ async fn three_senders_together_deliver_at_most_max_per_second() {
     assert_eq!(webhook.max_per_second, Some(RATE as u32));
     let mut senders = Vec::new();
     for _ in 0..3 {
-        senders.push(app::start(app.settings.clone(), Roles::SENDER).await.unwrap());
+        senders.push(
+            app::start(app.settings.clone(), Roles::SENDER)
+                .await
+                .unwrap(),
+        );
     }
     let ids: Vec<String> = (0..EVENTS).map(|i| format!("evt_r{i}")).collect();
     app.publish_burst("qr.scanned", &ids).await;
@@ -64,7 +68,11 @@ async fn three_senders_together_deliver_at_most_max_per_second() {
     // A second in, one sender stops and another starts.
     tokio::time::sleep(Duration::from_secs(1)).await;
     senders.remove(0).stop().await.unwrap();
-    senders.push(app::start(app.settings.clone(), Roles::SENDER).await.unwrap());
+    senders.push(
+        app::start(app.settings.clone(), Roles::SENDER)
+            .await
+            .unwrap(),
+    );
 
     let got = receiver.wait_for(EVENTS, Duration::from_secs(20)).await;
     assert_eq!(got.len(), EVENTS, "every event arrives");

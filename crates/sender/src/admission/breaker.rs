@@ -133,7 +133,11 @@ impl Breaker {
         match (self.state, outcome) {
             (_, Outcome::NotSent) => {
                 // A probe that sent nothing tells nothing: let the next job probe.
-                if let State::HalfOpen { step, probing: true } = self.state {
+                if let State::HalfOpen {
+                    step,
+                    probing: true,
+                } = self.state
+                {
                     self.state = State::HalfOpen {
                         step,
                         probing: false,
@@ -232,7 +236,11 @@ mod tests {
             assert_eq!(b.decide(now), Decision::Park(step.min(3)));
         }
         assert_eq!(RULES.backoff(3), ms(8000));
-        assert_eq!(RULES.backoff(7), ms(8000), "no step past the last defer queue");
+        assert_eq!(
+            RULES.backoff(7),
+            ms(8000),
+            "no step past the last defer queue"
+        );
     }
 
     #[tokio::test(start_paused = true)]

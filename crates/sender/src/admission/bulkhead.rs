@@ -64,7 +64,12 @@ mod tests {
         let deadline = Instant::now() + Duration::from_millis(100);
         let first = tokio::spawn({
             let bulkhead = bulkhead.clone();
-            async move { bulkhead.enter_by(deadline).await.map(|slot| (slot, Instant::now())) }
+            async move {
+                bulkhead
+                    .enter_by(deadline)
+                    .await
+                    .map(|slot| (slot, Instant::now()))
+            }
         });
         tokio::task::yield_now().await;
         let second = tokio::spawn({
@@ -76,7 +81,13 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(30)).await;
         drop(a);
         let (_slot, served) = first.await.unwrap().expect("the first waiter got the slot");
-        assert_eq!(served - (deadline - Duration::from_millis(100)), Duration::from_millis(30));
-        assert!(!second.await.unwrap(), "the second waited until its deadline");
+        assert_eq!(
+            served - (deadline - Duration::from_millis(100)),
+            Duration::from_millis(30)
+        );
+        assert!(
+            !second.await.unwrap(),
+            "the second waited until its deadline"
+        );
     }
 }

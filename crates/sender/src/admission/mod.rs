@@ -278,7 +278,10 @@ mod tests {
         held.finish(Outcome::Answered);
         let permit = waiter.await.unwrap().expect("served from memory");
         permit.finish(Outcome::Answered);
-        assert!(admission.lock().is_empty(), "nothing kept for an idle webhook");
+        assert!(
+            admission.lock().is_empty(),
+            "nothing kept for an idle webhook"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -291,7 +294,11 @@ mod tests {
         for waiter in waiters {
             assert_eq!(waiter.await.unwrap().err(), Some(0), "parked for defer_ms");
         }
-        assert_eq!(started.elapsed(), ms(250), "after the admission wait, all at once");
+        assert_eq!(
+            started.elapsed(),
+            ms(250),
+            "after the admission wait, all at once"
+        );
         assert!(matches!(admission.state(&a), State::Open { step: 0, .. }));
         // While open, a job parks at once without waiting; other webhooks are not
         // affected.

@@ -67,5 +67,9 @@ async fn unused_slots_are_not_handed_out_again_later() {
     take().await.unwrap().unwrap();
     tokio::time::sleep(ms(50)).await;
     let later = take().await.unwrap().unwrap();
-    assert_eq!(later.wait, Duration::ZERO, "the sequence restarts at the present");
+    assert_eq!(
+        later.wait,
+        Duration::ZERO,
+        "the sequence restarts at the present"
+    );
 }

@@ -308,6 +308,7 @@ fn delays<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> 
 #[serde(deny_unknown_fields)]
 pub struct RetentionSettings {
     pub delivery_log_days: u32,
+    pub maintain_every_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -452,6 +453,9 @@ impl Settings {
         }
         if self.delivery.job_failure_limit == 0 {
             return invalid("delivery.job_failure_limit must be at least 1");
+        }
+        if self.retention.maintain_every_ms == 0 {
+            return invalid("retention.maintain_every_ms must be positive");
         }
         if self.delivery.admission_wait_ms == 0 || self.delivery.breaker_timeouts == 0 {
             return invalid(

@@ -28,9 +28,7 @@ use qr3_broker::{
 };
 use qr3_config::Settings;
 use qr3_domain::{DeliveryId, TargetPolicy, Timestamp, WebhookUrl};
-use qr3_store::{
-    AttemptDetail, AttemptRecord, AttemptStatus, AttemptTrigger, DeliveryTarget, Store, StoreError,
-};
+use qr3_store::{AttemptDetail, AttemptRecord, AttemptStatus, DeliveryTarget, Store, StoreError};
 use qr3_telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -114,11 +112,6 @@ impl Sender {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let inner = &self.inner;
         let url = inner.settings.amqp.url.expose().clone();
-        let maintenance = tokio::spawn(retention_loop(
-            inner.store.clone(),
-            inner.settings.retention.delivery_log_days,
-            shutdown.clone(),
-        ));
         let metrics = &inner.metrics;
         qr3_broker::dead_letters::watch_depth(
             &inner.settings,
@@ -141,7 +134,6 @@ impl Sender {
             },
         )
         .await;
-        maintenance.abort();
         ended
     }
 
@@ -611,11 +603,7 @@ impl Sender {
             status_code: outcome.status,
             response_time_ms: u32::try_from(outcome.elapsed.as_millis()).unwrap_or(u32::MAX),
             attempt: job.attempt,
-            trigger: match job.trigger {
-                Trigger::Event => AttemptTrigger::Event,
-                Trigger::Ping => AttemptTrigger::Ping,
-                Trigger::Manual => AttemptTrigger::Manual,
-            },
+            trigger: job.trigger,
             error,
             created_at: now,
             detail: Some(AttemptDetail {
@@ -676,19 +664,4 @@ struct Origin {
     failures: u32,
     /// The broker delivered the message before.
     redelivered: bool,
-}
-
-async fn retention_loop(store: Store, days: u32, shutdown: CancellationToken) {
-    loop {
-        if let Err(error) = qr3_store::run_retention(store.pool(), days).await {
-            tracing::warn!(
-                error = format!("{error:#}"),
-                "delivery-log retention failed; will retry"
-            );
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-        }
-    }
 }

@@ -36,32 +36,9 @@ impl AttemptStatus {
     }
 }
 
-/// What caused an attempt. Only `Event` attempts count towards disabling a webhook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptTrigger {
-    Event,
-    Ping,
-    Manual,
-}
-
-impl AttemptTrigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptTrigger::Event => "event",
-            AttemptTrigger::Ping => "ping",
-            AttemptTrigger::Manual => "manual",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "event" => Some(AttemptTrigger::Event),
-            "ping" => Some(AttemptTrigger::Ping),
-            "manual" => Some(AttemptTrigger::Manual),
-            _ => None,
-        }
-    }
-}
+/// What caused an attempt (the domain's `Trigger`, under the name the store's callers
+/// know). Only `Event` attempts count towards disabling a webhook.
+pub use qr3_domain::Trigger as AttemptTrigger;
 
 /// One attempt, as logged.
 #[derive(Debug, Clone)]

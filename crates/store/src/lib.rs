@@ -37,7 +37,7 @@ pub use webhooks::{
 };
 pub use workspaces::{ApiKey, ApiKeyInfo, CreatedWorkspace, Erasure, Upserted, Workspace};
 
-use deadpool_postgres::Pool;
+pub use deadpool_postgres::Pool;
 
 /// Why a storage operation failed. Not-found is not an error: lookups return `Option`.
 #[derive(Debug, thiserror::Error)]

@@ -90,8 +90,11 @@ pub fn block_size(rate: u32) -> u32 {
 /// serialised (an async lock per webhook) so a burst costs one round-trip per block.
 #[derive(Clone, Default)]
 pub struct RateLimiter {
-    blocks: Arc<Mutex<HashMap<WebhookId, Arc<tokio::sync::Mutex<Option<Block>>>>>>,
+    blocks: Arc<Mutex<HashMap<WebhookId, BlockCell>>>,
 }
+
+/// One webhook's current block, if any; locked across the fetch of the next one.
+type BlockCell = Arc<tokio::sync::Mutex<Option<Block>>>;
 
 impl RateLimiter {
     /// Reserves the webhook's next slot at `rate` per second if it starts within

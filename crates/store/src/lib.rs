@@ -19,8 +19,8 @@ mod webhooks;
 mod workspaces;
 
 pub use attempts::{
-    AttemptDetail, AttemptFilter, AttemptRecord, AttemptStatus, AttemptTrigger, ManualBudget,
-    RecordedBatch, Recoverable,
+    AttemptDetail, AttemptFilter, AttemptRecord, AttemptStatus, AttemptTrigger, RecordedBatch,
+    Recoverable,
 };
 pub use cache::TtlCache;
 pub use crypto::SecretCipher;
@@ -32,8 +32,8 @@ pub use pool::{connect, create_database_if_missing, database_name, is_missing_da
 pub use rate::RateBlock;
 pub use stats::{LatencyPercentiles, StatsWindow, WebhookStats};
 pub use webhooks::{
-    DeliveryTarget, NewWebhook, RotatedSecret, SigningSecret, Subscribers, Unreadable,
-    UnreadableReason, Webhook, WebhookPatch, WebhookSummary, MAX_PREVIOUS_SECRETS,
+    DeliveryTarget, ManualBudget, NewWebhook, RotatedSecret, SigningSecret, Subscribers,
+    Unreadable, UnreadableReason, Webhook, WebhookPatch, WebhookSummary, MAX_PREVIOUS_SECRETS,
 };
 pub use workspaces::{ApiKey, ApiKeyInfo, CreatedWorkspace, Erasure, Upserted, Workspace};
 

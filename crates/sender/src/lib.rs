@@ -27,7 +27,7 @@ use qr3_broker::{
     Backoff, DeliveryJob, Fatal, InvalidJob, Outgoing, Publisher, Settlement, Topology, Trigger,
 };
 use qr3_config::Settings;
-use qr3_domain::{DeliveryId, TargetPolicy, Timestamp, WebhookUrl};
+use qr3_domain::{DeliveryId, TargetPolicy, Timestamp};
 use qr3_store::{AttemptDetail, AttemptRecord, AttemptStatus, DeliveryTarget, Store, StoreError};
 use qr3_telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
@@ -537,7 +537,8 @@ impl Sender {
             require_https: false,
             allow_private: inner.settings.delivery.allow_private_targets,
         };
-        if let Err(refused) = WebhookUrl::parse(&target.url, policy) {
+        // Checked again at send time: the policy may be stricter than when it was stored.
+        if let Err(refused) = policy.admits(&target.url) {
             let outcome = HttpOutcome {
                 status: None,
                 elapsed: Duration::ZERO,
@@ -549,7 +550,11 @@ impl Sender {
         let headers = headers::signed(job, id, now, &target.secret, target.signing_secrets(now));
         let outcome = inner
             .http
-            .post(&target.url, &headers, Bytes::copy_from_slice(&job.body))
+            .post(
+                target.url.as_str(),
+                &headers,
+                Bytes::copy_from_slice(&job.body),
+            )
             .await;
         (outcome, headers::logged(&headers))
     }

@@ -55,7 +55,7 @@ pub struct WebhookPatch {
 pub struct DeliveryTarget {
     pub id: WebhookId,
     pub workspace_id: WorkspaceId,
-    pub url: String,
+    pub url: WebhookUrl,
     /// The current (newest) secret: it signs `X-QR3-Signature`.
     pub secret: WebhookSecret,
     /// Every secret that signs `webhook-signature`, newest first: the current one, then
@@ -425,7 +425,7 @@ impl Store {
         Ok(Some(DeliveryTarget {
             id: id.clone(),
             workspace_id: WorkspaceId::parse(row.get(0)).map_err(corrupt)?,
-            url: row.get(1),
+            url: WebhookUrl::from_trusted(row.get(1)).map_err(corrupt)?,
             secret,
             secrets,
             is_active: row.get(3),

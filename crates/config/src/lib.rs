@@ -604,7 +604,11 @@ mod tests {
     fn an_old_file_with_rate_limit_share_still_loads() {
         let path =
             std::env::temp_dir().join(format!("qr3-config-share-{}.toml", std::process::id()));
-        std::fs::write(&path, "[delivery]\nrate_limit_share = 4\n").unwrap();
+        std::fs::write(
+            &path,
+            "[delivery]\nrate_limit_share = 4\n[secrets]\nallow_insecure_dev_key = true\n",
+        )
+        .unwrap();
         let loaded = Settings::load(Some(&path));
         std::fs::remove_file(&path).unwrap();
         let settings = loaded.expect("a deprecated key is accepted");

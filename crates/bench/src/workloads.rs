@@ -182,6 +182,28 @@ pub async fn run_all(
     let w4 = with_sender_counts(w4, &procs, counts).await;
     *receiver.log.hang.lock().expect("lock") = None;
 
+    // W7: one webhook answering in W7_LATENCY_MS, against its bound (each sender's
+    // in-flight cap ÷ the latency).
+    settle(&pids).await;
+    set_phase(&sampler, "W7");
+    let w7_bound_per_s =
+        (in_flight_cap(&args.settings) * args.senders) as f64 * 1000.0 / W7_LATENCY_MS as f64;
+    println!(
+        "W7: {} events to 1 webhook answering in {W7_LATENCY_MS} ms (bound {w7_bound_per_s:.0}/s)…",
+        sizes.w7_events
+    );
+    receiver
+        .log
+        .delay_ms
+        .store(W7_LATENCY_MS, std::sync::atomic::Ordering::Relaxed);
+    let counts = sender_counts(&procs).await;
+    let w7 = throughput(rig, &ws1, "w7", sizes.w7_events, |i| i == 0, 1).await?;
+    let w7 = with_sender_counts(w7, &procs, counts).await;
+    receiver
+        .log
+        .delay_ms
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+
     // W5: memory with 1,000 deliveries in flight.
     set_phase(&sampler, "W5");
     println!("W5: 1,000 deliveries in flight…");
@@ -232,9 +254,30 @@ pub async fn run_all(
         w2,
         w3,
         w4,
+        w7,
+        w7_bound_per_s,
         memory,
         signatures_checked,
     })
+}
+
+/// W7's receiver latency.
+const W7_LATENCY_MS: u64 = 100;
+
+/// `delivery.max_in_flight_per_webhook` as this run sets it (`--set`), else the default.
+fn in_flight_cap(settings: &[(String, String)]) -> usize {
+    settings
+        .iter()
+        .find(|(key, _)| {
+            key.to_ascii_lowercase()
+                .ends_with("max_in_flight_per_webhook")
+        })
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(
+            qr3_config::Settings::defaults()
+                .delivery
+                .max_in_flight_per_webhook,
+        )
 }
 
 fn set_phase(sampler: &Sampler, phase: &str) {

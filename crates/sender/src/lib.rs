@@ -670,3 +670,58 @@ struct Origin {
     /// The broker delivered the message before.
     redelivered: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qr3_domain::{EventId, EventType, WebhookId, WorkspaceId};
+
+    fn made(status_code: Option<u16>, response_time_ms: u32) -> Result<Attempted, JobFailure> {
+        Ok(Attempted::Made(Box::new(AttemptRecord {
+            id: DeliveryId::generate(),
+            webhook_id: WebhookId::generate(),
+            workspace_id: WorkspaceId::generate(),
+            event_id: EventId::generate(),
+            event_type: EventType::QrScanned,
+            status: AttemptStatus::Failed,
+            status_code,
+            response_time_ms,
+            attempt: 1,
+            trigger: Trigger::Event,
+            error: None,
+            created_at: Timestamp::now(),
+            detail: None,
+        })))
+    }
+
+    #[test]
+    fn only_an_attempt_without_a_response_for_the_whole_timeout_is_a_timeout() {
+        let timeout = Duration::from_millis(1000);
+        assert_eq!(
+            breaker_outcome(&made(None, 1000), timeout),
+            Outcome::TimedOut
+        );
+        assert_eq!(
+            breaker_outcome(&made(None, 3), timeout),
+            Outcome::Answered,
+            "a refused connection is an answer: it holds no slot"
+        );
+        assert_eq!(
+            breaker_outcome(&made(Some(500), 1200), timeout),
+            Outcome::Answered,
+            "a 500 is the receiver answering"
+        );
+        assert_eq!(
+            breaker_outcome(&Ok(Attempted::Skipped("webhook_deleted")), timeout),
+            Outcome::NotSent
+        );
+        assert_eq!(
+            breaker_outcome(&Ok(Attempted::Parked), timeout),
+            Outcome::NotSent
+        );
+        assert_eq!(
+            breaker_outcome(&Err(JobFailure::Stopping), timeout),
+            Outcome::NotSent
+        );
+    }
+}

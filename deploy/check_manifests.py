@@ -381,10 +381,17 @@ def split_image(ref: str) -> tuple[str, str]:
     return (f"{head}/{name}" if head else name), tag
 
 
-def pod_spec(doc: Doc) -> dict | None:
+def pod_template(doc: Doc) -> dict | None:
     if doc.kind in ("Deployment", "Job", "StatefulSet", "DaemonSet"):
-        return doc.body.get("spec", {}).get("template", {}).get("spec", {})
+        return doc.body.get("spec", {}).get("template", {})
+    if doc.kind == "CronJob":
+        return doc.body.get("spec", {}).get("jobTemplate", {}).get("spec", {}).get("template", {})
     return None
+
+
+def pod_spec(doc: Doc) -> dict | None:
+    template = pod_template(doc)
+    return None if template is None else template.get("spec", {})
 
 
 def containers(doc: Doc) -> list[dict]:
@@ -393,7 +400,7 @@ def containers(doc: Doc) -> list[dict]:
 
 
 def pod_labels(doc: Doc) -> dict:
-    return doc.body.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
+    return (pod_template(doc) or {}).get("metadata", {}).get("labels", {})
 
 
 def selects(selector: dict, labels: dict) -> bool:
@@ -521,6 +528,8 @@ def check_workload(doc: Doc, docs: list[Doc], config_map: dict[str, str], kust_i
     component = pod_labels(doc).get("app.kubernetes.io/component")
     if doc.kind == "Deployment":
         assert args[0] == component, f"Deployment of component {component} runs {args[0]!r}"
+    elif doc.kind == "CronJob":
+        assert args[0] == "maintain", f"CronJob runs {args[0]!r}"
     else:
         assert args[0] == "migrate", f"Job runs {args[0]!r}"
     sc = c.get("securityContext", {})
@@ -547,7 +556,7 @@ def check_workload(doc: Doc, docs: list[Doc], config_map: dict[str, str], kust_i
         f"envFrom ConfigMaps {cms} not all defined"
     assert not any("secretRef" in ref for ref in c.get("envFrom", [])), \
         "take secrets key by key (env.valueFrom), not with envFrom"
-    if doc.kind == "Job":
+    if doc.kind in ("Job", "CronJob"):
         assert spec.get("restartPolicy") in ("Never", "OnFailure"), "a Job needs restartPolicy Never/OnFailure"
         return
     # Probes on the port the role really listens on.
@@ -636,6 +645,8 @@ def check_set(label: str, docs: list[Doc], kust_images: set[str]) -> None:
             f"found {sorted(deployments)}")
     R.check(any(d.kind == "Job" and containers(d) and (containers(d)[0].get("args") or [""])[0] == "migrate"
                 for d in docs), f"[{label}] a Job runs migrate")
+    R.check(any(d.kind == "CronJob" and containers(d) and (containers(d)[0].get("args") or [""])[0] == "maintain"
+                for d in docs), f"[{label}] a CronJob runs maintain (partitions, retention)")
     R.check(any(d.kind == "HorizontalPodAutoscaler" and d.body["spec"]["scaleTargetRef"]["name"]
                 == getattr(deployments.get("api"), "name", None) for d in docs),
             f"[{label}] the API has a HorizontalPodAutoscaler")

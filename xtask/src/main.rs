@@ -8,11 +8,13 @@
 //! - `chaos`: the fault-injection suite, then `cluster` (`--quick` runs in `test`).
 //! - `cluster`: a three-node RabbitMQ cluster on this machine loses the workers' node.
 //! - `bench`: the end-to-end benchmark against ceilings measured in the same run.
+//! - `tidy`: the docs cannot drift from the code (code map, configuration keys, metrics).
 
 mod demo;
 mod fuzz;
 mod load;
 mod sandbox;
+mod tidy;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -98,6 +100,8 @@ enum Task {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         settings: Vec<String>,
     },
+    /// Check that the docs name only modules, configuration keys and metrics that exist.
+    Tidy,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -128,6 +132,7 @@ fn main() -> anyhow::Result<()> {
             docs,
             settings,
         } => bench(&root(), quick, senders, ingests, docs, &settings),
+        Task::Tidy => tidy::tidy(&root()),
     }
 }
 
@@ -154,6 +159,7 @@ fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
 fn test(root: &Path) -> anyhow::Result<()> {
     install_test_receivers(root)?;
     install_test_browser(root)?;
+    tidy::tidy(root)?;
     cargo(root, &["fmt", "--all", "--", "--check"])?;
     cargo(
         root,

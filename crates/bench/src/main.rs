@@ -104,6 +104,8 @@ fn parse_setting(text: &str) -> Result<(String, String), String> {
 pub struct Sizes {
     pub w1_events: usize,
     pub w2_events: usize,
+    /// W7: events to one webhook answering in `W7_LATENCY_MS`.
+    pub w7_events: usize,
     pub w3_seconds: u64,
     pub w3_rate: usize,
     pub ceiling_messages: usize,
@@ -238,6 +240,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         Sizes {
             w1_events: 5_000,
             w2_events: 1_000,
+            w7_events: 2_000,
             w3_seconds: 5,
             w3_rate: 500,
             ceiling_messages: 10_000,
@@ -246,6 +249,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         Sizes {
             w1_events: 20_000,
             w2_events: 5_000,
+            w7_events: 6_000,
             w3_seconds: 20,
             w3_rate: 500,
             ceiling_messages: 40_000,

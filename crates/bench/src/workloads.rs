@@ -126,6 +126,12 @@ pub async fn run_all(
     let connection = qr3_broker::connect(&args.common.amqp, "qr3-bench-publisher").await?;
     let publisher = Publisher::open(&connection).await?;
     let exchange = format!("{prefix}.events");
+    let rig = Rig {
+        pids: &pids,
+        receiver: &receiver,
+        publisher: &publisher,
+        exchange: &exchange,
+    };
 
     // W1: one webhook, as fast as possible, from a quiet machine (the ceilings leave
     // RabbitMQ and Postgres with housekeeping to do).
@@ -134,18 +140,7 @@ pub async fn run_all(
     println!("W1: {} events to 1 webhook…", sizes.w1_events);
     let counts = sender_counts(&procs).await;
     let probe = crate::cost::Probe::start(db_url, &pids).await?;
-    let w1 = throughput(
-        &pids,
-        &receiver,
-        &publisher,
-        &exchange,
-        &ws1,
-        "w1",
-        sizes.w1_events,
-        |i| (0..1).contains(&i),
-        1,
-    )
-    .await?;
+    let w1 = throughput(rig, &ws1, "w1", sizes.w1_events, |i| (0..1).contains(&i), 1).await?;
     let w1 = with_sender_counts(w1, &procs, counts).await;
     let mut costs = vec![probe.finish("W1", w1.delivered).await?];
 
@@ -156,10 +151,7 @@ pub async fn run_all(
     let counts = sender_counts(&procs).await;
     let probe = crate::cost::Probe::start(db_url, &pids).await?;
     let w2 = throughput(
-        &pids,
-        &receiver,
-        &publisher,
-        &exchange,
+        rig,
         &ws2,
         "w2",
         sizes.w2_events,
@@ -184,10 +176,7 @@ pub async fn run_all(
     let counts = sender_counts(&procs).await;
     let probe = crate::cost::Probe::start(db_url, &pids).await?;
     let w4 = throughput(
-        &pids,
-        &receiver,
-        &publisher,
-        &exchange,
+        rig,
         &ws3,
         "w4",
         sizes.w2_events,
@@ -198,6 +187,28 @@ pub async fn run_all(
     let w4 = with_sender_counts(w4, &procs, counts).await;
     costs.push(probe.finish("W4", w4.delivered).await?);
     *receiver.log.hang.lock().expect("lock") = None;
+
+    // W7: one webhook answering in W7_LATENCY_MS, against its bound (each sender's
+    // in-flight cap ÷ the latency).
+    settle(&pids).await;
+    set_phase(&sampler, "W7");
+    let w7_bound_per_s =
+        (in_flight_cap(&args.settings) * args.senders) as f64 * 1000.0 / W7_LATENCY_MS as f64;
+    println!(
+        "W7: {} events to 1 webhook answering in {W7_LATENCY_MS} ms (bound {w7_bound_per_s:.0}/s)…",
+        sizes.w7_events
+    );
+    receiver
+        .log
+        .delay_ms
+        .store(W7_LATENCY_MS, std::sync::atomic::Ordering::Relaxed);
+    let counts = sender_counts(&procs).await;
+    let w7 = throughput(rig, &ws1, "w7", sizes.w7_events, |i| i == 0, 1).await?;
+    let w7 = with_sender_counts(w7, &procs, counts).await;
+    receiver
+        .log
+        .delay_ms
+        .store(0, std::sync::atomic::Ordering::Relaxed);
 
     // W5: memory with 1,000 deliveries in flight.
     set_phase(&sampler, "W5");
@@ -249,10 +260,31 @@ pub async fn run_all(
         w2,
         w3,
         w4,
+        w7,
+        w7_bound_per_s,
         memory,
         signatures_checked,
         costs,
     })
+}
+
+/// W7's receiver latency.
+const W7_LATENCY_MS: u64 = 100;
+
+/// `delivery.max_in_flight_per_webhook` as this run sets it (`--set`), else the default.
+fn in_flight_cap(settings: &[(String, String)]) -> usize {
+    settings
+        .iter()
+        .find(|(key, _)| {
+            key.to_ascii_lowercase()
+                .ends_with("max_in_flight_per_webhook")
+        })
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(
+            qr3_config::Settings::defaults()
+                .delivery
+                .max_in_flight_per_webhook,
+        )
 }
 
 fn set_phase(sampler: &Sampler, phase: &str) {
@@ -360,18 +392,30 @@ async fn settle(pids: &[(String, u32)]) {
 
 /// Publishes `events` as fast as the broker confirms them and waits for the deliveries
 /// to the receivers `counted` selects (`per_event` of them per event).
-#[allow(clippy::too_many_arguments)]
+/// What every throughput workload drives: the processes it measures, the receiver, the
+/// publisher and the events exchange.
+#[derive(Clone, Copy)]
+struct Rig<'a> {
+    pids: &'a [(String, u32)],
+    receiver: &'a Receiver,
+    publisher: &'a Publisher,
+    exchange: &'a str,
+}
+
 async fn throughput(
-    pids: &[(String, u32)],
-    receiver: &Receiver,
-    publisher: &Publisher,
-    exchange: &str,
+    rig: Rig<'_>,
     ws: &Workspace,
     tag: &str,
     events: usize,
     counted: impl Fn(usize) -> bool,
     per_event: usize,
 ) -> anyhow::Result<Throughput> {
+    let Rig {
+        pids,
+        receiver,
+        publisher,
+        exchange,
+    } = rig;
     let start_index = receiver.log.count();
     let expected = events * per_event;
     let messages: Vec<Outgoing> = (0..events)

@@ -27,31 +27,7 @@ const JOBS: &str = "x-qr3-jobs";
 const PAYLOAD: &str = "x-qr3-payload";
 const PAYLOAD_LENGTHS: &str = "x-qr3-payload-lengths";
 
-/// Why a job was sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// Fan-out of a published event, and its automatic retries.
-    Event,
-    /// `POST /v1/webhooks/:id/ping`.
-    Ping,
-    /// A manual retry or recovery through the API: one attempt, never retried.
-    Manual,
-    /// A forced resend through the API (`{"force": true}` on a retry) of an event the
-    /// webhook already received: made even though the event was delivered, otherwise
-    /// like `Manual` (one attempt, never retried, logged with trigger `manual`).
-    Resend,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Event => "event",
-            Trigger::Ping => "ping",
-            Trigger::Manual => "manual",
-            Trigger::Resend => "resend",
-        }
-    }
-}
+pub use qr3_domain::Trigger;
 
 #[derive(Debug, Clone)]
 pub struct DeliveryJob {
@@ -147,13 +123,9 @@ impl DeliveryJob {
         let created_ms = int_header(headers, CREATED)?;
         let created = chrono::DateTime::from_timestamp_millis(created_ms)
             .ok_or_else(|| invalid("event created out of range"))?;
-        let trigger = match text_header(headers, TRIGGER)?.as_str() {
-            "event" => Trigger::Event,
-            "ping" => Trigger::Ping,
-            "manual" => Trigger::Manual,
-            "resend" => Trigger::Resend,
-            other => return Err(InvalidJob(format!("unknown trigger {other}"))),
-        };
+        let trigger = text_header(headers, TRIGGER)?;
+        let trigger = Trigger::parse(&trigger)
+            .ok_or_else(|| InvalidJob(format!("unknown trigger {trigger}")))?;
         let attempt = u16::try_from(int_header(headers, ATTEMPT)?).map_err(invalid)?;
         if attempt == 0 {
             return Err(invalid("attempt must start at 1"));

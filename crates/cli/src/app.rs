@@ -221,6 +221,7 @@ pub async fn launch(settings: Settings, roles: Roles) -> anyhow::Result<Running>
     };
     let workers = {
         let shutdown = shutdown.clone();
+        let (store, settings) = (store.clone(), settings.clone());
         async move {
             if !dependencies.wait(&shutdown).await {
                 return None;
@@ -231,6 +232,12 @@ pub async fn launch(settings: Settings, roles: Roles) -> anyhow::Result<Running>
             }
             if let Some(sender) = sender {
                 workers.push(("sender", Box::pin(sender.run(shutdown.clone()))));
+            }
+            if roles == Roles::ALL {
+                // No other process does it when everything runs in one.
+                let maintain =
+                    crate::maintain::every(store.pool().clone(), settings, shutdown.clone());
+                workers.push(("maintain", Box::pin(maintain)));
             }
             Some(workers)
         }

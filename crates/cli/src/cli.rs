@@ -34,8 +34,15 @@ pub enum Command {
     Ingest,
     /// Run the sender worker (delivery jobs → signed HTTP POSTs).
     Sender,
-    /// Run api, ingest and sender in one process (local use).
+    /// Run api, ingest and sender in one process (local use), with database maintenance.
     All,
+    /// Database maintenance (partitions, retention) once, then exit: run it hourly.
+    Maintain {
+        /// Run it every retention.maintain_every_ms until stopped, where nothing
+        /// schedules it.
+        #[arg(long)]
+        repeat: bool,
+    },
     /// Manage workspaces (as `/admin/v1/workspaces` does).
     Workspace {
         #[command(subcommand)]
@@ -127,6 +134,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Ingest => app::serve_until_signal(settings, Roles::INGEST).await,
         Command::Sender => app::serve_until_signal(settings, Roles::SENDER).await,
         Command::All => app::serve_until_signal(settings, Roles::ALL).await,
+        Command::Maintain { repeat: false } => crate::maintain::maintain(&settings).await,
+        Command::Maintain { repeat: true } => crate::maintain::repeat(&settings).await,
         Command::Workspace { command } => {
             let printed = match command {
                 WorkspaceCommand::Create { name, id } => {

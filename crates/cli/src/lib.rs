@@ -8,6 +8,7 @@
 pub mod app;
 pub mod cli;
 pub mod dead_letters;
+pub mod maintain;
 pub mod operator;
 pub mod publish;
 mod series;

@@ -340,13 +340,28 @@ pub struct DeliverySettings {
     pub log_batch_size: usize,
     pub log_flush_ms: u64,
     pub response_body_bytes: usize,
-    pub rate_limit_share: u32,
+    /// Deprecated and ignored: `max_per_second` now holds across every sender through
+    /// Postgres. Still accepted so that old configuration files load.
+    #[serde(default)]
+    pub rate_limit_share: Option<u32>,
     pub job_failure_limit: u32,
+    pub admission_wait_ms: u64,
+    pub breaker_timeouts: u32,
 }
 
 impl DeliverySettings {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The longest a job waits in memory for its webhook's in-flight slot.
+    pub fn admission_wait(&self) -> Duration {
+        Duration::from_millis(self.admission_wait_ms)
+    }
+
+    /// The first wait of a parked job (`defer_ms`).
+    pub fn defer(&self) -> Duration {
+        Duration::from_millis(self.defer_ms)
     }
 
     /// Attempts a delivery gets at most: the first, plus one per retry delay.
@@ -405,6 +420,7 @@ fn delays<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> 
 #[serde(deny_unknown_fields)]
 pub struct RetentionSettings {
     pub delivery_log_days: u32,
+    pub maintain_every_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -572,8 +588,13 @@ impl Settings {
         if self.delivery.job_failure_limit == 0 {
             return invalid("delivery.job_failure_limit must be at least 1");
         }
-        if self.delivery.rate_limit_share == 0 {
-            return invalid("delivery.rate_limit_share must be at least 1");
+        if self.retention.maintain_every_ms == 0 {
+            return invalid("retention.maintain_every_ms must be positive");
+        }
+        if self.delivery.admission_wait_ms == 0 || self.delivery.breaker_timeouts == 0 {
+            return invalid(
+                "delivery.admission_wait_ms and delivery.breaker_timeouts must be positive",
+            );
         }
         if self.api.recover_max_events == 0 || self.api.recover_max_events > 100_000 {
             return invalid("api.recover_max_events must be between 1 and 100000");
@@ -738,6 +759,26 @@ mod tests {
         assert_eq!(s.delivery.delay_before(4), None);
         assert_eq!(s.secrets.rotation_grace(), Duration::from_secs(24 * 3600));
         assert_eq!(s.database.migrate_on_start, MigrateOnStart::Auto);
+    }
+
+    #[test]
+    fn an_old_file_with_rate_limit_share_still_loads() {
+        let path =
+            std::env::temp_dir().join(format!("qr3-config-share-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[delivery]\nrate_limit_share = 4\n[secrets]\nallow_insecure_dev_key = true\n",
+        )
+        .unwrap();
+        let loaded = Settings::load(Some(&path));
+        std::fs::remove_file(&path).unwrap();
+        let settings = loaded.expect("a deprecated key is accepted");
+        assert_eq!(settings.delivery.rate_limit_share, Some(4));
+        assert_eq!(
+            settings.delivery.admission_wait(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(settings.delivery.breaker_timeouts, 3);
     }
 
     #[test]

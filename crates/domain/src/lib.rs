@@ -14,6 +14,7 @@ pub mod secret;
 pub mod signature;
 pub mod target;
 pub mod time;
+pub mod trigger;
 pub mod workspace;
 
 pub use event::{EventFilter, EventType, Subscriptions};
@@ -22,4 +23,5 @@ pub use payload::Payload;
 pub use secret::WebhookSecret;
 pub use target::{TargetPolicy, WebhookUrl};
 pub use time::Timestamp;
+pub use trigger::Trigger;
 pub use workspace::{InvalidWorkspaceName, WorkspaceName};

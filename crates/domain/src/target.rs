@@ -19,6 +19,30 @@ pub struct TargetPolicy {
     pub allow_private: bool,
 }
 
+impl TargetPolicy {
+    /// Whether this policy lets a webhook target `url`: its scheme (`https`, or `http`
+    /// unless HTTPS is required), no credentials, a host, and not an internal one
+    /// unless private targets are allowed. `WebhookUrl::parse` checks it on input; the
+    /// sender again at send time, on the URL read back from storage.
+    pub fn admits(&self, url: &WebhookUrl) -> Result<(), InvalidUrl> {
+        let url = &url.0;
+        match url.scheme() {
+            "https" => {}
+            "http" if !self.require_https => {}
+            "http" => return Err(InvalidUrl::HttpsRequired),
+            _ => return Err(InvalidUrl::Scheme),
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(InvalidUrl::Credentials);
+        }
+        let host = url.host().ok_or(InvalidUrl::NoHost)?;
+        if !self.allow_private && is_forbidden_host(&host) {
+            return Err(InvalidUrl::PrivateTarget);
+        }
+        Ok(())
+    }
+}
+
 impl Default for TargetPolicy {
     fn default() -> Self {
         Self {
@@ -58,21 +82,9 @@ impl WebhookUrl {
         if s.len() > Self::MAX_LEN {
             return Err(InvalidUrl::TooLong { max: Self::MAX_LEN });
         }
-        let url = Url::parse(s).map_err(|e| InvalidUrl::Malformed(e.to_string()))?;
-        match url.scheme() {
-            "https" => {}
-            "http" if !policy.require_https => {}
-            "http" => return Err(InvalidUrl::HttpsRequired),
-            _ => return Err(InvalidUrl::Scheme),
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(InvalidUrl::Credentials);
-        }
-        let host = url.host().ok_or(InvalidUrl::NoHost)?;
-        if !policy.allow_private && is_forbidden_host(&host) {
-            return Err(InvalidUrl::PrivateTarget);
-        }
-        Ok(Self(url))
+        let url = Self(Url::parse(s).map_err(|e| InvalidUrl::Malformed(e.to_string()))?);
+        policy.admits(&url)?;
+        Ok(url)
     }
 
     /// Re-validates a URL read back from storage; storage only holds parsed URLs.

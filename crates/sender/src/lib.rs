@@ -4,11 +4,13 @@
 
 #![forbid(unsafe_code)]
 
-mod fairness;
+mod admission;
+mod headers;
 mod hold;
 pub mod http;
 mod parking;
 mod parts;
+mod skip;
 mod targets;
 mod writer;
 
@@ -18,7 +20,6 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use hyper::header::{HeaderName, HeaderValue};
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
@@ -26,12 +27,14 @@ use qr3_broker::{
     Backoff, DeliveryJob, Fatal, InvalidJob, Outgoing, Publisher, Settlement, Topology, Trigger,
 };
 use qr3_config::Settings;
-use qr3_domain::{signature, DeliveryId, TargetPolicy, Timestamp, WebhookUrl};
-use qr3_store::{AttemptDetail, AttemptRecord, AttemptStatus, AttemptTrigger, Store, StoreError};
+use qr3_domain::{DeliveryId, TargetPolicy, Timestamp};
+use qr3_store::{AttemptDetail, AttemptRecord, AttemptStatus, DeliveryTarget, Store, StoreError};
 use qr3_telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use admission::breaker::Outcome;
+use admission::{Admission, Admitted};
 use hold::Hold;
 pub use http::{HttpClient, HttpOutcome};
 use parts::Part;
@@ -50,8 +53,8 @@ struct Inner {
     metrics: Metrics,
     targets: TargetCache,
     http: HttpClient,
-    limiter: fairness::InFlightLimiter,
-    rate: fairness::RateLimiter,
+    admission: Admission,
+    rate: admission::gcra::RateLimiter,
 }
 
 /// What became of one job before logging.
@@ -67,23 +70,22 @@ pub enum Attempted {
     Parked,
 }
 
-static EVENT_ID: HeaderName = HeaderName::from_static("x-qr3-event-id");
-static EVENT_TYPE: HeaderName = HeaderName::from_static("x-qr3-event-type");
-static DELIVERY_ID: HeaderName = HeaderName::from_static("x-qr3-delivery-id");
-static ATTEMPT: HeaderName = HeaderName::from_static("x-qr3-delivery-attempt");
-static TIMESTAMP: HeaderName = HeaderName::from_static("x-qr3-timestamp");
-static SIGNATURE: HeaderName = HeaderName::from_static("x-qr3-signature");
-// Standard Webhooks (https://www.standardwebhooks.com): `webhook-id` is the event id, the
-// same on every attempt and duplicate; `webhook-timestamp` is this attempt's Unix
-// seconds; `webhook-signature` has one `v1,<base64>` per valid secret, newest first.
-static WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
-static WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
-static WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
-
 impl Sender {
     pub fn new(store: Store, settings: Settings, metrics: Metrics) -> anyhow::Result<Self> {
         let topology = Topology::from_settings(&settings);
-        let settings_cap = settings.delivery.max_in_flight_per_webhook;
+        let delivery = &settings.delivery;
+        if delivery.rate_limit_share.is_some() {
+            tracing::warn!("delivery.rate_limit_share is deprecated and ignored: max_per_second holds across every sender");
+        }
+        let admission = Admission::new(admission::Limits {
+            cap: delivery.max_in_flight_per_webhook,
+            wait: delivery.admission_wait(),
+            rules: admission::breaker::Rules {
+                trips: delivery.breaker_timeouts,
+                backoff: delivery.defer(),
+                last_step: qr3_broker::topology::DEFER_STEPS - 1,
+            },
+        });
         let targets = TargetCache::new(Duration::from_millis(settings.delivery.webhook_cache_ms));
         let http = HttpClient::new(
             settings.delivery.timeout(),
@@ -98,12 +100,8 @@ impl Sender {
                 metrics,
                 targets,
                 http,
-                limiter: fairness::InFlightLimiter::new(
-                    settings_cap,
-                    fairness::SLOT_PATIENCE,
-                    fairness::FIRST_SLOT_WINDOW,
-                ),
-                rate: fairness::RateLimiter::default(),
+                admission,
+                rate: admission::gcra::RateLimiter::default(),
             }),
         })
     }
@@ -114,11 +112,6 @@ impl Sender {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let inner = &self.inner;
         let url = inner.settings.amqp.url.expose().clone();
-        let maintenance = tokio::spawn(retention_loop(
-            inner.store.clone(),
-            inner.settings.retention.delivery_log_days,
-            shutdown.clone(),
-        ));
         let metrics = &inner.metrics;
         qr3_broker::dead_letters::watch_depth(
             &inner.settings,
@@ -142,7 +135,6 @@ impl Sender {
             },
         )
         .await;
-        maintenance.abort();
         ended
     }
 
@@ -319,8 +311,10 @@ impl Sender {
         }
     }
 
-    /// Every path through here settles the job's part exactly once (ack, or requeue):
-    /// an unsettled job would hold back the acknowledgement of every later one.
+    /// One job, in one direction: admission (breaker, bulkhead), then the attempt, then
+    /// its outcome (logged, parked or failed). Every path through here settles the
+    /// job's part exactly once (ack, or requeue): an unsettled job would hold back the
+    /// acknowledgement of every later one.
     async fn handle(
         &self,
         job: DeliveryJob,
@@ -330,37 +324,34 @@ impl Sender {
         parking: &parking::Handle,
         shutdown: &CancellationToken,
     ) {
-        // Fair sharing: a webhook already at its cap does not get another slot; unless it
-        // frees one soon, its job waits in a defer queue so the slot goes to another
-        // webhook.
-        let Some(permit) = self.inner.limiter.acquire(&job.webhook_id).await else {
-            // Parked jobs of a webhook still at its cap wait longer each time (up to
-            // eight times delivery.defer_ms), and a job of a webhook stuck for a while
-            // waits about as long again from its first parking, so a receiver that
-            // stays stuck does not have its whole backlog cycle through the broker
-            // every defer_ms.
-            let stuck = self.inner.limiter.stuck_for(&job.webhook_id);
-            let deferrals = origin.deferrals.max(stuck_level(
-                stuck,
-                Duration::from_millis(self.inner.settings.delivery.defer_ms),
-            ));
-            parking
-                .park(parking::Parked {
+        let inner = &self.inner;
+        // 1. Admission: a slot of the webhook's bulkhead, or the defer queue the breaker
+        // (or a wait that ran out) says.
+        let permit = match inner.admission.admit(&job.webhook_id).await {
+            Admitted::Slot(permit) => permit,
+            Admitted::Park(step) => {
+                let parked = parking::Parked {
                     job,
                     part,
-                    deferrals,
+                    deferrals: step,
                     failures: origin.failures,
-                })
-                .await;
-            return;
+                };
+                return parking.park(parked).await;
+            }
         };
-        // A job back from a defer queue may have a twin: its bundle was requeued after
-        // it was parked. Like a redelivered one, it is checked against the log first.
+        // 2. The attempt. A job back from a defer queue may have a twin (its bundle was
+        // requeued after it was parked): like a redelivered one, it is checked against
+        // the log first.
         let recheck = origin.redelivered || origin.deferrals > 0 || origin.failures > 0;
         let attempted = self.attempt_holding(&job, recheck, shutdown).await;
-        drop(permit);
+        permit.finish(breaker_outcome(
+            &attempted,
+            inner.settings.delivery.timeout(),
+        ));
+        // 3. The outcome.
         match attempted {
-            // The rate limit knows when the next slot is: no longer wait than that.
+            // The rate limit had no slot within delivery.defer_ms: it knows the next
+            // one is near, so the shortest wait.
             Ok(Attempted::Parked) => {
                 parking
                     .park(parking::Parked {
@@ -455,134 +446,134 @@ impl Sender {
         packer.into_messages(&queue)
     }
 
-    /// One step: makes (or skips) one attempt of `job`. Logging, retrying and
+    /// Makes (or skips, or parks) one attempt of `job`, in steps: the target and the
+    /// skip rule, the rate limit, the request, the log row. Logging, retrying and
     /// acknowledging are the writer's job. `recheck`: the job may have been delivered
     /// already (the broker handed it out before, a sender having stopped or a bundle
     /// having been requeued after some of its jobs were delivered; or it was parked and
     /// may have a twin), so the log is checked first.
     pub async fn attempt(&self, job: &DeliveryJob, recheck: bool) -> Result<Attempted, StoreError> {
-        let inner = &self.inner;
-        let Some(target) = inner.targets.get(&inner.store, &job.webhook_id).await? else {
-            inner
-                .metrics
-                .deliveries_skipped_total
-                .with_label_values(&["webhook_deleted"])
-                .inc();
-            tracing::info!(webhook_id = %job.webhook_id, event_id = %job.event_id, "webhook deleted; delivery skipped");
-            return Ok(Attempted::Skipped("webhook_deleted"));
+        let target = match self.target(job, recheck).await? {
+            Ok(target) => target,
+            Err(skip) => {
+                self.inner
+                    .metrics
+                    .deliveries_skipped_total
+                    .with_label_values(&[skip.label()])
+                    .inc();
+                tracing::info!(webhook_id = %job.webhook_id, event_id = %job.event_id, reason = skip.label(), "delivery skipped");
+                return Ok(Attempted::Skipped(skip.label()));
+            }
         };
-        if !target.is_active && job.trigger != Trigger::Ping {
-            inner
-                .metrics
-                .deliveries_skipped_total
-                .with_label_values(&["webhook_disabled"])
-                .inc();
-            tracing::info!(webhook_id = %job.webhook_id, event_id = %job.event_id, "webhook disabled; delivery skipped");
-            return Ok(Attempted::Skipped("webhook_disabled"));
+        if !self.pace(job, &target).await? {
+            return Ok(Attempted::Parked);
         }
-        // A retry or a manual attempt of an event the webhook already got (a manual
-        // retry raced an automatic one, or a recovery was asked twice), or a job that
-        // may have been delivered before (`recheck`), is not sent again.
-        let repeat = match job.trigger {
-            Trigger::Event => job.attempt > 1 || recheck,
-            Trigger::Manual => true,
-            // Asked for although the event was delivered: always made.
-            Trigger::Resend | Trigger::Ping => false,
-        };
-        if repeat
+        let id = DeliveryId::generate();
+        let now = Timestamp::now();
+        let (outcome, sent) = self.send(job, &target, &id, now).await;
+        Ok(Attempted::Made(Box::new(
+            self.record(job, &target, id, now, outcome, sent),
+        )))
+    }
+
+    /// The webhook's delivery target, or why the job gets no attempt (`skip.rs`).
+    async fn target(
+        &self,
+        job: &DeliveryJob,
+        recheck: bool,
+    ) -> Result<Result<Arc<DeliveryTarget>, skip::Skip>, StoreError> {
+        let inner = &self.inner;
+        let target = inner.targets.get(&inner.store, &job.webhook_id).await?;
+        let (exists, is_active) = target
+            .as_ref()
+            .map_or((false, false), |t| (true, t.is_active));
+        if let Some(skip) = skip::by_webhook(exists, is_active, job.trigger) {
+            return Ok(Err(skip));
+        }
+        if skip::needs_log_check(job, recheck)
             && inner
                 .store
                 .event_delivered(&job.webhook_id, &job.event_id)
                 .await?
         {
-            inner
-                .metrics
-                .deliveries_skipped_total
-                .with_label_values(&["already_delivered"])
-                .inc();
-            tracing::info!(webhook_id = %job.webhook_id, event_id = %job.event_id, "event already delivered; attempt skipped");
-            return Ok(Attempted::Skipped("already_delivered"));
+            return Ok(Err(skip::Skip::AlreadyDelivered));
         }
-        if let (Some(rate), false) = (target.max_per_second, job.trigger == Trigger::Ping) {
-            // Wait for the webhook's next slot when it is near; otherwise park the job
-            // (keeping neither a slot nor a sender task busy for long).
-            let share = f64::from(inner.settings.delivery.rate_limit_share);
-            let max_wait = Duration::from_millis(inner.settings.delivery.defer_ms);
-            match inner.rate.reserve(
-                &job.webhook_id,
-                f64::from(rate) / share,
-                max_wait,
-                std::time::Instant::now(),
-            ) {
-                fairness::Reservation::Wait(wait) => {
-                    if !wait.is_zero() {
-                        inner.metrics.deliveries_rate_limited_total.inc();
-                        tokio::time::sleep(wait).await;
-                    }
-                }
-                fairness::Reservation::Busy => {
+        Ok(Ok(target.expect("an existing target")))
+    }
+
+    /// The webhook's `max_per_second` (not for pings): waits for its next slot when it
+    /// is within `delivery.defer_ms`; `false` when there is none that soon (park).
+    async fn pace(&self, job: &DeliveryJob, target: &DeliveryTarget) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        let (Some(rate), false) = (target.max_per_second, job.trigger == Trigger::Ping) else {
+            return Ok(true);
+        };
+        let max_wait = inner.settings.delivery.defer();
+        match inner
+            .rate
+            .reserve(&inner.store, &job.webhook_id, rate, max_wait)
+            .await?
+        {
+            admission::gcra::Reservation::Wait(wait) => {
+                if !wait.is_zero() {
                     inner.metrics.deliveries_rate_limited_total.inc();
-                    return Ok(Attempted::Parked);
+                    tokio::time::sleep(wait).await;
                 }
+                Ok(true)
+            }
+            admission::gcra::Reservation::Busy => {
+                inner.metrics.deliveries_rate_limited_total.inc();
+                Ok(false)
             }
         }
-        let id = DeliveryId::generate();
-        let now = Timestamp::now();
+    }
+
+    /// The signed POST, and the headers it carried as the log keeps them.
+    async fn send(
+        &self,
+        job: &DeliveryJob,
+        target: &DeliveryTarget,
+        id: &DeliveryId,
+        now: Timestamp,
+    ) -> (HttpOutcome, Vec<(String, String)>) {
+        let inner = &self.inner;
         let policy = TargetPolicy {
             require_https: false,
             allow_private: inner.settings.delivery.allow_private_targets,
         };
-        let mut sent_headers = Vec::new();
-        let outcome = match WebhookUrl::parse(&target.url, policy) {
-            Ok(_) => {
-                let headers = [
-                    (EVENT_ID.clone(), header_value(job.event_id.as_str())),
-                    (
-                        EVENT_TYPE.clone(),
-                        HeaderValue::from_static(job.event_type.as_str()),
-                    ),
-                    (DELIVERY_ID.clone(), header_value(id.as_str())),
-                    (ATTEMPT.clone(), HeaderValue::from(job.attempt)),
-                    (TIMESTAMP.clone(), HeaderValue::from(now.unix_seconds())),
-                    (
-                        SIGNATURE.clone(),
-                        header_value(&signature::sign(&target.secret, &job.body)),
-                    ),
-                    (WEBHOOK_ID.clone(), header_value(job.event_id.as_str())),
-                    (
-                        WEBHOOK_TIMESTAMP.clone(),
-                        HeaderValue::from(now.unix_seconds()),
-                    ),
-                    (
-                        WEBHOOK_SIGNATURE.clone(),
-                        header_value(&signature::standard_webhooks::header(
-                            target.signing_secrets(now),
-                            job.event_id.as_str(),
-                            now.unix_seconds(),
-                            &job.body,
-                        )),
-                    ),
-                ];
-                let outcome = inner
-                    .http
-                    .post(&target.url, &headers, Bytes::copy_from_slice(&job.body))
-                    .await;
-                sent_headers.reserve(headers.len() + 2);
-                sent_headers.push(("content-type".to_owned(), "application/json".to_owned()));
-                sent_headers.push(("user-agent".to_owned(), http::USER_AGENT_VALUE.to_owned()));
-                for (name, value) in &headers {
-                    let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-                    sent_headers.push((name.as_str().to_owned(), value));
-                }
-                outcome
-            }
-            Err(refused) => HttpOutcome {
+        // Checked again at send time: the policy may be stricter than when it was stored.
+        if let Err(refused) = policy.admits(&target.url) {
+            let outcome = HttpOutcome {
                 status: None,
                 elapsed: Duration::ZERO,
                 error: Some(refused.to_string()),
                 body: None,
-            },
-        };
+            };
+            return (outcome, Vec::new());
+        }
+        let headers = headers::signed(job, id, now, &target.secret, target.signing_secrets(now));
+        let outcome = inner
+            .http
+            .post(
+                target.url.as_str(),
+                &headers,
+                Bytes::copy_from_slice(&job.body),
+            )
+            .await;
+        (outcome, headers::logged(&headers))
+    }
+
+    /// The attempt's log row, and its metrics.
+    fn record(
+        &self,
+        job: &DeliveryJob,
+        target: &DeliveryTarget,
+        id: DeliveryId,
+        now: Timestamp,
+        outcome: HttpOutcome,
+        sent_headers: Vec<(String, String)>,
+    ) -> AttemptRecord {
+        let inner = &self.inner;
         let status = if outcome.is_success() {
             AttemptStatus::Success
         } else {
@@ -611,7 +602,7 @@ impl Sender {
         }
         tracing::debug!(webhook_id = %job.webhook_id, event_id = %job.event_id, delivery_id = %id, attempt = job.attempt,
             status = status.as_str(), status_code = outcome.status, "delivery attempted");
-        Ok(Attempted::Made(Box::new(AttemptRecord {
+        AttemptRecord {
             id,
             webhook_id: job.webhook_id.clone(),
             workspace_id: target.workspace_id.clone(),
@@ -621,11 +612,7 @@ impl Sender {
             status_code: outcome.status,
             response_time_ms: u32::try_from(outcome.elapsed.as_millis()).unwrap_or(u32::MAX),
             attempt: job.attempt,
-            trigger: match job.trigger {
-                Trigger::Event => AttemptTrigger::Event,
-                Trigger::Ping => AttemptTrigger::Ping,
-                Trigger::Manual | Trigger::Resend => AttemptTrigger::Manual,
-            },
+            trigger: job.trigger.logged(),
             error,
             created_at: now,
             detail: Some(AttemptDetail {
@@ -637,18 +624,23 @@ impl Sender {
                     .as_ref()
                     .map(|body| String::from_utf8_lossy(body).replace('\0', "\u{fffd}")),
             }),
-        })))
+        }
     }
 }
 
-/// The defer step (`Topology::defer_queue`) whose wait, `defer` × 2^step, first covers
-/// `stuck`.
-fn stuck_level(stuck: Duration, defer: Duration) -> u32 {
-    let mut level = 0;
-    while level + 1 < qr3_broker::topology::DEFER_STEPS && defer * (1 << level) < stuck {
-        level += 1;
+/// What the breaker learns from one attempt: a request that got no response within
+/// the whole `timeout` timed out; any other attempt made was answered.
+fn breaker_outcome(attempted: &Result<Attempted, JobFailure>, timeout: Duration) -> Outcome {
+    match attempted {
+        Ok(Attempted::Made(row))
+            if row.status_code.is_none()
+                && u128::from(row.response_time_ms) >= timeout.as_millis() =>
+        {
+            Outcome::TimedOut
+        }
+        Ok(Attempted::Made(_)) => Outcome::Answered,
+        _ => Outcome::NotSent,
     }
-    level
 }
 
 /// Why a job could not be attempted.
@@ -683,39 +675,57 @@ struct Origin {
     redelivered: bool,
 }
 
-fn header_value(s: &str) -> HeaderValue {
-    // Ids and hex or base64 signatures are ASCII by construction.
-    HeaderValue::from_str(s).expect("ids and signatures are valid header values")
-}
-
-async fn retention_loop(store: Store, days: u32, shutdown: CancellationToken) {
-    loop {
-        if let Err(error) = qr3_store::run_retention(store.pool(), days).await {
-            tracing::warn!(
-                error = format!("{error:#}"),
-                "delivery-log retention failed; will retry"
-            );
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qr3_domain::{EventId, EventType, WebhookId, WorkspaceId};
+
+    fn made(status_code: Option<u16>, response_time_ms: u32) -> Result<Attempted, JobFailure> {
+        Ok(Attempted::Made(Box::new(AttemptRecord {
+            id: DeliveryId::generate(),
+            webhook_id: WebhookId::generate(),
+            workspace_id: WorkspaceId::generate(),
+            event_id: EventId::generate(),
+            event_type: EventType::QrScanned,
+            status: AttemptStatus::Failed,
+            status_code,
+            response_time_ms,
+            attempt: 1,
+            trigger: Trigger::Event,
+            error: None,
+            created_at: Timestamp::now(),
+            detail: None,
+        })))
+    }
 
     #[test]
-    fn a_webhook_stuck_longer_parks_its_jobs_longer() {
-        let ms = Duration::from_millis;
-        let defer = ms(1000);
-        assert_eq!(stuck_level(ms(0), defer), 0);
-        assert_eq!(stuck_level(ms(1000), defer), 0);
-        assert_eq!(stuck_level(ms(1001), defer), 1);
-        assert_eq!(stuck_level(ms(3000), defer), 2);
-        assert_eq!(stuck_level(ms(5000), defer), 3);
-        assert_eq!(stuck_level(ms(60_000), defer), 3, "eight times at most");
+    fn only_an_attempt_without_a_response_for_the_whole_timeout_is_a_timeout() {
+        let timeout = Duration::from_millis(1000);
+        assert_eq!(
+            breaker_outcome(&made(None, 1000), timeout),
+            Outcome::TimedOut
+        );
+        assert_eq!(
+            breaker_outcome(&made(None, 3), timeout),
+            Outcome::Answered,
+            "a refused connection is an answer: it holds no slot"
+        );
+        assert_eq!(
+            breaker_outcome(&made(Some(500), 1200), timeout),
+            Outcome::Answered,
+            "a 500 is the receiver answering"
+        );
+        assert_eq!(
+            breaker_outcome(&Ok(Attempted::Skipped("webhook_deleted")), timeout),
+            Outcome::NotSent
+        );
+        assert_eq!(
+            breaker_outcome(&Ok(Attempted::Parked), timeout),
+            Outcome::NotSent
+        );
+        assert_eq!(
+            breaker_outcome(&Err(JobFailure::Stopping), timeout),
+            Outcome::NotSent
+        );
     }
 }

@@ -43,32 +43,9 @@ impl AttemptStatus {
     }
 }
 
-/// What caused an attempt. Only `Event` attempts count towards disabling a webhook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptTrigger {
-    Event,
-    Ping,
-    Manual,
-}
-
-impl AttemptTrigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptTrigger::Event => "event",
-            AttemptTrigger::Ping => "ping",
-            AttemptTrigger::Manual => "manual",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "event" => Some(AttemptTrigger::Event),
-            "ping" => Some(AttemptTrigger::Ping),
-            "manual" => Some(AttemptTrigger::Manual),
-            _ => None,
-        }
-    }
-}
+/// What caused an attempt (the domain's `Trigger`, under the name the store's callers
+/// know). Only `Event` attempts count towards disabling a webhook.
+pub use qr3_domain::Trigger as AttemptTrigger;
 
 /// One attempt, as logged.
 #[derive(Debug, Clone)]
@@ -140,15 +117,6 @@ pub struct Recoverable {
     /// The event's first attempt since `since`: its place in the recovery order, which
     /// later attempts do not change (a recover cursor resumes after it).
     pub first_attempt: DeliveryId,
-}
-
-/// The answer of the manual-request rate limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ManualBudget {
-    /// The request may go ahead.
-    Granted,
-    /// The webhook used its budget for this window; it refills after this long.
-    Exhausted(std::time::Duration),
 }
 
 /// Filters of `GET /v1/webhooks/:id/deliveries`.
@@ -350,7 +318,7 @@ impl Store {
             codes.push(r.status_code.map(|c| c as i16));
             times.push(i32::try_from(r.response_time_ms).unwrap_or(i32::MAX));
             attempts.push(r.attempt as i16);
-            triggers.push(r.trigger.as_str());
+            triggers.push(r.trigger.logged().as_str());
             errors.push(r.error.as_deref());
             created.push(r.created_at.as_datetime());
             request_bodies.push(r.detail.as_ref().map(|d| d.request_body.as_str()));
@@ -666,43 +634,6 @@ impl Store {
                 })
             })
             .collect()
-    }
-
-    /// Counts one manual request (retry or recover) against the webhook's budget of
-    /// `per_minute` in the current one-minute window. The webhook row is locked for the
-    /// count, so the limit holds across API replicas. `None` when the webhook does not
-    /// exist in this workspace.
-    pub async fn take_manual_budget(
-        &self,
-        workspace: &WorkspaceId,
-        webhook: &WebhookId,
-        per_minute: u32,
-    ) -> Result<Option<ManualBudget>> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "UPDATE webhooks SET
-                    manual_window_start = CASE WHEN manual_window_start IS NULL
-                        OR manual_window_start <= now() - interval '1 minute'
-                        THEN now() ELSE manual_window_start END,
-                    manual_window_count = CASE WHEN manual_window_start IS NULL
-                        OR manual_window_start <= now() - interval '1 minute'
-                        THEN 1 ELSE manual_window_count + 1 END
-                 WHERE id = $1 AND workspace_id = $2
-                 RETURNING manual_window_count,
-                    GREATEST(0, EXTRACT(EPOCH FROM (manual_window_start + interval '1 minute' - now())))::float8",
-                &[&webhook.as_str(), &workspace.as_str()],
-            )
-            .await?;
-        Ok(row.map(|row| {
-            let count: i32 = row.get(0);
-            if i64::from(count) <= i64::from(per_minute) {
-                ManualBudget::Granted
-            } else {
-                let seconds: f64 = row.get(1);
-                ManualBudget::Exhausted(std::time::Duration::from_secs_f64(seconds.max(0.0)))
-            }
-        }))
     }
 
     /// The attempts logged for one event on one webhook, oldest first.

@@ -14,6 +14,7 @@ mod events;
 mod migrate;
 mod pool;
 mod portal_sessions;
+mod rate;
 mod reveal;
 mod sent;
 mod stats;
@@ -22,8 +23,8 @@ mod webhooks;
 mod workspaces;
 
 pub use attempts::{
-    AttemptDetail, AttemptFilter, AttemptRecord, AttemptStatus, AttemptTrigger, ManualBudget,
-    RecordedBatch, Recoverable,
+    AttemptDetail, AttemptFilter, AttemptRecord, AttemptStatus, AttemptTrigger, RecordedBatch,
+    Recoverable,
 };
 pub use cache::TtlCache;
 pub use crypto::SecretCipher;
@@ -35,16 +36,17 @@ pub use pool::{
     connect, connect_once, create_database_if_missing, database_name, is_missing_database,
 };
 pub use portal_sessions::{is_portal_token, NewPortalSession, PortalSession, PORTAL_TOKEN_PREFIX};
+pub use rate::RateBlock;
 pub use reveal::RevealedSecret;
 pub use stats::{LatencyPercentiles, StatsWindow, WebhookStats};
 pub use tls::{DatabaseTarget, SslMode};
 pub use webhooks::{
-    DeliveryTarget, NewWebhook, RotatedSecret, SigningSecret, Subscribers, Unreadable,
-    UnreadableReason, Webhook, WebhookPatch, WebhookSummary, MAX_PREVIOUS_SECRETS,
+    DeliveryTarget, ManualBudget, NewWebhook, RotatedSecret, SigningSecret, Subscribers,
+    Unreadable, UnreadableReason, Webhook, WebhookPatch, WebhookSummary, MAX_PREVIOUS_SECRETS,
 };
 pub use workspaces::{ApiKey, ApiKeyInfo, CreatedWorkspace, Erasure, Upserted, Workspace};
 
-use deadpool_postgres::Pool;
+pub use deadpool_postgres::Pool;
 
 /// Why a storage operation failed. Not-found is not an error: lookups return `Option`.
 #[derive(Debug, thiserror::Error)]

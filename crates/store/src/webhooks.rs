@@ -55,7 +55,7 @@ pub struct WebhookPatch {
 pub struct DeliveryTarget {
     pub id: WebhookId,
     pub workspace_id: WorkspaceId,
-    pub url: String,
+    pub url: WebhookUrl,
     /// The current (newest) secret: it signs `X-QR3-Signature`.
     pub secret: WebhookSecret,
     /// Every secret that signs `webhook-signature`, newest first: the current one, then
@@ -425,7 +425,7 @@ impl Store {
         Ok(Some(DeliveryTarget {
             id: id.clone(),
             workspace_id: WorkspaceId::parse(row.get(0)).map_err(corrupt)?,
-            url: row.get(1),
+            url: WebhookUrl::from_trusted(row.get(1)).map_err(corrupt)?,
             secret,
             secrets,
             is_active: row.get(3),
@@ -529,5 +529,53 @@ impl UnreadableReason {
             UnreadableReason::Id => "unreadable_id",
             UnreadableReason::UnknownEventTypes(_) => "unknown_event_type",
         }
+    }
+}
+
+/// The answer of the manual-request rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManualBudget {
+    /// The request may go ahead.
+    Granted,
+    /// The webhook used its budget for this window; it refills after this long.
+    Exhausted(std::time::Duration),
+}
+
+impl Store {
+    /// Counts one manual request (retry or recover) against the webhook's budget of
+    /// `per_minute` in the current one-minute window. The webhook row is locked for the
+    /// count, so the limit holds across API replicas. `None` when the webhook does not
+    /// exist in this workspace.
+    pub async fn take_manual_budget(
+        &self,
+        workspace: &WorkspaceId,
+        webhook: &WebhookId,
+        per_minute: u32,
+    ) -> Result<Option<ManualBudget>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "UPDATE webhooks SET
+                    manual_window_start = CASE WHEN manual_window_start IS NULL
+                        OR manual_window_start <= now() - interval '1 minute'
+                        THEN now() ELSE manual_window_start END,
+                    manual_window_count = CASE WHEN manual_window_start IS NULL
+                        OR manual_window_start <= now() - interval '1 minute'
+                        THEN 1 ELSE manual_window_count + 1 END
+                 WHERE id = $1 AND workspace_id = $2
+                 RETURNING manual_window_count,
+                    GREATEST(0, EXTRACT(EPOCH FROM (manual_window_start + interval '1 minute' - now())))::float8",
+                &[&webhook.as_str(), &workspace.as_str()],
+            )
+            .await?;
+        Ok(row.map(|row| {
+            let count: i32 = row.get(0);
+            if i64::from(count) <= i64::from(per_minute) {
+                ManualBudget::Granted
+            } else {
+                let seconds: f64 = row.get(1);
+                ManualBudget::Exhausted(std::time::Duration::from_secs_f64(seconds.max(0.0)))
+            }
+        }))
     }
 }

@@ -82,9 +82,9 @@ pub struct Metrics {
     /// (`database`, `broker`). Work is held in the process, never handed back to the
     /// broker to wait.
     pub dependency_waits_total: IntCounterVec,
-    /// Delivery jobs parked in the defer queue because their webhook was at its
-    /// in-flight cap (`delivery.max_in_flight_per_webhook`) or had no `max_per_second`
-    /// slot within `delivery.defer_ms`.
+    /// Delivery jobs parked in the defer queue: their webhook's circuit breaker was
+    /// open, their wait for an in-flight slot ran out (`delivery.admission_wait_ms`),
+    /// or their webhook had no `max_per_second` slot within `delivery.defer_ms`.
     pub deliveries_deferred_total: IntCounter,
     /// Delivery jobs held back by their webhook's `max_per_second` (waited for a slot,
     /// or parked when none was near).

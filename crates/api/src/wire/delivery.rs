@@ -138,7 +138,8 @@ impl From<AttemptTrigger> for DeliveryTrigger {
         match t {
             AttemptTrigger::Event => Self::Event,
             AttemptTrigger::Ping => Self::Ping,
-            AttemptTrigger::Manual => Self::Manual,
+            // The log records a resend as `manual` (`Trigger::logged`).
+            AttemptTrigger::Manual | AttemptTrigger::Resend => Self::Manual,
         }
     }
 }

@@ -21,6 +21,7 @@ fn help_lists_every_subcommand_at_every_level() {
         "ingest",
         "sender",
         "all",
+        "maintain",
         "workspace",
         "publish",
         "--config",
@@ -94,4 +95,56 @@ fn invalid_configuration_is_refused_with_a_clear_message() {
         .unwrap();
     assert!(!out.status.success(), "no encryption key, no start");
     assert!(String::from_utf8_lossy(&out.stderr).contains("secrets.encryption_key is not set"));
+}
+
+#[tokio::test]
+async fn maintain_runs_once_on_a_migrated_database_and_refuses_an_unmigrated_one() {
+    let db = TestDb::new().await.unwrap();
+    let run = |url: &str| {
+        bin()
+            .arg("maintain")
+            .env("QR3__DATABASE__URL", url)
+            .env("QR3__SECRETS__ALLOW_INSECURE_DEV_KEY", "true")
+            .output()
+            .unwrap()
+    };
+    // A coming day's delivery-log partition is missing (nobody ran maintenance for a
+    // week, say): one run creates it again.
+    let client = db.store.pool().get().await.unwrap();
+    let partition = client
+        .query_one(
+            "SELECT 'delivery_attempts_p' || to_char(current_date + 5, 'YYYYMMDD')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    client
+        .execute(&format!("DROP TABLE {partition}"), &[])
+        .await
+        .unwrap();
+    let exists = || async {
+        client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&partition])
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    };
+    assert!(!exists().await);
+    let out = run(&db.url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(exists().await, "{partition} was created again");
+
+    let empty = TestDb::empty().await.unwrap();
+    let out = run(&empty.url);
+    assert!(!out.status.success(), "an unmigrated database is refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("qr3-webhooks migrate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

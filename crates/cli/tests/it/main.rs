@@ -17,6 +17,7 @@ mod payload_once;
 mod ping;
 mod portal;
 mod portal_browser;
+mod rate_limit;
 mod retries;
 mod robustness;
 mod secrets;

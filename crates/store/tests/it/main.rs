@@ -4,6 +4,7 @@ mod attempts;
 mod events;
 mod migrations;
 mod payloads;
+mod rate;
 mod rotation;
 mod stats;
 mod tls;

@@ -67,12 +67,11 @@ async fn the_schema_check_compares_the_applied_migrations_with_this_build() {
     qr3_store::migrate_to(empty.store.pool(), required - 1)
         .await
         .unwrap();
-    assert_eq!(
-        qr3_store::check_schema(empty.store.pool()).await.unwrap(),
-        SchemaCheck::Behind {
-            applied: Some(required - 1),
-            required
-        }
+    // The migration before the newest (numbers may have gaps).
+    let behind = qr3_store::check_schema(empty.store.pool()).await.unwrap();
+    assert!(
+        matches!(behind, SchemaCheck::Behind { applied: Some(v), required: r } if v < required && r == required),
+        "{behind:?}"
     );
 
     let missing = TestDb::missing().unwrap();

@@ -300,21 +300,7 @@ fn bench(
 }
 
 fn chaos(root: &Path, quick: bool, release: bool) -> anyhow::Result<()> {
-    let profile = if release { "release" } else { "debug" };
-    // With the fault-injection points, for the scenario where an internal task dies.
-    let mut build = vec![
-        "build",
-        "-p",
-        "qr3-webhooks",
-        "-p",
-        "qr3-bench",
-        "--features",
-        "qr3-webhooks/failpoints",
-    ];
-    if release {
-        build.push("--release");
-    }
-    cargo(root, &build)?;
+    let profile = build_fault_binaries(root, release)?;
     let target = root.join("target").join(profile);
     let mut args = vec![
         "chaos".to_owned(),
@@ -339,8 +325,14 @@ fn chaos(root: &Path, quick: bool, release: bool) -> anyhow::Result<()> {
 }
 
 fn cluster(root: &Path, quick: bool, release: bool) -> anyhow::Result<()> {
-    let profile = if release { "release" } else { "debug" };
-    // The same features as `chaos` builds with, so the two share one build.
+    let profile = build_fault_binaries(root, release)?;
+    run_cluster(root, quick, profile)
+}
+
+/// Builds `qr3-webhooks` and `qr3-bench` for `chaos` and `cluster`, with the
+/// fault-injection points (for the scenario where an internal task dies), so the two
+/// share one build; returns the profile's directory name.
+fn build_fault_binaries(root: &Path, release: bool) -> anyhow::Result<&'static str> {
     let mut build = vec![
         "build",
         "-p",
@@ -354,7 +346,7 @@ fn cluster(root: &Path, quick: bool, release: bool) -> anyhow::Result<()> {
         build.push("--release");
     }
     cargo(root, &build)?;
-    run_cluster(root, quick, profile)
+    Ok(if release { "release" } else { "debug" })
 }
 
 /// `qr3-bench cluster` with the binaries of `profile` (already built).

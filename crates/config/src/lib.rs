@@ -147,25 +147,7 @@ impl AmqpSettings {
 /// `amqp.url`: a string (itself possibly comma-separated) or an array of strings,
 /// joined into one comma-separated list.
 fn amqp_urls<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Redacted<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Urls {
-        List(Vec<String>),
-        One(String),
-    }
-    let items = match Urls::deserialize(d)? {
-        Urls::List(items) => items,
-        Urls::One(item) => vec![item],
-    };
-    Ok(Redacted::new(
-        items
-            .iter()
-            .flat_map(|item| item.split(','))
-            .map(str::trim)
-            .filter(|url| !url.is_empty())
-            .collect::<Vec<_>>()
-            .join(","),
-    ))
+    Ok(Redacted::new(string_list(d)?.join(",")))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,8 +215,8 @@ impl PortalSettings {
     pub const MAX_SESSION: Duration = Duration::from_secs(86_400);
 }
 
-/// A TOML array of strings or, from the environment, a comma-separated string; blank
-/// entries are dropped.
+/// A list setting: a TOML string or array of strings, or from the environment a
+/// comma-separated string; every item is split at commas and blank entries are dropped.
 fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -286,25 +268,7 @@ fn is_frame_ancestor(origin: &str) -> bool {
 /// comma-separated string (with `with_list_parse_key`, a list already). Blank entries
 /// are dropped, so `QR3__API__ADMIN_TOKEN=""` leaves the admin API off.
 fn admin_tokens<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Redacted<Vec<String>>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Tokens {
-        List(Vec<String>),
-        One(String),
-    }
-    let items = match Tokens::deserialize(d)? {
-        Tokens::List(items) => items,
-        Tokens::One(item) => vec![item],
-    };
-    Ok(Redacted::new(
-        items
-            .iter()
-            .flat_map(|item| item.split(','))
-            .map(str::trim)
-            .filter(|token| !token.is_empty())
-            .map(str::to_owned)
-            .collect(),
-    ))
+    Ok(Redacted::new(string_list(d)?))
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -105,15 +105,7 @@ impl Store {
         let lifetime_ms = i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX);
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        // The row lock orders this against an erasure, as for API keys.
-        let live = tx
-            .query_opt(
-                "SELECT 1 FROM workspaces WHERE id = $1 AND deleted_at IS NULL FOR SHARE",
-                &[&workspace.as_str()],
-            )
-            .await?
-            .is_some();
-        if !live {
+        if !crate::workspaces::lock_live_workspace(&tx, workspace).await? {
             return Ok(None);
         }
         tx.execute(

@@ -236,16 +236,7 @@ impl Store {
     pub async fn create_api_key(&self, workspace: &WorkspaceId) -> Result<Option<ApiKey>> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        // The row lock orders this against an erasure: either the erasure's first step
-        // sees (and deletes) the new key, or this sees the workspace marked and stops.
-        let live = tx
-            .query_opt(
-                "SELECT 1 FROM workspaces WHERE id = $1 AND deleted_at IS NULL FOR SHARE",
-                &[&workspace.as_str()],
-            )
-            .await?
-            .is_some();
-        if !live {
+        if !lock_live_workspace(&tx, workspace).await? {
             return Ok(None);
         }
         let key = insert_key(&tx, workspace).await?;
@@ -442,6 +433,23 @@ async fn insert_key(
         created_at: Timestamp::from(row.get::<_, DateTime<Utc>>(0)),
         token,
     })
+}
+
+/// Whether `workspace` exists and is not being erased, holding a share lock on its row
+/// until `tx` ends. The lock orders a credential's creation against an erasure: either
+/// the erasure's first step sees (and deletes) the new key or session, or this sees the
+/// workspace marked and the caller stops.
+pub(crate) async fn lock_live_workspace(
+    tx: &deadpool_postgres::Transaction<'_>,
+    workspace: &WorkspaceId,
+) -> Result<bool> {
+    Ok(tx
+        .query_opt(
+            "SELECT 1 FROM workspaces WHERE id = $1 AND deleted_at IS NULL FOR SHARE",
+            &[&workspace.as_str()],
+        )
+        .await?
+        .is_some())
 }
 
 #[cfg(test)]

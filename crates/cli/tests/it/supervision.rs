@@ -13,13 +13,18 @@ async fn a_role_that_fails_stops_every_role_and_the_process_fails() {
     let mut app = spawn_app().await;
     let running = app.running.take().unwrap();
     let api = app.api.clone();
-    assert_eq!(
-        reqwest::get(format!("{api}/readyz"))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    // Ready once the workers have their first broker connections, which start-up does
+    // not wait for.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reqwest::get(format!("{api}/readyz"))
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(Instant::now() < deadline, "the app never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let failing_at = Instant::now() + Duration::from_millis(50);
     running

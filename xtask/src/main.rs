@@ -301,25 +301,8 @@ fn bench(
 
 fn chaos(root: &Path, quick: bool, release: bool) -> anyhow::Result<()> {
     let profile = build_fault_binaries(root, release)?;
-    let target = root.join("target").join(profile);
-    let mut args = vec![
-        "chaos".to_owned(),
-        "--bin".to_owned(),
-        target.join("qr3-webhooks").display().to_string(),
-        "--out".to_owned(),
-        root.join("target/chaos").display().to_string(),
-    ];
-    if quick {
-        args.push("--quick".to_owned());
-    }
-    let status = Command::new(target.join("qr3-bench"))
-        .args(&args)
-        .current_dir(root)
-        .status()
-        .context("cannot run qr3-bench chaos")?;
-    if !status.success() {
-        bail!("the fault-injection suite found lost deliveries or failed");
-    }
+    run_bench_mode(root, "chaos", quick, profile)
+        .context("the fault-injection suite found lost deliveries or failed")?;
     // The node-loss scenario, on a cluster of its own.
     run_cluster(root, quick, profile)
 }
@@ -351,13 +334,20 @@ fn build_fault_binaries(root: &Path, release: bool) -> anyhow::Result<&'static s
 
 /// `qr3-bench cluster` with the binaries of `profile` (already built).
 fn run_cluster(root: &Path, quick: bool, profile: &str) -> anyhow::Result<()> {
+    run_bench_mode(root, "cluster", quick, profile)
+        .context("the cluster scenario lost deliveries or failed")
+}
+
+/// `qr3-bench MODE --bin qr3-webhooks --out target/MODE [--quick]` with the binaries
+/// of `profile`.
+fn run_bench_mode(root: &Path, mode: &str, quick: bool, profile: &str) -> anyhow::Result<()> {
     let target = root.join("target").join(profile);
     let mut args = vec![
-        "cluster".to_owned(),
+        mode.to_owned(),
         "--bin".to_owned(),
         target.join("qr3-webhooks").display().to_string(),
         "--out".to_owned(),
-        root.join("target/cluster").display().to_string(),
+        root.join("target").join(mode).display().to_string(),
     ];
     if quick {
         args.push("--quick".to_owned());
@@ -366,9 +356,9 @@ fn run_cluster(root: &Path, quick: bool, profile: &str) -> anyhow::Result<()> {
         .args(&args)
         .current_dir(root)
         .status()
-        .context("cannot run qr3-bench cluster")?;
+        .with_context(|| format!("cannot run qr3-bench {mode}"))?;
     if !status.success() {
-        bail!("the cluster scenario lost deliveries or failed");
+        bail!("qr3-bench {mode} failed");
     }
     Ok(())
 }

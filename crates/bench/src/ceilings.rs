@@ -13,8 +13,9 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, Queu
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use qr3_broker::{Outgoing, Publisher};
+use qr3_domain::Trigger;
 use qr3_domain::{DeliveryId, EventId, EventType, Timestamp, WebhookId, WorkspaceId};
-use qr3_store::{AttemptDetail, AttemptRecord, AttemptStatus, AttemptTrigger, Store};
+use qr3_store::{AttemptDetail, AttemptRecord, AttemptStatus, Store};
 
 /// Persistent messages of `size` bytes through one quorum queue: published with
 /// pipelined confirms (batches of 500) while one consumer with prefetch 512 acks each.
@@ -254,7 +255,7 @@ pub async fn postgres(store: &Store, rows: usize, batch: usize) -> anyhow::Resul
         status_code: Some(200),
         response_time_ms: 3,
         attempt: 1,
-        trigger: AttemptTrigger::Event,
+        trigger: Trigger::Event,
         error: None,
         created_at: Timestamp::now(),
         // The detail a sender logs with every attempt: its headers, a small payload and

@@ -13,6 +13,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use qr3_domain::Trigger;
+
 use chrono::{DateTime, DurationRound, Utc};
 use qr3_domain::{DeliveryId, EventId, EventType, Timestamp, WebhookId, WorkspaceId};
 use tokio_postgres::Row;
@@ -43,10 +45,6 @@ impl AttemptStatus {
     }
 }
 
-/// What caused an attempt (the domain's `Trigger`, under the name the store's callers
-/// know). Only `Event` attempts count towards disabling a webhook.
-pub use qr3_domain::Trigger as AttemptTrigger;
-
 /// One attempt, as logged.
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
@@ -59,7 +57,8 @@ pub struct AttemptRecord {
     pub status_code: Option<u16>,
     pub response_time_ms: u32,
     pub attempt: u16,
-    pub trigger: AttemptTrigger,
+    /// Why it was made; only `Event` attempts count towards disabling a webhook.
+    pub trigger: Trigger,
     pub error: Option<String>,
     pub created_at: Timestamp,
     /// What was sent and received. Always set on rows the sender writes; `None` on rows
@@ -147,7 +146,7 @@ fn failure_deltas<'a>(
 ) -> BTreeMap<&'a WebhookId, (bool, i32)> {
     let mut deltas: BTreeMap<&WebhookId, (bool, i32)> = BTreeMap::new();
     let mut counted: HashSet<FailureKey<'_>> = HashSet::new();
-    for record in batch.iter().filter(|r| r.trigger == AttemptTrigger::Event) {
+    for record in batch.iter().filter(|r| r.trigger == Trigger::Event) {
         let entry = deltas.entry(&record.webhook_id).or_default();
         match record.status {
             AttemptStatus::Success => *entry = (true, 0),
@@ -183,7 +182,7 @@ fn attempt_from_row(row: &Row) -> Result<AttemptRecord> {
         status_code: row.get::<_, Option<i16>>(6).map(|c| c as u16),
         response_time_ms: row.get::<_, i32>(7).max(0) as u32,
         attempt: row.get::<_, i16>(8).max(0) as u16,
-        trigger: AttemptTrigger::parse(trigger).ok_or_else(|| corrupt(trigger))?,
+        trigger: Trigger::parse(trigger).ok_or_else(|| corrupt(trigger))?,
         error: row.get(10),
         created_at: Timestamp::from(row.get::<_, DateTime<Utc>>(11)),
         detail: None,
@@ -330,7 +329,7 @@ impl Store {
         // number): a job attempted again after a redelivery counts once.
         let failed: Vec<&AttemptRecord> = batch
             .iter()
-            .filter(|r| r.trigger == AttemptTrigger::Event && r.status == AttemptStatus::Failed)
+            .filter(|r| r.trigger == Trigger::Event && r.status == AttemptStatus::Failed)
             .collect();
         let mut logged_rows = Vec::new();
         if !failed.is_empty() {
@@ -659,11 +658,7 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn record(
-        webhook: &WebhookId,
-        status: AttemptStatus,
-        trigger: AttemptTrigger,
-    ) -> AttemptRecord {
+    fn record(webhook: &WebhookId, status: AttemptStatus, trigger: Trigger) -> AttemptRecord {
         AttemptRecord {
             id: DeliveryId::generate(),
             webhook_id: webhook.clone(),
@@ -684,7 +679,7 @@ mod tests {
     #[test]
     fn failures_after_the_last_success_are_what_counts() {
         use AttemptStatus::*;
-        use AttemptTrigger::*;
+        use Trigger::*;
         let (a, b) = (WebhookId::generate(), WebhookId::generate());
         let batch = [
             record(&a, Failed, Event),
@@ -702,7 +697,7 @@ mod tests {
     #[test]
     fn the_same_failed_attempt_counts_once() {
         use AttemptStatus::*;
-        use AttemptTrigger::*;
+        use Trigger::*;
         let a = WebhookId::generate();
         let first = record(&a, Failed, Event);
         let mut again = first.clone();

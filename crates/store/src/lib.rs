@@ -23,8 +23,7 @@ mod webhooks;
 mod workspaces;
 
 pub use attempts::{
-    AttemptDetail, AttemptFilter, AttemptRecord, AttemptStatus, AttemptTrigger, RecordedBatch,
-    Recoverable,
+    AttemptDetail, AttemptFilter, AttemptRecord, AttemptStatus, RecordedBatch, Recoverable,
 };
 pub use cache::TtlCache;
 pub use crypto::SecretCipher;

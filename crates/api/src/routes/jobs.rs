@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use qr3_broker::{DeliveryJob, Outgoing};
+use qr3_domain::Trigger;
 use qr3_domain::{DeliveryId, EventId, WebhookId};
-use qr3_store::{AttemptRecord, AttemptTrigger};
+use qr3_store::AttemptRecord;
 
 use crate::{error::ApiError, state::ApiState};
 
@@ -44,7 +45,7 @@ pub(super) async fn await_attempt(
     state: &ApiState,
     webhook: &WebhookId,
     event: &EventId,
-    trigger: AttemptTrigger,
+    trigger: Trigger,
     seen: &HashSet<DeliveryId>,
 ) -> Result<Option<AttemptRecord>, ApiError> {
     let deadline = Instant::now() + state.config.ping_wait;

@@ -22,7 +22,7 @@ use anyhow::Context;
 use axum::{extract::State, http::StatusCode, routing::post, Json, Router};
 use qr3_broker::{DeliveryJob, Trigger};
 use qr3_domain::{DeliveryId, EventId, EventType, Timestamp, WebhookId, WorkspaceId};
-use qr3_store::{AttemptTrigger, ManualBudget, Webhook};
+use qr3_store::{ManualBudget, Webhook};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
@@ -192,7 +192,7 @@ pub(crate) async fn retry(
         .await
         .context("reading a delivery attempt")?
         .ok_or_else(ApiError::delivery_not_found)?;
-    if attempt.trigger == AttemptTrigger::Ping {
+    if attempt.trigger == Trigger::Ping {
         return Err(ApiError::Conflict(
             "pings are not retried; send a new one with POST /v1/webhooks/{id}/ping".into(),
         ));
@@ -207,9 +207,9 @@ pub(crate) async fn retry(
         .attempts_for_event(&webhook.id, &attempt.event_id)
         .await
         .context("reading an event's attempts")?;
-    let delivered = earlier.iter().any(|a| {
-        a.status == qr3_store::AttemptStatus::Success && a.trigger != AttemptTrigger::Ping
-    });
+    let delivered = earlier
+        .iter()
+        .any(|a| a.status == qr3_store::AttemptStatus::Success && a.trigger != Trigger::Ping);
     if delivered && !body.force {
         return Err(ApiError::Conflict(format!(
             "event {} was already delivered to this webhook; send {{\"force\": true}} to \
@@ -236,7 +236,7 @@ pub(crate) async fn retry(
         &state,
         &webhook.id,
         &attempt.event_id,
-        AttemptTrigger::Manual,
+        Trigger::Manual,
         &seen,
     )
     .await?;

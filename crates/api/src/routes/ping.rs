@@ -10,7 +10,6 @@ use std::collections::HashSet;
 use axum::{extract::State, http::StatusCode, routing::post, Json, Router};
 use qr3_broker::{DeliveryJob, Trigger};
 use qr3_domain::{EventId, EventType, Payload, Timestamp};
-use qr3_store::AttemptTrigger;
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
@@ -91,14 +90,8 @@ pub(crate) async fn ping(
     };
     jobs::publish(&state, [(job, body.into_bytes())]).await?;
     tracing::info!(webhook_id = %webhook, event_id = %event_id, "ping queued");
-    let attempt = jobs::await_attempt(
-        &state,
-        &webhook,
-        &event_id,
-        AttemptTrigger::Ping,
-        &HashSet::new(),
-    )
-    .await?;
+    let attempt =
+        jobs::await_attempt(&state, &webhook, &event_id, Trigger::Ping, &HashSet::new()).await?;
     let status = match attempt {
         Some(_) => StatusCode::OK,
         None => StatusCode::ACCEPTED,

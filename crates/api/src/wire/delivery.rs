@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use qr3_store::{AttemptRecord, AttemptStatus, AttemptTrigger};
+use qr3_store::{AttemptRecord, AttemptStatus};
+
+use qr3_domain::Trigger;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -133,13 +135,13 @@ pub enum DeliveryTrigger {
     Manual,
 }
 
-impl From<AttemptTrigger> for DeliveryTrigger {
-    fn from(t: AttemptTrigger) -> Self {
+impl From<Trigger> for DeliveryTrigger {
+    fn from(t: Trigger) -> Self {
         match t {
-            AttemptTrigger::Event => Self::Event,
-            AttemptTrigger::Ping => Self::Ping,
+            Trigger::Event => Self::Event,
+            Trigger::Ping => Self::Ping,
             // The log records a resend as `manual` (`Trigger::logged`).
-            AttemptTrigger::Manual | AttemptTrigger::Resend => Self::Manual,
+            Trigger::Manual | Trigger::Resend => Self::Manual,
         }
     }
 }

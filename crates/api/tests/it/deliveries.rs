@@ -1,8 +1,9 @@
 //! `GET /v1/webhooks/{id}/deliveries`: the delivery log, newest first, filtered and
 //! paginated, over rows written the way the senders write them (`record_attempts`).
 
+use qr3_domain::Trigger;
 use qr3_domain::{DeliveryId, EventId, EventType, Timestamp, WebhookId, WorkspaceId};
-use qr3_store::{AttemptRecord, AttemptStatus, AttemptTrigger};
+use qr3_store::{AttemptRecord, AttemptStatus};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -27,7 +28,7 @@ fn attempt(
         }),
         response_time_ms: 145,
         attempt: 1,
-        trigger: AttemptTrigger::Event,
+        trigger: Trigger::Event,
         error: None,
         created_at: Timestamp::now(),
         detail: None,
@@ -92,7 +93,7 @@ async fn a_delivery_reads_as_documented() {
         )
     };
     let ping = AttemptRecord {
-        trigger: AttemptTrigger::Ping,
+        trigger: Trigger::Ping,
         ..attempt(
             &app.workspace,
             &hook,

@@ -2,8 +2,9 @@
 //! one delivery in detail, and the validation, scoping and rate limit of manual retries
 //! and recoveries. (What reaches a receiver is tested end to end in the CLI crate.)
 
+use qr3_domain::Trigger;
 use qr3_domain::{DeliveryId, EventId, EventType, Timestamp, WebhookId};
-use qr3_store::{AttemptDetail, AttemptRecord, AttemptStatus, AttemptTrigger};
+use qr3_store::{AttemptDetail, AttemptRecord, AttemptStatus};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -25,7 +26,7 @@ async fn log_attempt(app: &TestApp, webhook: &WebhookId, detail: bool) -> Attemp
         status_code: Some(503),
         response_time_ms: 12,
         attempt: 1,
-        trigger: AttemptTrigger::Event,
+        trigger: Trigger::Event,
         error: None,
         created_at: Timestamp::now(),
         detail: detail.then(|| AttemptDetail {
@@ -171,7 +172,7 @@ async fn retry_refuses_what_cannot_or_need_not_be_resent() {
 
     let mut ping = log_attempt(&app, &webhook, true).await;
     ping.id = DeliveryId::generate();
-    ping.trigger = AttemptTrigger::Ping;
+    ping.trigger = Trigger::Ping;
     app.db
         .store
         .record_attempts(std::slice::from_ref(&ping), 10)

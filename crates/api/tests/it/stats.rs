@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use qr3_domain::Trigger;
 use qr3_domain::{DeliveryId, EventId, EventType, Timestamp, WebhookId};
-use qr3_store::{AttemptRecord, AttemptStatus, AttemptTrigger};
+use qr3_store::{AttemptRecord, AttemptStatus};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -34,7 +35,7 @@ fn attempt(
         }),
         response_time_ms,
         attempt: 1,
-        trigger: AttemptTrigger::Event,
+        trigger: Trigger::Event,
         error: None,
         created_at,
         detail: None,
@@ -87,7 +88,7 @@ async fn stats_are_exact_over_the_last_hour_and_day() {
         attempt(&app, &hook, now, Success, 100),
         attempt(&app, &hook, now, Failed, 200),
         AttemptRecord {
-            trigger: AttemptTrigger::Manual,
+            trigger: Trigger::Manual,
             ..attempt(&app, &hook, now, Success, 300)
         },
         attempt(&app, &hook, now, Success, 400),
@@ -96,7 +97,7 @@ async fn stats_are_exact_over_the_last_hour_and_day() {
         // Not counted: older than a day, a ping, another webhook.
         attempt(&app, &hook, 48 * HOUR, Success, 5),
         AttemptRecord {
-            trigger: AttemptTrigger::Ping,
+            trigger: Trigger::Ping,
             event_type: EventType::WebhookPing,
             ..attempt(&app, &hook, now, Success, 9_999)
         },

@@ -1,7 +1,8 @@
 //! Registering, reading, updating and deleting webhooks, as the seed documents them.
 
+use qr3_domain::Trigger;
 use qr3_domain::{DeliveryId, EventId, EventType, Timestamp, WebhookId};
-use qr3_store::{AttemptRecord, AttemptStatus, AttemptTrigger};
+use qr3_store::{AttemptRecord, AttemptStatus};
 use reqwest::{header, StatusCode};
 use serde_json::{json, Value};
 
@@ -277,7 +278,7 @@ async fn re_enabling_a_webhook_disabled_by_failures_resets_its_count() {
             status_code: Some(500),
             response_time_ms: 12,
             attempt: 1,
-            trigger: AttemptTrigger::Event,
+            trigger: Trigger::Event,
             error: None,
             created_at: Timestamp::now(),
             detail: None,

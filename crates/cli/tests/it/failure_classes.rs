@@ -421,7 +421,8 @@ async fn a_database_outage_under_a_low_delivery_limit_dead_letters_nothing() {
 /// disabling.
 #[tokio::test]
 async fn the_same_failed_attempt_logged_twice_counts_once() {
-    use qr3_store::{AttemptRecord, AttemptStatus, AttemptTrigger};
+    use qr3_domain::Trigger;
+    use qr3_store::{AttemptRecord, AttemptStatus};
     let app = spawn_app_with(|_| {}).await;
     let hook = app.webhook("http://127.0.0.1:9/none", &["*"]).await;
     let event = qr3_domain::EventId::generate();
@@ -435,7 +436,7 @@ async fn the_same_failed_attempt_logged_twice_counts_once() {
         status_code: Some(500),
         response_time_ms: 1,
         attempt,
-        trigger: AttemptTrigger::Event,
+        trigger: Trigger::Event,
         error: None,
         created_at: qr3_domain::Timestamp::now(),
         detail: None,

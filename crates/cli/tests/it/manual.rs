@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use qr3_store::{AttemptStatus, AttemptTrigger};
+use qr3_store::AttemptStatus;
+
+use qr3_domain::Trigger;
 use qr3_testkit::{Behaviour, Receiver};
 use serde_json::{json, Value};
 
@@ -121,7 +123,7 @@ async fn a_manual_retry_resends_a_failed_event_once_and_never_a_delivered_one() 
     assert_eq!(receiver.received().len(), 4);
     let log = app.attempts(&hook, 4).await;
     assert_eq!(log.len(), 4);
-    assert_eq!(log[3].trigger, AttemptTrigger::Manual);
+    assert_eq!(log[3].trigger, Trigger::Manual);
     let w = app
         .store
         .get_webhook(&app.workspace, &hook.id)
@@ -217,7 +219,7 @@ async fn recovery_after_re_enabling_resends_each_undelivered_event_once() {
             .await
             .unwrap()
             .into_iter()
-            .filter(|a| a.trigger == AttemptTrigger::Manual && a.status == AttemptStatus::Success)
+            .filter(|a| a.trigger == Trigger::Manual && a.status == AttemptStatus::Success)
             .count();
         if manual == 3 {
             break;

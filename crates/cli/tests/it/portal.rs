@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use qr3_store::{AttemptStatus, AttemptTrigger};
+use qr3_store::AttemptStatus;
+
+use qr3_domain::Trigger;
 use qr3_testkit::{Behaviour, Receiver};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -495,7 +497,7 @@ async fn a_forced_retry_sends_a_delivered_event_again() {
     );
     let log = app.attempts(&hook, 2).await;
     assert_eq!(log.len(), 2);
-    assert_eq!(log[1].trigger, AttemptTrigger::Manual);
+    assert_eq!(log[1].trigger, Trigger::Manual);
 
     // Rate limited like any retry (two per minute here; the 409s spent nothing).
     let (status, _) = call(&app, Method::POST, &retry, Some(json!({"force": true}))).await;
@@ -531,7 +533,7 @@ async fn recover_pages_with_a_cursor_past_events_whose_manual_attempt_fails() {
                     .attempts(hook, 3 + n)
                     .await
                     .iter()
-                    .filter(|a| a.trigger == AttemptTrigger::Manual)
+                    .filter(|a| a.trigger == Trigger::Manual)
                     .count();
                 if count >= n || std::time::Instant::now() > deadline {
                     return count;

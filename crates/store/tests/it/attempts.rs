@@ -1,12 +1,11 @@
 //! The delivery log's batch write: rows, failure counting, disabling.
 
+use qr3_domain::Trigger;
 use qr3_domain::{
     DeliveryId, EventId, EventType, Subscriptions, TargetPolicy, Timestamp, WebhookId,
     WebhookSecret, WebhookUrl, WorkspaceId,
 };
-use qr3_store::{
-    AttemptFilter, AttemptRecord, AttemptStatus, AttemptTrigger, NewWebhook, Store, WebhookPatch,
-};
+use qr3_store::{AttemptFilter, AttemptRecord, AttemptStatus, NewWebhook, Store, WebhookPatch};
 use qr3_testkit::TestDb;
 
 async fn webhook(store: &Store) -> (WorkspaceId, WebhookId) {
@@ -41,7 +40,7 @@ fn attempt(ws: &WorkspaceId, hook: &WebhookId, status: AttemptStatus) -> Attempt
         }),
         response_time_ms: 3,
         attempt: 1,
-        trigger: AttemptTrigger::Event,
+        trigger: Trigger::Event,
         error: None,
         created_at: Timestamp::now(),
         detail: None,

@@ -3,11 +3,12 @@
 //! read as they were; retention drops payloads with their attempts.
 
 use chrono::Utc;
+use qr3_domain::Trigger;
 use qr3_domain::{
     signature, DeliveryId, EventId, EventType, Subscriptions, TargetPolicy, Timestamp, WebhookId,
     WebhookSecret, WebhookUrl, WorkspaceId,
 };
-use qr3_store::{AttemptDetail, AttemptRecord, AttemptStatus, AttemptTrigger, NewWebhook, Store};
+use qr3_store::{AttemptDetail, AttemptRecord, AttemptStatus, NewWebhook, Store};
 use qr3_testkit::TestDb;
 
 const BODY: &str = r#"{"id":"evt_1","type":"qr.scanned","created":"2026-03-15T10:00:00.000Z","data":{"code_id":"qr_abc123","country":"AT"}}"#;
@@ -81,7 +82,7 @@ fn sent(
         status_code: Some(503),
         response_time_ms: 4,
         attempt,
-        trigger: AttemptTrigger::Event,
+        trigger: Trigger::Event,
         error: None,
         created_at: at,
         detail: Some(AttemptDetail {

@@ -2,14 +2,12 @@
 //! pings, another webhook's or another workspace's rows).
 
 use chrono::Duration;
+use qr3_domain::Trigger;
 use qr3_domain::{
     DeliveryId, EventId, EventType, Subscriptions, TargetPolicy, Timestamp, WebhookId,
     WebhookSecret, WebhookUrl, WorkspaceId,
 };
-use qr3_store::{
-    AttemptRecord, AttemptStatus, AttemptTrigger, LatencyPercentiles, NewWebhook, StatsWindow,
-    Store,
-};
+use qr3_store::{AttemptRecord, AttemptStatus, LatencyPercentiles, NewWebhook, StatsWindow, Store};
 use qr3_testkit::TestDb;
 
 async fn webhook(store: &Store, ws: &WorkspaceId) -> WebhookId {
@@ -50,7 +48,7 @@ fn attempt(
         }),
         response_time_ms,
         attempt: 1,
-        trigger: AttemptTrigger::Event,
+        trigger: Trigger::Event,
         error: None,
         created_at,
         detail: None,
@@ -95,7 +93,7 @@ async fn windows_count_recent_traffic_only_and_never_another_webhooks_rows() {
             attempt(&ws, &hook, minute * i, status, 10 * i as u32)
         })
         .collect();
-    batch[2].trigger = AttemptTrigger::Manual;
+    batch[2].trigger = Trigger::Manual;
     // The rest of the day, one close to its start so a too-tight id bound would show.
     batch.push(attempt(&ws, &hook, Duration::hours(2), Failed, 200));
     batch.push(attempt(
@@ -118,7 +116,7 @@ async fn windows_count_recent_traffic_only_and_never_another_webhooks_rows() {
         },
         // A ping is a test, not traffic.
         AttemptRecord {
-            trigger: AttemptTrigger::Ping,
+            trigger: Trigger::Ping,
             event_type: EventType::WebhookPing,
             ..attempt(&ws, &hook, minute, Success, 5_000)
         },

@@ -2,13 +2,12 @@
 
 use std::time::Duration;
 
+use qr3_domain::Trigger;
 use qr3_domain::{
     DeliveryId, EventId, EventType, Subscriptions, TargetPolicy, Timestamp, WebhookId,
     WebhookSecret, WebhookUrl, WorkspaceId, WorkspaceName,
 };
-use qr3_store::{
-    AttemptRecord, AttemptStatus, AttemptTrigger, Erasure, EventKey, NewWebhook, Upserted,
-};
+use qr3_store::{AttemptRecord, AttemptStatus, Erasure, EventKey, NewWebhook, Upserted};
 use qr3_testkit::TestDb;
 
 #[tokio::test]
@@ -308,7 +307,7 @@ async fn populated(db: &TestDb, name: &str, claims: usize) -> (WorkspaceId, Webh
             status_code: Some(200),
             response_time_ms: 3,
             attempt: 1,
-            trigger: AttemptTrigger::Event,
+            trigger: Trigger::Event,
             error: None,
             created_at: Timestamp::from(*at),
             detail: None,

@@ -345,12 +345,25 @@ pub async fn create_webhook(
     url: &str,
     events: &[&str],
 ) -> anyhow::Result<()> {
-    let response = reqwest::Client::new()
-        .post(format!("{api}/v1/webhooks"))
-        .bearer_auth(&ws.key)
-        .json(&json!({"url": url, "events": events, "secret": SECRET}))
-        .send()
-        .await?;
+    // The API limits each key's request rate (W6 creates 1,000 webhooks): wait as
+    // told by Retry-After and ask again.
+    let response = loop {
+        let response = reqwest::Client::new()
+            .post(format!("{api}/v1/webhooks"))
+            .bearer_auth(&ws.key)
+            .json(&json!({"url": url, "events": events, "secret": SECRET}))
+            .send()
+            .await?;
+        if response.status() != 429 {
+            break response;
+        }
+        let wait_s: u64 = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(1);
+        tokio::time::sleep(Duration::from_secs(wait_s.max(1))).await;
+    };
     if response.status() != 201 {
         bail!(
             "creating a webhook answered {}: {}",

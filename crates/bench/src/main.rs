@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+mod behaviour;
 mod ceilings;
 mod chaos;
 mod chaos_receiver;
@@ -12,6 +13,7 @@ mod cluster;
 mod cluster_nodes;
 mod cost;
 mod cpu;
+mod mixed;
 mod procs;
 mod receiver;
 mod report;
@@ -106,6 +108,9 @@ pub struct Sizes {
     pub w2_events: usize,
     /// W7: events to one webhook answering in `W7_LATENCY_MS`.
     pub w7_events: usize,
+    /// W6: events per second fanned out to its 1,000 webhooks, and for how long.
+    pub w6_rate: usize,
+    pub w6_seconds: u64,
     pub w3_seconds: u64,
     pub w3_rate: usize,
     pub ceiling_messages: usize,
@@ -241,6 +246,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             w1_events: 5_000,
             w2_events: 1_000,
             w7_events: 2_000,
+            w6_rate: 1,
+            w6_seconds: 30,
             w3_seconds: 5,
             w3_rate: 500,
             ceiling_messages: 10_000,
@@ -250,6 +257,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             w1_events: 20_000,
             w2_events: 5_000,
             w7_events: 6_000,
+            w6_rate: 1,
+            w6_seconds: 120,
             w3_seconds: 20,
             w3_rate: 500,
             ceiling_messages: 40_000,

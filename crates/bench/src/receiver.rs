@@ -1,6 +1,8 @@
 //! A fast local receiver: keep-alive HTTP/1.1, records arrival time and event id of every
-//! POST, verifies the signature of a sample, and can be told to hang on one path.
+//! POST, verifies the signature of a sample, and can be told to hang on one path or to
+//! behave per path (`Behaviour`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,6 +14,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 
+use crate::behaviour::Behaviour;
+
 #[derive(Default)]
 pub struct Log {
     /// (webhook index, event id, arrival)
@@ -22,6 +26,9 @@ pub struct Log {
     pub hang: Mutex<Option<usize>>,
     /// Every answer waits this long first (milliseconds).
     pub delay_ms: AtomicU64,
+    /// Per webhook index, what to do instead of `delay_ms` (arrivals are still recorded,
+    /// except for `Behaviour::Hang`, like `hang`).
+    pub behaviours: Mutex<HashMap<usize, Behaviour>>,
 }
 
 impl Log {
@@ -31,6 +38,7 @@ impl Log {
         self.checked_signatures.store(0, Ordering::Relaxed);
         *self.hang.lock().expect("lock") = None;
         self.delay_ms.store(0, Ordering::Relaxed);
+        self.behaviours.lock().expect("lock").clear();
     }
 
     pub fn count(&self) -> usize {
@@ -72,8 +80,9 @@ async fn receive(
     body: Bytes,
 ) -> StatusCode {
     let now = Instant::now();
+    let behaviour = log.behaviours.lock().expect("lock").get(&index).copied();
     let hang = *log.hang.lock().expect("lock") == Some(index);
-    if hang {
+    if hang || behaviour == Some(Behaviour::Hang) {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
     let id = headers
@@ -97,6 +106,9 @@ async fn receive(
         if !qr3_domain::signature::verify(&secret, &body, signature) {
             log.bad_signatures.fetch_add(1, Ordering::Relaxed);
         }
+    }
+    if let Some(behaviour) = behaviour {
+        return behaviour.apply().await;
     }
     let delay = log.delay_ms.load(Ordering::Relaxed);
     if delay > 0 {

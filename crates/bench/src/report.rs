@@ -77,6 +77,39 @@ pub struct Latency {
     pub samples_ms: Vec<f64>,
 }
 
+/// W6: publish-to-receipt of the healthy webhooks answering in one latency.
+#[derive(Debug, Serialize)]
+pub struct LatencyClass {
+    pub latency_ms: u64,
+    pub webhooks: usize,
+    pub expected: usize,
+    pub delivered: usize,
+    /// Publish to the end of the receiver's answer (its arrival plus `latency_ms`).
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// W6: 1,000 webhooks with a realistic receiver mix under a steady stream of events.
+#[derive(Debug, Serialize)]
+pub struct Mixed {
+    pub webhooks: usize,
+    /// Events per second, each fanned out to every webhook.
+    pub rate_per_s: usize,
+    pub seconds: u64,
+    pub events: usize,
+    pub healthy_expected: usize,
+    pub healthy_delivered: usize,
+    pub healthy_duplicates: usize,
+    /// Deliveries to the 2xx webhooks per second, from the first publish to the last receipt.
+    pub healthy_deliveries_per_s: f64,
+    pub classes: Vec<LatencyClass>,
+    /// Requests the webhooks answering 500 received (first attempts; retries come later).
+    pub failing_requests: usize,
+    pub sender_parked: u64,
+    pub sender_skipped: u64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Memory {
     pub phase: String,
@@ -100,11 +133,17 @@ pub struct Report {
     /// One webhook answering in 100 ms, and its bound: in-flight cap × senders ÷ latency.
     pub w7: Throughput,
     pub w7_bound_per_s: f64,
+    /// 1,000 webhooks with a realistic receiver mix.
+    pub w6: Mixed,
     pub memory: Vec<Memory>,
     pub signatures_checked: u64,
     /// CPU time and Postgres bytes per delivery, per throughput workload.
     pub costs: Vec<crate::cost::Cost>,
 }
+
+/// W6's target: a healthy webhook's p99 publish-to-receipt is within its own latency
+/// plus this.
+const W6_MARGIN_MS: u64 = 100;
 
 /// One target line: the figure, the target, and whether it is met.
 struct Check {
@@ -127,7 +166,39 @@ fn checks(r: &Report) -> Vec<Check> {
         .find(|m| m.phase.starts_with("W5 ("))
         .map(|m| m.peak_rss_mib)
         .unwrap_or(f64::NAN);
+    let w6_class = |latency_ms: u64| {
+        let p99 =
+            r.w6.classes
+                .iter()
+                .find(|c| c.latency_ms == latency_ms)
+                .map_or(f64::NAN, |c| c.p99_ms);
+        (
+            format!("{p99:.0} ms"),
+            p99 <= (latency_ms + W6_MARGIN_MS) as f64,
+        )
+    };
+    let (w6_20, w6_20_met) = w6_class(20);
+    let (w6_200, w6_200_met) = w6_class(200);
+    let (w6_1000, w6_1000_met) = w6_class(1_000);
     vec![
+        Check {
+            name: "W6 p99, 20 ms receivers",
+            value: w6_20,
+            target: "<= 120 ms",
+            met: w6_20_met,
+        },
+        Check {
+            name: "W6 p99, 200 ms receivers",
+            value: w6_200,
+            target: "<= 300 ms",
+            met: w6_200_met,
+        },
+        Check {
+            name: "W6 p99, 1 s receivers",
+            value: w6_1000,
+            target: "<= 1100 ms",
+            met: w6_1000_met,
+        },
         Check {
             name: "W7 / its bound (cap / latency)",
             value: format!("{:.0} %", r.w7.deliveries_per_s / r.w7_bound_per_s * 100.0),
@@ -284,6 +355,27 @@ pub fn print(r: &Report) {
         println!(
             "  {name}: {} parked, {} skipped",
             t.sender_parked, t.sender_skipped
+        );
+    }
+    let m = &r.w6;
+    println!(
+        "\nW6: {} webhooks, {} event/s for {} s ({} events): healthy {:.0} deliveries/s, {}/{} delivered, {} dup; {} requests to the 500 webhooks; {} parked, {} skipped",
+        m.webhooks,
+        m.rate_per_s,
+        m.seconds,
+        m.events,
+        m.healthy_deliveries_per_s,
+        m.healthy_delivered,
+        m.healthy_expected,
+        m.healthy_duplicates,
+        m.failing_requests,
+        m.sender_parked,
+        m.sender_skipped
+    );
+    for c in &m.classes {
+        println!(
+            "  W6 {:>5} ms receivers ({:>3} webhooks): publish-to-receipt p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({}/{} delivered)",
+            c.latency_ms, c.webhooks, c.p50_ms, c.p99_ms, c.max_ms, c.delivered, c.expected
         );
     }
     let l = &r.w3;

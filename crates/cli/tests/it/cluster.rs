@@ -42,7 +42,11 @@ async fn a_list_of_unreachable_nodes_fails_without_showing_passwords() {
         .expect_err("no node answers")
         .to_string();
     assert!(error.contains("no RabbitMQ node accepted"), "{error}");
-    assert_eq!(error.matches("127.0.0.1:").count(), 2, "each node named: {error}");
+    assert_eq!(
+        error.matches("127.0.0.1:").count(),
+        2,
+        "each node named: {error}"
+    );
     assert!(!error.contains("n0t-this-one"), "{error}");
     let error = qr3_broker::connect("amqp://guest:n0t-this-one@127.0.0.1:1/%2f,ftp://x", "t")
         .await

@@ -162,6 +162,26 @@ impl Cluster {
         Ok(())
     }
 
+    /// Kills node `i`'s Erlang VM with SIGKILL (a crash: no goodbye to clients or
+    /// peers) and waits for its server process to exit.
+    pub async fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = &self.nodes[i];
+        let pid_file = node.dir.join("mnesia").join(format!("{}.pid", node.name));
+        let pid = std::fs::read_to_string(&pid_file)
+            .with_context(|| format!("cannot read {}", pid_file.display()))?;
+        let status = Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .await?;
+        if !status.success() {
+            bail!("kill -KILL {} failed", pid.trim());
+        }
+        if let Some(mut server) = self.nodes[i].server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), server.wait()).await;
+        }
+        Ok(())
+    }
+
     /// Starts node `i` again on its data directory (it rejoins the cluster) and waits
     /// until it accepts AMQP connections.
     pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {

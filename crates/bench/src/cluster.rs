@@ -26,7 +26,11 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let dir = args.common.out.join("cluster");
     let _ = std::fs::remove_dir_all(&dir);
     let mut cluster = Cluster::start(&dir, &id).await?;
-    let result = on_cluster(&args, &mut cluster).await;
+    let result = tokio::select! {
+        result = on_cluster(&args, &mut cluster) => result,
+        // Ctrl-C still stops the nodes (the roles are killed as their handles drop).
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
     // Stops every node and removes its data, whatever the result.
     drop(cluster);
     let outcomes = result?;

@@ -59,10 +59,12 @@ pub enum Fault {
     /// The sender's log writer panics (a fault-injection point): the process must exit
     /// non-zero by itself, and a new sender (as Kubernetes would start) takes over.
     KillTask,
-    /// The RabbitMQ cluster node holding most of the workers' connections stops, and
-    /// starts again `millis` after the workers have reconnected to the other nodes.
+    /// The RabbitMQ cluster node holding most of the workers' connections stops
+    /// (`rabbitmqctl stop`, or SIGKILL of its Erlang VM when `kill`), and starts again
+    /// `millis` after the workers have reconnected to the other nodes.
     StopNode {
         millis: u64,
+        kill: bool,
     },
 }
 
@@ -445,12 +447,13 @@ pub async fn scenario(
             recovered_from.push(Instant::now());
         }
         Fault::StaleCache | Fault::PoisonRow => {}
-        Fault::StopNode { millis } => {
+        Fault::StopNode { millis, kill } => {
             let cluster = stage
                 .cluster
                 .as_deref_mut()
                 .context("the node-loss scenario needs a cluster")?;
-            let (stopped_at, reconnected) = stop_node(cluster, &run.prefix, procs, millis).await?;
+            let (stopped_at, reconnected) =
+                stop_node(cluster, &run.prefix, procs, millis, kill).await?;
             recovered_from.push(stopped_at);
             reconnect_ms = Some(reconnected);
         }
@@ -724,6 +727,7 @@ async fn stop_node(
     prefix: &str,
     procs: &[Proc],
     down_ms: u64,
+    kill: bool,
 ) -> anyhow::Result<(Instant, u64)> {
     let names = [
         format!("qr3-ingest/{prefix}"),
@@ -746,10 +750,15 @@ async fn stop_node(
         .collect();
     let watching = watch_reconnection(workers);
     let stopped_at = Instant::now();
-    cluster.stop(victim).await?;
+    if kill {
+        cluster.kill(victim).await?;
+    } else {
+        cluster.stop(victim).await?;
+    }
     println!(
-        "cluster: {} stopped ({} ms)",
+        "cluster: {} {} ({} ms)",
         cluster.nodes[victim].name,
+        if kill { "killed" } else { "stopped" },
         stopped_at.elapsed().as_millis()
     );
     let reconnected = tokio::time::timeout(Duration::from_secs(60), watching)

@@ -1,8 +1,10 @@
 //! `cargo xtask cluster` (also the last scenario of `cargo xtask chaos`): a three-node
 //! RabbitMQ cluster on this machine, the roles (ingest, two senders, the API) given
 //! every node's URL, and under the chaos harness's steady stream the node holding most
-//! of the workers' connections is stopped and later started again. Nothing may be
-//! lost; duplicates and the time until every worker is connected again are reported.
+//! of the workers' connections is stopped (`rabbitmqctl stop`) and later started
+//! again, then, in a second scenario, killed (SIGKILL) and started again. Nothing may
+//! be lost; duplicates and the time until every worker is connected again are
+//! reported.
 
 use anyhow::{bail, Context};
 
@@ -24,7 +26,11 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let dir = args.common.out.join("cluster");
     let _ = std::fs::remove_dir_all(&dir);
     let mut cluster = Cluster::start(&dir, &id).await?;
-    let result = on_cluster(&args, &mut cluster).await;
+    let result = tokio::select! {
+        result = on_cluster(&args, &mut cluster) => result,
+        // Ctrl-C still stops the nodes (the roles are killed as their handles drop).
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
     // Stops every node and removes its data, whatever the result.
     drop(cluster);
     let outcomes = result?;
@@ -52,17 +58,36 @@ async fn on_cluster(args: &ClusterArgs, cluster: &mut Cluster) -> anyhow::Result
         } else {
             (4000, 200, 5000)
         };
-        println!("cluster: node stopped under a steady stream…");
-        let outcome = chaos::scenario(
-            &mut stage,
-            0,
-            "cluster node stopped and restarted",
-            Fault::StopNode { millis: down_ms },
-            (events, rate),
-        )
-        .await;
+        let mut outcomes = Vec::new();
+        for (index, (name, kill)) in [
+            ("cluster node stopped and restarted", false),
+            ("cluster node SIGKILLed and restarted", true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            println!("cluster: {name}…");
+            let outcome = chaos::scenario(
+                &mut stage,
+                index,
+                name,
+                Fault::StopNode {
+                    millis: down_ms,
+                    kill,
+                },
+                (events, rate),
+            )
+            .await;
+            match outcome {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(error) => {
+                    stage.terminate();
+                    return Err(error);
+                }
+            }
+        }
         stage.terminate();
-        anyhow::Ok(vec![outcome?])
+        anyhow::Ok(outcomes)
     }
     .await;
     run.cleanup(&common.amqp).await;

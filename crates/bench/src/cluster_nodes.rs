@@ -162,6 +162,26 @@ impl Cluster {
         Ok(())
     }
 
+    /// Kills node `i`'s Erlang VM with SIGKILL (a crash: no goodbye to clients or
+    /// peers) and waits for its server process to exit.
+    pub async fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = &self.nodes[i];
+        let pid_file = node.dir.join("mnesia").join(format!("{}.pid", node.name));
+        let pid = std::fs::read_to_string(&pid_file)
+            .with_context(|| format!("cannot read {}", pid_file.display()))?;
+        let status = Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .await?;
+        if !status.success() {
+            bail!("kill -KILL {} failed", pid.trim());
+        }
+        if let Some(mut server) = self.nodes[i].server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), server.wait()).await;
+        }
+        Ok(())
+    }
+
     /// Starts node `i` again on its data directory (it rejoins the cluster) and waits
     /// until it accepts AMQP connections.
     pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
@@ -287,8 +307,10 @@ impl Cluster {
 }
 
 impl Drop for Cluster {
-    /// Stops every node still running (gracefully, then by signal to the processes we
-    /// started and to the Erlang VM whose pid the node wrote), then removes the data.
+    /// Stops every node still running: gracefully (at most [`STOP_TIMEOUT`]; a node
+    /// still booting, waiting for peers already stopped, would not answer), then by
+    /// SIGKILL to the Erlang VM whose pid the node wrote and to the script we started.
+    /// Then removes the data.
     fn drop(&mut self) {
         for node in &mut self.nodes {
             let Some(mut server) = node.server.take() else {
@@ -301,8 +323,15 @@ impl Drop for Cluster {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
+                .spawn()
+                .is_ok_and(|mut ctl| {
+                    let done = wait_child(|| ctl.try_wait().ok().flatten(), STOP_TIMEOUT);
+                    if done.is_none() {
+                        let _ = ctl.kill();
+                        let _ = ctl.wait();
+                    }
+                    done.is_some_and(|s| s.success())
+                });
             if !stopped {
                 let pid_file = node.dir.join("mnesia").join(format!("{}.pid", node.name));
                 if let Ok(pid) = std::fs::read_to_string(pid_file) {
@@ -312,14 +341,31 @@ impl Drop for Cluster {
                 }
                 let _ = server.start_kill();
             }
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline && !matches!(server.try_wait(), Ok(Some(_))) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            let _ = wait_child(|| server.try_wait().ok().flatten(), STOP_TIMEOUT);
         }
         for node in &self.nodes {
             let _ = std::fs::remove_dir_all(node.dir.join("mnesia"));
         }
+    }
+}
+
+/// How long dropping the cluster waits for one node to stop by itself.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Polls `exited` every 100 ms until it says the process exited, or `timeout`.
+fn wait_child(
+    mut exited: impl FnMut() -> Option<std::process::ExitStatus>,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = exited() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -104,3 +104,27 @@ fn the_binary_refuses_a_node_list_with_a_bad_entry_without_showing_it() {
         assert!(!stderr.contains("n0t-this-one"), "{stderr}");
     }
 }
+
+#[tokio::test]
+async fn no_password_of_the_list_reaches_the_logs_when_no_node_answers() {
+    let db = qr3_testkit::TestDb::new().await.expect("test database");
+    let mut settings = qr3_testkit::test_settings(&db.url);
+    settings.amqp.url = Redacted::new(format!("{},{}", unreachable_node(), unreachable_node()));
+    // `migrate` connects once and reports why it could not, at debug level.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_qr3-webhooks"))
+        .arg("migrate")
+        .env_remove("RUST_LOG")
+        .envs(crate::helpers::child_env(&settings, &[]))
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(output.contains("no RabbitMQ node accepted"), "{output}");
+    assert!(!output.contains("n0t-this-one"), "{output}");
+    assert!(!output.contains("amqp://"), "{output}");
+}

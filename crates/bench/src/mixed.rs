@@ -8,7 +8,7 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use crate::behaviour::Behaviour;
 use crate::procs::Proc;
 use crate::report::{LatencyClass, Mixed};
-use crate::workloads::{create_webhook, event, sender_counts, Rig, Workspace};
+use crate::workloads::{create_webhook, event, sender_counts, wait_for_arrivals, Rig, Workspace};
 use crate::Sizes;
 
 /// W6's webhooks.
@@ -95,26 +95,7 @@ pub async fn run(
             .publish_all(std::slice::from_ref(&message))
             .await?;
     }
-    let healthy_count = || {
-        receiver.log.arrivals.lock().expect("lock")[start_index..]
-            .iter()
-            .filter(|(i, _, _)| latency_of(*i).is_some())
-            .count()
-    };
-    let mut last = (0, Instant::now());
-    loop {
-        let n = healthy_count();
-        if n >= expected {
-            break;
-        }
-        if n != last.0 {
-            last = (n, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(30) {
-            println!("  stalled at {n} of {expected}");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_arrivals(receiver, start_index, expected, |i| latency_of(i).is_some()).await;
     let arrivals: Vec<(usize, String, Instant)> =
         receiver.log.arrivals.lock().expect("lock")[start_index..].to_vec();
     let after = sender_counts(procs).await;

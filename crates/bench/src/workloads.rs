@@ -455,26 +455,7 @@ async fn throughput(
         publisher.publish_all(chunk).await?;
     }
     let published_s = started.elapsed().as_secs_f64();
-    let count_now = || {
-        receiver.log.arrivals.lock().expect("lock")[start_index..]
-            .iter()
-            .filter(|(i, _, _)| counted(*i))
-            .count()
-    };
-    let mut last = (0, Instant::now());
-    loop {
-        let n = count_now();
-        if n >= expected {
-            break;
-        }
-        if n != last.0 {
-            last = (n, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(30) {
-            println!("  stalled at {n} of {expected}");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_arrivals(receiver, start_index, expected, &counted).await;
     let cpu_cores = crate::cpu::cores(
         &cpu_before,
         &crate::cpu::snapshot(pids),
@@ -676,4 +657,35 @@ fn machine() -> String {
         "{cpus} CPUs ({model}), {:.0} GiB",
         mem as f64 / 1024.0 / 1024.0
     )
+}
+
+/// Waits until the receiver has recorded `expected` arrivals since `start_index` whose
+/// receiver index is `counted`, or until none has come for 30 s (then says where it
+/// stalled and returns: the report shows what was missing).
+pub async fn wait_for_arrivals(
+    receiver: &Receiver,
+    start_index: usize,
+    expected: usize,
+    counted: impl Fn(usize) -> bool,
+) {
+    let count_now = || {
+        receiver.log.arrivals.lock().expect("lock")[start_index..]
+            .iter()
+            .filter(|(i, _, _)| counted(*i))
+            .count()
+    };
+    let mut last = (0, Instant::now());
+    loop {
+        let n = count_now();
+        if n >= expected {
+            return;
+        }
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(30) {
+            println!("  stalled at {n} of {expected}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

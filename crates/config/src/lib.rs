@@ -474,6 +474,25 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Defaults, then `vars` read as the `QR3__…` environment of a child process would
+    /// be (unvalidated): the settings a process started with that environment runs with.
+    pub fn from_vars<'a>(
+        vars: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, ConfigError> {
+        let vars: config::Map<String, String> = vars
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Ok(config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULTS_TOML,
+                config::FileFormat::Toml,
+            ))
+            .add_source(environment().source(Some(vars)))
+            .build()?
+            .try_deserialize()?)
+    }
+
     /// The built-in defaults alone (no file, no environment): the base tests start from.
     pub fn defaults() -> Self {
         config::Config::builder()
@@ -699,6 +718,19 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_from_a_child_environment() {
+        let s = Settings::from_vars([
+            ("QR3__AMQP__PREFIX", "qr3_x"),
+            ("QR3__DELIVERY__RETRY_DELAYS_MS", "500,1500"),
+            ("OTHER", "ignored"),
+        ])
+        .unwrap();
+        assert_eq!(s.amqp.prefix, "qr3_x");
+        assert_eq!(s.delivery.retry_delays_ms, vec![500, 1500]);
+        assert_eq!(s.amqp.events_exchange, Settings::defaults().amqp.events_exchange);
+    }
 
     #[test]
     fn embedded_defaults_match_the_spec() {

@@ -35,8 +35,13 @@ impl TestDb {
     /// Names `qr3_db_<ulid>` on the test server without creating it; dropped at the end
     /// if something created it meanwhile.
     pub fn missing() -> anyhow::Result<Self> {
-        let admin_url = database_server_url();
-        let name = unique_name("db");
+        Self::missing_on(&database_server_url(), unique_name("db"))
+    }
+
+    /// Names the database `name` on the server `admin_url` reaches (through its
+    /// maintenance database) without creating it; dropped at the end if it exists.
+    pub fn missing_on(admin_url: &str, name: String) -> anyhow::Result<Self> {
+        let admin_url = admin_url.to_owned();
         let base = admin_url
             .rsplit_once('/')
             .map(|(base, _)| base)
@@ -90,6 +95,10 @@ impl Drop for TestDb {
                 .ok()?;
             rt.block_on(async {
                 let client = qr3_store::connect_once(&admin_url).await.ok()?;
+                // A test (or a chaos scenario) may have closed it to connections.
+                let _ = client
+                    .batch_execute(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true"))
+                    .await;
                 client
                     .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                     .await

@@ -1,12 +1,16 @@
-//! Test harness shared by the integration tests: every test gets its own Postgres
-//! database and its own broker namespace (`amqp.prefix`), so tests run in parallel
-//! against the real services, a recording HTTP receiver on 127.0.0.1, and a TCP proxy
-//! that takes a service away from one process and brings it back.
+//! Test harness shared by the integration tests, the benchmark and `cargo xtask`: every
+//! test or run gets its own Postgres database and its own broker namespace
+//! (`amqp.prefix`), so they run in parallel against the real services, with
+//! `qr3-webhooks` processes started on them ([`Deployment`]); a reader of a process's
+//! memory and CPU time ([`procfs`]); a recording HTTP receiver on 127.0.0.1, and a TCP
+//! proxy that takes a service away from one process and brings it back.
 
 #![forbid(unsafe_code)]
 
 pub mod ca;
 pub mod db;
+pub mod deployment;
+pub mod procfs;
 pub mod proxy;
 pub mod receiver;
 pub mod service;
@@ -14,6 +18,7 @@ pub mod tls_postgres;
 pub mod tls_rabbitmq;
 
 pub use db::TestDb;
+pub use deployment::{Deployment, Process};
 pub use proxy::TcpProxy;
 pub use receiver::{Behaviour, Received, Receiver};
 pub use tls_postgres::TlsPostgres;

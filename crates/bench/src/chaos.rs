@@ -16,7 +16,8 @@ use serde_json::json;
 use crate::chaos_receiver::{ChaosReceiver, Mode};
 use crate::cluster_nodes::Cluster;
 use crate::procs::Proc;
-use crate::{Common, Run};
+use crate::Common;
+use qr3_testkit::Deployment;
 
 #[derive(clap::Args, Clone)]
 pub struct ChaosArgs {
@@ -89,7 +90,7 @@ pub struct Outcome {
 /// What the scenarios of one run share: the run, its processes and API, the harness's
 /// publisher, the store, and the cluster when the run has one.
 pub struct Stage<'a> {
-    pub run: &'a Run,
+    pub run: &'a Deployment,
     /// The broker URL (or node list) of the harness's own connections.
     pub amqp: String,
     pub api: String,
@@ -107,19 +108,20 @@ const WEBHOOKS: usize = 3;
 const DELIVERY_LIMIT: &str = "5";
 
 pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
-    let run = configure(Run::new("chaos", &args.common)?);
-    run.env.run(&["migrate"]).context("migrate")?;
+    let mut run = crate::deployment("chaos", &args.common)?;
+    configure(&mut run);
+    run.migrate()?;
     let result = scenarios(&args, &run).await;
-    run.cleanup(&args.common.amqp).await;
+    // Removes the run's queues, exchanges and database.
+    drop(run);
     let outcomes = result?;
     report(&args.common.out.join("chaos.json"), &outcomes)
 }
 
-/// The run's environment with the scenarios' settings.
-pub fn configure(run: Run) -> Run {
+/// The scenarios' settings for the run's processes.
+pub fn configure(run: &mut Deployment) {
     // Short retry delays and timeout so a scenario ends in seconds; disabling is not
     // what is under test here.
-    let mut env = run.env.clone();
     for (key, value) in [
         ("QR3__DELIVERY__RETRY_DELAYS_MS", RETRY_DELAYS),
         ("QR3__DELIVERY__TIMEOUT_MS", "1000"),
@@ -129,9 +131,8 @@ pub fn configure(run: Run) -> Run {
         ("QR3__SHUTDOWN__GRACE_PERIOD_MS", "5000"),
         ("QR3__AMQP__DELIVERY_LIMIT", DELIVERY_LIMIT),
     ] {
-        env = env.with(key, value);
+        run.set(key, value);
     }
-    Run { env, ..run }
 }
 
 /// Prints the outcomes, writes them to `path` and fails when anything was lost.
@@ -181,11 +182,11 @@ pub fn report(path: &std::path::Path, outcomes: &[Outcome]) -> anyhow::Result<()
     Ok(())
 }
 
-async fn scenarios(args: &ChaosArgs, run: &Run) -> anyhow::Result<Vec<Outcome>> {
+async fn scenarios(args: &ChaosArgs, run: &Deployment) -> anyhow::Result<Vec<Outcome>> {
     let procs = vec![
-        run.env.spawn("ingest", "chaos-ingest")?,
-        run.env.spawn("sender", "chaos-sender")?,
-        run.env.spawn("api", "chaos-api")?,
+        run.spawn("ingest", "chaos-ingest")?,
+        run.spawn("sender", "chaos-sender")?,
+        run.spawn("api", "chaos-api")?,
     ];
     let mut stage = Stage::new(run, &args.common.amqp, procs, None).await?;
     let (events, rate) = if args.quick { (300, 150) } else { (1500, 300) };
@@ -251,17 +252,21 @@ async fn scenarios(args: &ChaosArgs, run: &Run) -> anyhow::Result<Vec<Outcome>> 
 impl<'a> Stage<'a> {
     /// Waits for the API among `procs` and opens the harness's publisher and store.
     pub async fn new(
-        run: &'a Run,
+        run: &'a Deployment,
         amqp: &str,
-        procs: Vec<Proc>,
+        mut procs: Vec<Proc>,
         cluster: Option<&'a mut Cluster>,
     ) -> anyhow::Result<Self> {
-        let api = format!("http://127.0.0.1:{}", run.api_port);
-        crate::procs::wait_ready(&api).await?;
+        let api = procs
+            .iter_mut()
+            .find(|p| p.role == "api")
+            .context("an API process")?;
+        api.wait_ready(qr3_testkit::deployment::READY_WITHIN)?;
+        let api = api.url();
         // Reconnects (to another node of a cluster) when its connection is lost.
         let publisher = std::sync::Arc::new(SharedPublisher::new(amqp, "qr3-chaos-publisher"));
         let store = {
-            let pool = qr3_store::connect(&run.db_url, 2)?;
+            let pool = qr3_store::connect(run.database_url(), 2)?;
             let mut settings = qr3_config::Settings::defaults();
             settings.secrets.allow_insecure_dev_key = true;
             qr3_store::Store::new(
@@ -305,7 +310,7 @@ pub async fn scenario(
     let procs = &mut stage.procs;
     let mut reconnect_ms = None;
     let workspace: serde_json::Value =
-        serde_json::from_str(&run.env.run(&["workspace", "create", name])?)?;
+        serde_json::from_str(&run.run(&["workspace", "create", name])?)?;
     let workspace_id = workspace["workspace_id"]
         .as_str()
         .context("workspace_id")?
@@ -364,7 +369,7 @@ pub async fn scenario(
     }
 
     // The steady stream, in the background.
-    let exchange = format!("{}.events", run.prefix);
+    let exchange = format!("{}.events", run.name);
     let ids: Vec<String> = (0..events).map(|i| format!("evt_s{index}_{i}")).collect();
     let stream = {
         let (publisher, ids, exchange, workspace_id) = (
@@ -414,16 +419,13 @@ pub async fn scenario(
                     .context("role process")?;
                 drop(procs.remove(at)); // SIGKILL
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                procs.push(
-                    run.env
-                        .spawn(role, &format!("chaos-{role}-{index}-{round}"))?,
-                );
+                procs.push(run.spawn(role, &format!("chaos-{role}-{index}-{round}"))?);
                 recovered_from.push(Instant::now());
                 tokio::time::sleep(Duration::from_millis(stream_ms / 4)).await;
             }
         }
         Fault::DropBrokerConnections => {
-            close_connections(&run.prefix)?;
+            close_connections(&run.name)?;
             recovered_from.push(Instant::now());
         }
         Fault::TerminateDatabaseConnections => {
@@ -431,7 +433,7 @@ pub async fn scenario(
             recovered_from.push(Instant::now());
         }
         Fault::RefuseDatabase { millis } => {
-            let name = run.db_url.rsplit('/').next().unwrap_or_default().to_owned();
+            let name = run.name.clone();
             admin(
                 run,
                 &format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false"),
@@ -453,7 +455,7 @@ pub async fn scenario(
                 .as_deref_mut()
                 .context("the node-loss scenario needs a cluster")?;
             let (stopped_at, reconnected) =
-                stop_node(cluster, &run.prefix, procs, millis, kill).await?;
+                stop_node(cluster, &run.name, procs, millis, kill).await?;
             recovered_from.push(stopped_at);
             reconnect_ms = Some(reconnected);
         }
@@ -463,11 +465,12 @@ pub async fn scenario(
                 .position(|p| p.name.contains("sender"))
                 .context("sender process")?;
             procs.remove(at).terminate();
-            let doomed = run.env.with(
-                "FAILPOINTS",
-                &format!("{}/sender-log-writer=5*off->panic", run.prefix),
-            );
-            let mut dying = doomed.spawn("sender", &format!("chaos-sender-{index}-dying"))?;
+            let failpoints = format!("{}/sender-log-writer=5*off->panic", run.name);
+            let mut dying = run.spawn_with(
+                "sender",
+                &format!("chaos-sender-{index}-dying"),
+                &[("FAILPOINTS", &failpoints)],
+            )?;
             let deadline = Instant::now() + Duration::from_secs(30);
             let status = loop {
                 if let Some(status) = dying.exited() {
@@ -482,10 +485,7 @@ pub async fn scenario(
                 bail!("the sender whose log writer died exited with success");
             }
             println!("chaos: the sender exited by itself ({status})");
-            procs.push(
-                run.env
-                    .spawn("sender", &format!("chaos-sender-{index}-new"))?,
-            );
+            procs.push(run.spawn("sender", &format!("chaos-sender-{index}-new"))?);
             recovered_from.push(Instant::now());
         }
         Fault::BrokenSecret { millis } => {
@@ -508,8 +508,8 @@ pub async fn scenario(
             recovered_from.push(Instant::now());
         }
         Fault::RefusePublish { millis } => {
-            let policy = format!("{}-chaos-refuse", run.prefix);
-            let pattern = format!("^{}\\.retry\\.", run.prefix);
+            let policy = format!("{}-chaos-refuse", run.name);
+            let pattern = format!("^{}\\.retry\\.", run.name);
             rabbitmqctl(&[
                 "set_policy",
                 "-q",
@@ -531,7 +531,7 @@ pub async fn scenario(
                     (publisher.clone(), filling.clone(), workspace_id.clone());
                 let queues: Vec<String> = RETRY_DELAYS
                     .split(',')
-                    .map(|ms| format!("{}.retry.{ms}ms", run.prefix))
+                    .map(|ms| format!("{}.retry.{ms}ms", run.name))
                     .collect();
                 tokio::spawn(async move {
                     while filling.load(std::sync::atomic::Ordering::Relaxed) {
@@ -690,13 +690,13 @@ pub async fn scenario(
 }
 
 /// Takes every message off the run's two `.dead` queues and says how many there were.
-async fn drain_dead_letters(run: &Run, amqp: &str) -> anyhow::Result<usize> {
+async fn drain_dead_letters(run: &Deployment, amqp: &str) -> anyhow::Result<usize> {
     let connection = qr3_broker::connect(amqp, "qr3-chaos-drain").await?;
     let channel = connection.create_channel().await?;
     let mut count = 0;
     for queue in [
-        format!("{}.ingest.dead", run.prefix),
-        format!("{}.deliveries.dead", run.prefix),
+        format!("{}.ingest.dead", run.name),
+        format!("{}.deliveries.dead", run.name),
     ] {
         while let Some(message) = channel
             .basic_get(
@@ -867,14 +867,14 @@ fn close_connections(prefix: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn database(run: &Run, sql: &str) -> anyhow::Result<()> {
-    let client = qr3_store::connect_once(&run.db_url).await?;
+async fn database(run: &Deployment, sql: &str) -> anyhow::Result<()> {
+    let client = qr3_store::connect_once(run.database_url()).await?;
     client.batch_execute(sql).await?;
     Ok(())
 }
 
-async fn admin(run: &Run, sql: &str) -> anyhow::Result<()> {
-    let client = qr3_store::connect_once(&format!("{}/postgres", run.db_server_base)).await?;
+async fn admin(run: &Deployment, sql: &str) -> anyhow::Result<()> {
+    let client = qr3_store::connect_once(run.admin_url()).await?;
     client.batch_execute(sql).await?;
     Ok(())
 }

@@ -6,11 +6,11 @@
 //! be lost; duplicates and the time until every worker is connected again are
 //! reported.
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
 use crate::chaos::{self, Fault, Outcome, Stage};
 use crate::cluster_nodes::Cluster;
-use crate::{Common, Run};
+use crate::Common;
 
 #[derive(clap::Args, Clone)]
 pub struct ClusterArgs {
@@ -42,15 +42,16 @@ async fn on_cluster(args: &ClusterArgs, cluster: &mut Cluster) -> anyhow::Result
         amqp: cluster.urls(),
         ..args.common.clone()
     };
-    let run = chaos::configure(Run::new("cluster", &common)?);
-    run.env.run(&["migrate"]).context("migrate")?;
+    let mut run = crate::deployment("cluster", &common)?;
+    chaos::configure(&mut run);
+    run.migrate()?;
     let result = async {
-        check_replication(cluster, &run.prefix).await?;
+        check_replication(cluster, &run.name).await?;
         let procs = vec![
-            run.env.spawn("ingest", "cluster-ingest")?,
-            run.env.spawn("sender", "cluster-sender-1")?,
-            run.env.spawn("sender", "cluster-sender-2")?,
-            run.env.spawn("api", "cluster-api")?,
+            run.spawn("ingest", "cluster-ingest")?,
+            run.spawn("sender", "cluster-sender-1")?,
+            run.spawn("sender", "cluster-sender-2")?,
+            run.spawn("api", "cluster-api")?,
         ];
         let mut stage = Stage::new(&run, &common.amqp, procs, Some(&mut *cluster)).await?;
         let (events, rate, down_ms) = if args.quick {
@@ -90,7 +91,8 @@ async fn on_cluster(args: &ClusterArgs, cluster: &mut Cluster) -> anyhow::Result
         anyhow::Ok(outcomes)
     }
     .await;
-    run.cleanup(&common.amqp).await;
+    // Removes the run's queues, exchanges and database while the cluster still runs.
+    drop(run);
     result
 }
 

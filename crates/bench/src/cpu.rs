@@ -1,6 +1,6 @@
 //! Where the CPU goes during a workload: CPU seconds per group of processes (RabbitMQ,
 //! Postgres, each of our roles, the benchmark itself with its receiver), read from
-//! /proc, so the report can say what bounds a figure.
+//! /proc (through the harness's reader), so the report can say what bounds a figure.
 
 use std::collections::BTreeMap;
 
@@ -8,34 +8,13 @@ use std::collections::BTreeMap;
 pub type Snapshot = BTreeMap<String, f64>;
 
 pub fn snapshot(ours: &[(String, u32)]) -> Snapshot {
-    let ticks = 100.0; // USER_HZ on Linux
     let me = std::process::id();
     let mut out = Snapshot::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+    for pid in qr3_testkit::procfs::pids() {
+        let Some(cpu) = qr3_testkit::procfs::cpu_time(pid) else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // comm is in parentheses and may contain spaces: split after the last ')'.
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("");
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let (Some(utime), Some(stime)) = (fields.get(11), fields.get(12)) else {
-            continue;
-        };
-        let seconds =
-            (utime.parse::<f64>().unwrap_or(0.0) + stime.parse::<f64>().unwrap_or(0.0)) / ticks;
+        let comm = cpu.comm.as_str();
         let group = if pid == me {
             "bench (publisher + receiver)".to_owned()
         } else if let Some((name, _)) = ours.iter().find(|(_, p)| *p == pid) {
@@ -47,7 +26,7 @@ pub fn snapshot(ours: &[(String, u32)]) -> Snapshot {
         } else {
             continue;
         };
-        *out.entry(group).or_default() += seconds;
+        *out.entry(group).or_default() += cpu.seconds;
     }
     out
 }

@@ -21,12 +21,11 @@ mod workloads;
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
 use base64::Engine;
 use clap::{Parser, Subcommand};
 use rand::RngCore;
 
-use procs::Env;
+use qr3_testkit::Deployment;
 
 #[derive(Parser)]
 #[command(
@@ -116,119 +115,23 @@ pub struct Sizes {
     pub ceiling_messages: usize,
 }
 
-/// A run's own database and broker namespace, and the environment pointing at them.
-pub struct Run {
-    pub id: String,
-    pub prefix: String,
-    pub db_url: String,
-    pub db_server_base: String,
-    pub api_port: u16,
-    pub env: Env,
-}
-
-impl Run {
-    pub fn new(kind: &str, common: &Common) -> anyhow::Result<Self> {
-        if !common.bin.exists() {
-            bail!("{} does not exist: build it first", common.bin.display());
-        }
-        std::fs::create_dir_all(&common.out)?;
-        let id = ulid::Ulid::new().to_string().to_ascii_lowercase();
-        let prefix = format!("{kind}_{id}");
-        let base = common
-            .database
-            .rsplit_once('/')
-            .map(|(b, _)| b.to_owned())
-            .unwrap_or_else(|| common.database.clone());
-        let db_url = format!("{base}/qr3_{kind}_{id}");
-        let mut key = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut key);
-        let api_port = free_port()?;
-        let env = Env {
-            bin: common.bin.clone(),
-            logs: common.out.join("logs"),
-            vars: vec![
-                ("QR3__DATABASE__URL".into(), db_url.clone()),
-                ("QR3__AMQP__URL".into(), common.amqp.clone()),
-                ("QR3__AMQP__PREFIX".into(), prefix.clone()),
-                (
-                    "QR3__AMQP__EVENTS_EXCHANGE".into(),
-                    format!("{prefix}.events"),
-                ),
-                (
-                    "QR3__SECRETS__ENCRYPTION_KEY".into(),
-                    base64::engine::general_purpose::STANDARD.encode(key),
-                ),
-                // Only so the receivers may live on 127.0.0.1; everything else is production.
-                ("QR3__DELIVERY__ALLOW_PRIVATE_TARGETS".into(), "true".into()),
-                ("QR3__API__REQUIRE_HTTPS".into(), "false".into()),
-                ("QR3__API__LISTEN".into(), format!("127.0.0.1:{api_port}")),
-                ("QR3__METRICS__LISTEN".into(), "127.0.0.1:0".into()),
-                ("QR3__LOG__LEVEL".into(), "warn".into()),
-            ],
-        };
-        Ok(Self {
-            id,
-            prefix,
-            db_url,
-            db_server_base: base,
-            api_port,
-            env,
-        })
-    }
-
-    /// Deletes the run's queues, exchange and database.
-    pub async fn cleanup(&self, amqp: &str) {
-        if let Ok(connection) = qr3_broker::connect(amqp, "qr3-bench-cleanup").await {
-            if let Ok(channel) = connection.create_channel().await {
-                let prefix = &self.prefix;
-                let mut names = vec![
-                    format!("{prefix}.ingest"),
-                    format!("{prefix}.ingest.dead"),
-                    format!("{prefix}.deliveries"),
-                    format!("{prefix}.deliveries.dead"),
-                    format!("{prefix}.ceiling"),
-                    format!("{prefix}.ceiling.hops.a"),
-                    format!("{prefix}.ceiling.hops.b"),
-                ];
-                for (key, value) in &self.env.vars {
-                    if key == "QR3__DELIVERY__RETRY_DELAYS_MS" {
-                        names.extend(
-                            value
-                                .split(',')
-                                .map(|d| format!("{prefix}.retry.{}ms", d.trim())),
-                        );
-                    }
-                }
-                names.extend([60_000, 300_000].map(|d| format!("{prefix}.retry.{d}ms")));
-                names.extend([1000, 2000, 4000, 8000].map(|d| format!("{prefix}.defer.{d}ms")));
-                for name in names {
-                    let _ = channel.queue_delete(name.into(), Default::default()).await;
-                }
-                let _ = channel
-                    .exchange_delete(format!("{prefix}.operator").into(), Default::default())
-                    .await;
-                let _ = channel
-                    .exchange_delete(format!("{prefix}.events").into(), Default::default())
-                    .await;
-            }
-        }
-        if let Ok(client) =
-            qr3_store::connect_once(&format!("{}/postgres", self.db_server_base)).await
-        {
-            let name = self
-                .db_url
-                .rsplit('/')
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            let _ = client
-                .batch_execute(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true"))
-                .await;
-            let _ = client
-                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                .await;
-        }
-    }
+/// A run's own deployment: a fresh database and broker prefix named after `kind`, the
+/// binary's processes with their logs under `<out>/logs`, a key of its own, and
+/// production settings but for receivers on 127.0.0.1.
+pub fn deployment(kind: &str, common: &Common) -> anyhow::Result<Deployment> {
+    std::fs::create_dir_all(&common.out)?;
+    let mut deployment = Deployment::on(kind, &common.database, &common.amqp)?
+        .with_binary(&common.bin, Some(&common.out.join("logs")))?;
+    let mut key = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    deployment
+        .unset("QR3__SECRETS__ALLOW_INSECURE_DEV_KEY")
+        .set(
+            "QR3__SECRETS__ENCRYPTION_KEY",
+            &base64::engine::general_purpose::STANDARD.encode(key),
+        )
+        .set("QR3__LOG__LEVEL", "warn");
+    Ok(deployment)
 }
 
 #[tokio::main]
@@ -264,11 +167,16 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             ceiling_messages: 40_000,
         }
     };
-    let mut run = Run::new("bench", &args.common)?;
-    run.env.vars.extend(args.settings.iter().cloned());
+    let mut run = deployment("bench", &args.common)?;
+    for (key, value) in &args.settings {
+        run.set(key, value);
+    }
+    for queue in ["ceiling", "ceiling.hops.a", "ceiling.hops.b"] {
+        run.owns_queue(format!("{}.{queue}", run.name));
+    }
     println!(
         "qr3-bench: run {} ({}), {} sender(s), {} ingest(s){}",
-        run.id,
+        run.name,
         if args.quick { "quick" } else { "full" },
         args.senders,
         args.ingests,
@@ -277,17 +185,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             .map(|(k, v)| format!(", {k}={v}"))
             .collect::<String>()
     );
-    run.env.run(&["migrate"]).context("migrate")?;
-    let result = workloads::run_all(&args, sizes, &run.env, &run.db_url, run.api_port).await;
-    run.cleanup(&args.common.amqp).await;
+    run.migrate()?;
+    let result = workloads::run_all(&args, sizes, &run).await;
+    // Removes the run's queues, exchanges and database.
+    drop(run);
     let report = result?;
     report::write(&args.common.out, &report)?;
     report::print(&report);
     Ok(())
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }

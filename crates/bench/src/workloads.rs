@@ -4,12 +4,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use lapin::BasicProperties;
 use qr3_broker::{Outgoing, Publisher};
 use serde_json::json;
 
-use crate::procs::{Env, Proc};
+use crate::procs::Proc;
+use qr3_testkit::Deployment;
 use crate::receiver::Receiver;
 use crate::report::{Ceilings, Latency, LatencyFloor, Memory, Report, Throughput};
 use crate::{ceilings, Args, Sizes};
@@ -33,17 +34,11 @@ struct Sampler {
 pub async fn run_all(
     args: &Args,
     sizes: Sizes,
-    env: &Env,
-    db_url: &str,
-    api_port: u16,
+    env: &Deployment,
 ) -> anyhow::Result<Report> {
     // Ceilings first, while nothing else runs.
-    let prefix = env
-        .vars
-        .iter()
-        .find(|(k, _)| k == "QR3__AMQP__PREFIX")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
+    let prefix = env.name.clone();
+    let db_url = env.database_url();
     let payload_size = 260;
     println!(
         "ceiling: RabbitMQ alone ({} persistent {payload_size}-byte messages)…",
@@ -106,9 +101,10 @@ pub async fn run_all(
     for i in 0..args.senders {
         procs.push(env.spawn("sender", &format!("sender-{i}"))?);
     }
-    procs.push(env.spawn("api", "api")?);
-    let api = format!("http://127.0.0.1:{api_port}");
-    crate::procs::wait_ready(&api).await?;
+    let mut api_process = env.spawn("api", "api")?;
+    api_process.wait_ready(qr3_testkit::deployment::READY_WITHIN)?;
+    let api = api_process.url();
+    procs.push(api_process);
     let sampler = Arc::new(Sampler::default());
     let pids: Vec<(String, u32)> = procs.iter().map(|p| (p.name.clone(), p.pid())).collect();
     let sampling = tokio::spawn(sample(sampler.clone(), pids.clone()));
@@ -310,14 +306,7 @@ async fn sample(sampler: Arc<Sampler>, pids: Vec<(String, u32)>) {
     loop {
         let phase = sampler.phase.lock().expect("lock").clone();
         for (name, pid) in &pids {
-            let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find(|l| l.starts_with("VmRSS:"))
-                        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                });
-            if let Some(kib) = rss {
+            if let Some(kib) = qr3_testkit::procfs::rss_kib(*pid) {
                 let mut peaks = sampler.peaks.lock().expect("lock");
                 let peak = peaks.entry((phase.clone(), name.clone())).or_default();
                 *peak = (*peak).max(kib);
@@ -327,16 +316,9 @@ async fn sample(sampler: Arc<Sampler>, pids: Vec<(String, u32)>) {
     }
 }
 
-fn workspace(env: &Env) -> anyhow::Result<Workspace> {
-    let out: serde_json::Value =
-        serde_json::from_str(&env.run(&["workspace", "create", "bench"])?)?;
-    Ok(Workspace {
-        id: out["workspace_id"]
-            .as_str()
-            .context("workspace_id")?
-            .to_owned(),
-        key: out["api_key"].as_str().context("api_key")?.to_owned(),
-    })
+fn workspace(env: &Deployment) -> anyhow::Result<Workspace> {
+    let (id, key) = env.create_workspace("bench")?;
+    Ok(Workspace { id, key })
 }
 
 pub async fn create_webhook(
@@ -583,7 +565,7 @@ async fn latency(
 /// Replaces the senders with one whose concurrency is 1,000, holds 1,000 deliveries at
 /// a slow receiver, and returns the sender's peak RSS in MiB meanwhile.
 async fn in_flight(
-    env: &Env,
+    env: &Deployment,
     procs: &mut Vec<Proc>,
     receiver: &Receiver,
     publisher: &Publisher,
@@ -599,10 +581,14 @@ async fn in_flight(
     for i in senders.into_iter().rev() {
         procs.remove(i).terminate();
     }
-    let sender = env
-        .with("QR3__DELIVERY__CONCURRENCY", "1000")
-        .with("QR3__DELIVERY__MAX_IN_FLIGHT_PER_WEBHOOK", "1000")
-        .spawn("sender", "sender-inflight")?;
+    let sender = env.spawn_with(
+        "sender",
+        "sender-inflight",
+        &[
+            ("QR3__DELIVERY__CONCURRENCY", "1000"),
+            ("QR3__DELIVERY__MAX_IN_FLIGHT_PER_WEBHOOK", "1000"),
+        ],
+    )?;
     receiver
         .log
         .delay_ms

@@ -62,6 +62,11 @@ impl TestDb {
         })
     }
 
+    /// The server's maintenance database, for statements about this one.
+    pub fn admin_url(&self) -> &str {
+        &self.admin_url
+    }
+
     /// Whether the database exists on the server (asked through the maintenance
     /// database).
     pub async fn exists(&self) -> anyhow::Result<bool> {

@@ -134,6 +134,11 @@ impl Deployment {
         self.settings.database.url.expose()
     }
 
+    /// The Postgres server's maintenance database (statements about the database).
+    pub fn admin_url(&self) -> &str {
+        self.db().admin_url()
+    }
+
     /// The database of a throwaway deployment (store, raw queries).
     pub fn db(&self) -> &TestDb {
         self.db.as_ref().expect("a throwaway deployment")

@@ -8,65 +8,35 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use hmac::Mac;
+use qr3_testkit::deployment::READY_WITHIN;
+use qr3_testkit::Deployment;
 use serde_json::Value;
 
 const DEMO_SECRET: &str = "demo-secret-key-0123456789";
 
-/// Kills the service when the demo ends, however it ends.
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn local_env(cmd: &mut Command, listen: &str) {
-    // Local development only: the well-known dev key, plain-http and loopback targets.
-    cmd.env("QR3__SECRETS__ALLOW_INSECURE_DEV_KEY", "true")
-        .env("QR3__DELIVERY__ALLOW_PRIVATE_TARGETS", "true")
-        .env("QR3__API__REQUIRE_HTTPS", "false")
-        .env("QR3__API__LISTEN", listen)
-        .env("QR3__METRICS__LISTEN", "127.0.0.1:0");
-}
-
 pub fn up(root: &Path, listen: &str, exit: bool) -> anyhow::Result<()> {
     crate::cargo(root, &["build", "-p", "qr3-webhooks"])?;
-    let bin = root.join("target/debug/qr3-webhooks");
-    let run = |args: &[&str]| -> anyhow::Result<String> {
-        let mut cmd = Command::new(&bin);
-        local_env(&mut cmd, listen);
-        let out = cmd
-            .args(args)
-            .stderr(Stdio::inherit())
-            .output()
-            .with_context(|| format!("cannot run qr3-webhooks {}", args.join(" ")))?;
-        if !out.status.success() {
-            bail!("qr3-webhooks {} failed", args.join(" "));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
+    // The deployment the default settings (and the environment) name, kept when the
+    // demo ends; its processes log to this terminal.
+    let mut deployment = Deployment::existing(qr3_config::Settings::defaults())
+        .with_binary(&root.join("target/debug/qr3-webhooks"), None)?;
+    deployment.set("QR3__API__LISTEN", listen);
+    let run = |args: &[&str]| deployment.run(args);
 
     println!("==> qr3-webhooks migrate");
-    run(&["migrate"])?;
+    deployment.migrate()?;
 
     println!("==> qr3-webhooks all (api on http://{listen})");
-    let mut cmd = Command::new(&bin);
-    local_env(&mut cmd, listen);
-    let _service = Service(
-        cmd.arg("all")
-            .spawn()
-            .context("cannot start qr3-webhooks all")?,
-    );
+    // Killed when the demo ends, however it ends.
+    let mut service = deployment.spawn("all", "all")?;
+    service.wait_ready(READY_WITHIN)?;
     let api = format!("http://{listen}");
-    wait_ready(&api)?;
 
     let (receiver_url, deliveries) = start_receiver()?;
     println!("==> demo receiver on {receiver_url}");
@@ -178,21 +148,6 @@ fn curl(args: &[&str]) -> anyhow::Result<Value> {
     }
     serde_json::from_slice(&out.stdout)
         .with_context(|| format!("not JSON: {}", String::from_utf8_lossy(&out.stdout)))
-}
-
-fn wait_ready(api: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let ok = Command::new("curl")
-            .args(["-sf", "-o", "/dev/null", &format!("{api}/readyz")])
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    bail!("the API at {api} did not become ready within 30 s")
 }
 
 /// What the demo receiver saw of one request: headers, body, signature valid.

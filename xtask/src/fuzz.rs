@@ -1,6 +1,6 @@
 //! `cargo xtask fuzz`: Schemathesis against the served OpenAPI document.
 //!
-//! Starts `qr3-webhooks api` in a sandbox (fresh database, own broker namespace,
+//! Starts `qr3-webhooks api` in a throwaway deployment (fresh database, own broker namespace,
 //! production target rules: private addresses refused, no sender running so nothing is
 //! ever delivered anywhere, an admin token of its own), creates a workspace, and lets
 //! Schemathesis generate valid and invalid requests for every operation from
@@ -21,7 +21,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use qr3_domain::WorkspaceId;
 
-use crate::sandbox::Sandbox;
+use qr3_testkit::Deployment;
 
 /// Schemathesis 4's command line is what the arguments below are written for.
 const SCHEMATHESIS: &str = "schemathesis>=4,<5";
@@ -31,17 +31,15 @@ pub fn fuzz(root: &Path, examples: u32, seed: Option<u64>) -> anyhow::Result<()>
     ensure_schemathesis()?;
     crate::cargo(root, &["build", "--quiet", "-p", "qr3-webhooks"])?;
     let logs = root.join("target/fuzz");
-    // This sandbox's own, from the OS CSPRNG (two ULIDs' random bits).
+    // This deployment's own, from the OS CSPRNG (two ULIDs' random bits).
     let admin_token = format!(
         "fuzz-admin-{}-{}",
         WorkspaceId::generate(),
         WorkspaceId::generate()
     );
-    let mut sandbox = Sandbox::new(
-        &root.join("target/debug/qr3-webhooks"),
-        "fuzz",
-        &logs,
-        &[
+    let mut deployment =
+        Deployment::new("fuzz")?.with_binary(&root.join("target/debug/qr3-webhooks"), Some(&logs))?;
+    for (key, value) in [
             // Production rules for targets; no sender runs, so nothing is delivered.
             ("QR3__DELIVERY__ALLOW_PRIVATE_TARGETS", "false"),
             // The ping endpoint waits for an attempt no sender will make.
@@ -52,12 +50,15 @@ pub fn fuzz(root: &Path, examples: u32, seed: Option<u64>) -> anyhow::Result<()>
             ("QR3__API__RATE_LIMIT_BURST", "1000000"),
             ("QR3__LOG__LEVEL", "info"),
             ("QR3__API__ADMIN_TOKEN", &admin_token),
-        ],
-    )?;
-    sandbox.start_api()?;
-    let (_, api_key) = sandbox.create_workspace("fuzz")?;
+        ] {
+            deployment.set(key, value);
+    }
+    deployment.migrate()?;
+    let mut api = deployment.start_api()?;
+    let api_log_path = logs.join(format!("{}.log", api.name));
+    let (_, api_key) = deployment.create_workspace("fuzz")?;
 
-    let schema = format!("http://{}/v1/openapi.json", sandbox.api_addr);
+    let schema = format!("{}/v1/openapi.json", api.url());
     let examples = examples.to_string();
     let seed = seed.map(|s| s.to_string());
     // Each credential opens only its own API, so each part of the document is run with
@@ -101,18 +102,17 @@ pub fn fuzz(root: &Path, examples: u32, seed: Option<u64>) -> anyhow::Result<()>
             .env("NO_COLOR", "1")
             .status()
             .context("cannot run schemathesis")?;
-        if sandbox.exited("api").is_some() {
-            let api_log = std::fs::read_to_string(sandbox.log_path("api")).unwrap_or_default();
-            bail!("the API died during the fuzz run:\n{api_log}");
+        if api.exited().is_some() {
+            bail!("the API died during the fuzz run:\n{}", api.log());
         }
         if !status.success() {
             bail!(
                 "schemathesis found problems in {part} (API log: {})",
-                sandbox.log_path("api").display()
+                api_log_path.display()
             );
         }
     }
-    let api_log = std::fs::read_to_string(sandbox.log_path("api")).unwrap_or_default();
+    let api_log = api.log();
     // The key and the token went out with every request; neither may come back in a
     // log line.
     let key_secret = api_key.rsplit('_').next().unwrap_or(&api_key);

@@ -1,6 +1,6 @@
 //! `cargo xtask load`: does the platform hold under load?
 //!
-//! 1. The API (release build, one process, in a sandbox) under `wrk`: `GET /v1/webhooks`
+//! 1. The API (release build, one process, in a throwaway deployment) under `wrk`: `GET /v1/webhooks`
 //!    (a full page of 20) and then `POST /v1/webhooks` (a create, with a generated
 //!    secret), each for `--seconds` with `--connections` connections. Prints requests/s,
 //!    latency p50/p90/p99/max and error counts; fails on any socket error, any answer
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use crate::sandbox::{amqp_url, http_request, Sandbox};
+use qr3_testkit::{amqp_url, Deployment};
 
 /// How much the sender's resident memory may grow while a backlog waits in the broker.
 const MAX_RSS_GROWTH_MIB: f64 = 64.0;
@@ -49,11 +49,11 @@ pub fn load(root: &Path, options: LoadOptions) -> anyhow::Result<()> {
         root,
         &["build", "--release", "--quiet", "-p", "qr3-webhooks"],
     )?;
-    let mut sandbox = Sandbox::new(
+    let mut deployment = Deployment::new("load")?.with_binary(
         &root.join("target/release/qr3-webhooks"),
-        "load",
-        &root.join("target/load"),
-        &[
+        Some(&root.join("target/load")),
+    )?;
+    for (key, value) in [
             // Only so the backlog phase's receiver may live on 127.0.0.1.
             ("QR3__DELIVERY__ALLOW_PRIVATE_TARGETS", "true"),
             // wrk sends thousands of requests a second with one key: far above the
@@ -63,15 +63,18 @@ pub fn load(root: &Path, options: LoadOptions) -> anyhow::Result<()> {
             ("QR3__API__RATE_LIMIT_PER_SECOND", LOAD_RATE_LIMIT),
             ("QR3__API__RATE_LIMIT_BURST", LOAD_RATE_LIMIT),
             ("QR3__LOG__LEVEL", "warn"),
-        ],
-    )?;
-    sandbox.start_api()?;
-    let (workspace, api_key) = sandbox.create_workspace("load")?;
+        ] {
+            deployment.set(key, value);
+    }
+    deployment.migrate()?;
+    let api = deployment.start_api()?;
+    let api_addr = api.addr.to_string();
+    let (workspace, api_key) = deployment.create_workspace("load")?;
     let auth = format!("Bearer {api_key}");
     let create = |url: &str| -> anyhow::Result<String> {
         let body = serde_json::json!({"url": url, "events": ["*"]}).to_string();
         match http_request(
-            &sandbox.api_addr,
+            &api_addr,
             "POST",
             "/v1/webhooks",
             &[
@@ -92,7 +95,7 @@ pub fn load(root: &Path, options: LoadOptions) -> anyhow::Result<()> {
     }
 
     let script = root.join("xtask/load/webhooks.lua");
-    let base = format!("http://{}", sandbox.api_addr);
+    let base = api.url();
     let mut failures = Vec::new();
     println!(
         "(per-key rate limit raised to {LOAD_RATE_LIMIT}/s for wrk's single key; \
@@ -109,7 +112,7 @@ pub fn load(root: &Path, options: LoadOptions) -> anyhow::Result<()> {
     for _ in 0..4 {
         hooks.push(create(&receiver_url)?);
     }
-    let rss = sender_backlog(&mut sandbox, &workspace, &hooks, options.backlog, &answered)?;
+    let rss = sender_backlog(&deployment, &workspace, &hooks, options.backlog, &answered)?;
     println!("{}", rss.describe(options.backlog));
     if rss.growth_mib() > MAX_RSS_GROWTH_MIB {
         failures.push(format!(
@@ -280,13 +283,14 @@ impl RssReport {
 }
 
 fn sender_backlog(
-    sandbox: &mut Sandbox,
+    deployment: &Deployment,
     workspace: &str,
     hooks: &[String],
     backlog: usize,
     answered: &AtomicUsize,
 ) -> anyhow::Result<RssReport> {
-    let pid = sandbox.spawn(
+    let sender = deployment.spawn_with(
+        "sender",
         "sender",
         &[
             ("QR3__DELIVERY__CONCURRENCY", SENDER_CONCURRENCY),
@@ -297,7 +301,7 @@ fn sender_backlog(
         ],
     )?;
     // Warm up: one delivery through every code path, then the idle baseline.
-    let settings = sandbox.settings();
+    let settings = deployment.settings.clone();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -310,18 +314,18 @@ fn sender_backlog(
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let idle_kib = rss_kib(pid).context("cannot read the sender's memory")?;
+    let idle_kib = sender.rss_kib().context("cannot read the sender's memory")?;
 
     let before = answered.load(Ordering::SeqCst);
     runtime.block_on(publish_jobs(&settings, workspace, hooks, backlog))?;
     let started = Instant::now();
     let mut peak_kib = idle_kib;
     while started.elapsed() < Duration::from_secs(5) {
-        peak_kib = peak_kib.max(rss_kib(pid).unwrap_or(0));
+        peak_kib = peak_kib.max(sender.rss_kib().unwrap_or(0));
         std::thread::sleep(Duration::from_millis(50));
     }
     let waiting_after = runtime.block_on(waiting(&settings))?;
-    sandbox.stop("sender");
+    sender.terminate();
     Ok(RssReport {
         idle_kib,
         peak_kib,
@@ -398,15 +402,33 @@ async fn waiting(settings: &qr3_config::Settings) -> anyhow::Result<u32> {
     Ok(queue.message_count())
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+/// A minimal HTTP/1.1 request to `addr`; the status and body, or `None` on any failure.
+fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<(u16, String)> {
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let status = answer.split(' ').nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
 }
 
 /// A receiver on 127.0.0.1 that answers every request 200 after [`RECEIVER_DELAY`],

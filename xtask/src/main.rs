@@ -13,7 +13,6 @@
 mod demo;
 mod fuzz;
 mod load;
-mod sandbox;
 mod tidy;
 
 use std::path::{Path, PathBuf};

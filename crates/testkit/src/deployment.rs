@@ -5,7 +5,7 @@
 //! benchmark and `cargo xtask` all make their deployments with it.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -245,7 +245,7 @@ impl Deployment {
             .map(|(k, v)| (*k, *v))
             .chain(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .find(|(k, _)| *k == key)
-            .and_then(|(_, v)| v.parse::<SocketAddr>().ok())
+            .and_then(|(_, v)| v.to_socket_addrs().ok()?.next())
             .filter(|addr| addr.port() != 0);
         let addr = match fixed {
             Some(addr) => addr,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use hmac::Mac;
 use qr3_testkit::deployment::READY_WITHIN;
-use qr3_testkit::Deployment;
+use qr3_testkit::{Deployment, Logs};
 use serde_json::Value;
 
 const DEMO_SECRET: &str = "demo-secret-key-0123456789";
@@ -25,7 +25,7 @@ pub fn up(root: &Path, listen: &str, exit: bool) -> anyhow::Result<()> {
     // The deployment the default settings (and the environment) name, kept when the
     // demo ends; its processes log to this terminal.
     let mut deployment = Deployment::existing(qr3_config::Settings::defaults())
-        .with_binary(&root.join("target/debug/qr3-webhooks"), None)?;
+        .with_binary(&root.join("target/debug/qr3-webhooks"), Logs::Inherit)?;
     deployment.set("QR3__API__LISTEN", listen);
     let run = |args: &[&str]| deployment.run(args);
 

@@ -21,7 +21,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use qr3_domain::WorkspaceId;
 
-use qr3_testkit::Deployment;
+use qr3_testkit::{Deployment, Logs};
 
 /// Schemathesis 4's command line is what the arguments below are written for.
 const SCHEMATHESIS: &str = "schemathesis>=4,<5";
@@ -38,7 +38,7 @@ pub fn fuzz(root: &Path, examples: u32, seed: Option<u64>) -> anyhow::Result<()>
         WorkspaceId::generate()
     );
     let mut deployment =
-        Deployment::new("fuzz")?.with_binary(&root.join("target/debug/qr3-webhooks"), Some(&logs))?;
+        Deployment::new("fuzz")?.with_binary(&root.join("target/debug/qr3-webhooks"), Logs::In(logs.clone()))?;
     for (key, value) in [
             // Production rules for targets; no sender runs, so nothing is delivered.
             ("QR3__DELIVERY__ALLOW_PRIVATE_TARGETS", "false"),

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use qr3_testkit::{amqp_url, Deployment};
+use qr3_testkit::{amqp_url, Deployment, Logs};
 
 /// How much the sender's resident memory may grow while a backlog waits in the broker.
 const MAX_RSS_GROWTH_MIB: f64 = 64.0;
@@ -51,7 +51,7 @@ pub fn load(root: &Path, options: LoadOptions) -> anyhow::Result<()> {
     )?;
     let mut deployment = Deployment::new("load")?.with_binary(
         &root.join("target/release/qr3-webhooks"),
-        Some(&root.join("target/load")),
+        Logs::In(root.join("target/load")),
     )?;
     for (key, value) in [
             // Only so the backlog phase's receiver may live on 127.0.0.1.

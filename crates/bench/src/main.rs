@@ -25,7 +25,7 @@ use base64::Engine;
 use clap::{Parser, Subcommand};
 use rand::RngCore;
 
-use qr3_testkit::Deployment;
+use qr3_testkit::{Deployment, Logs};
 
 #[derive(Parser)]
 #[command(
@@ -121,7 +121,7 @@ pub struct Sizes {
 pub fn deployment(kind: &str, common: &Common) -> anyhow::Result<Deployment> {
     std::fs::create_dir_all(&common.out)?;
     let mut deployment = Deployment::on(kind, &common.database, &common.amqp)?
-        .with_binary(&common.bin, Some(&common.out.join("logs")))?;
+        .with_binary(&common.bin, Logs::In(common.out.join("logs")))?;
     let mut key = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut key);
     deployment

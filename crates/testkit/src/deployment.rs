@@ -35,6 +35,8 @@ pub struct Deployment {
     bin: Option<PathBuf>,
     /// Where each process's output goes (`<logs>/<name>.log`); inherited when `None`.
     logs: Option<PathBuf>,
+    /// Whether `logs` goes with the deployment.
+    temporary_logs: bool,
     /// `QR3__…` variables every child process gets on top of the namespace's.
     env: Vec<(String, String)>,
     /// Queues of the prefix declared by the user rather than by `qr3-webhooks`.
@@ -75,6 +77,7 @@ impl Deployment {
             db: Some(db),
             bin: None,
             logs: None,
+            temporary_logs: false,
             env: local_env(),
             own_queues: Vec::new(),
         }
@@ -90,23 +93,29 @@ impl Deployment {
             db: None,
             bin: None,
             logs: None,
+            temporary_logs: false,
             env: local_env(),
             own_queues: Vec::new(),
         }
     }
 
-    /// Runs `bin` for its processes and commands, their output in `<logs>/<name>.log`
-    /// (inherited without `logs`).
-    pub fn with_binary(mut self, bin: &Path, logs: Option<&Path>) -> anyhow::Result<Self> {
+    /// Runs `bin` for its processes and commands, their output going where `logs` says.
+    pub fn with_binary(mut self, bin: &Path, logs: Logs) -> anyhow::Result<Self> {
         if !bin.exists() {
             bail!("{} does not exist: build it first", bin.display());
         }
-        if let Some(logs) = logs {
-            std::fs::create_dir_all(logs)
-                .with_context(|| format!("cannot create {}", logs.display()))?;
+        self.temporary_logs = matches!(logs, Logs::Temporary);
+        let dir = match logs {
+            Logs::Inherit => None,
+            Logs::In(dir) => Some(dir),
+            Logs::Temporary => Some(std::env::temp_dir().join(&self.name)),
+        };
+        if let Some(dir) = &dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         self.bin = Some(bin.to_owned());
-        self.logs = logs.map(Path::to_owned);
+        self.logs = dir;
         Ok(self)
     }
 
@@ -305,9 +314,13 @@ impl Deployment {
     }
 }
 
-/// A throwaway deployment's queues, exchanges and database go with it.
+/// A throwaway deployment's queues, exchanges and database go with it (and its logs
+/// when they were temporary).
 impl Drop for Deployment {
     fn drop(&mut self) {
+        if let Some(dir) = self.logs.as_ref().filter(|_| self.temporary_logs) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         let Some(db) = self.db.take() else {
             return;
         };
@@ -327,6 +340,18 @@ impl Drop for Deployment {
         });
         drop(db);
     }
+}
+
+/// Where a deployment's processes write their output.
+#[derive(Debug, Clone)]
+pub enum Logs {
+    /// To this process's stdout and stderr.
+    Inherit,
+    /// To `<dir>/<process name>.log`, kept.
+    In(PathBuf),
+    /// To a directory named after the deployment under the system's temporary
+    /// directory, removed with the deployment.
+    Temporary,
 }
 
 /// Deletes the queues and exchanges of `settings`' topology (for a test that made its
@@ -438,41 +463,63 @@ impl Process {
         text
     }
 
-    /// Waits until `/readyz` answers 200; fails when `within` passes first or the
-    /// process exits.
+    /// Waits until `/readyz` answers 200, blocking this thread; fails when `within`
+    /// passes first or the process exits.
     pub fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if http_status(self.addr, "/readyz") == Some(200) {
-                return Ok(());
-            }
-            if let Some(status) = self.exited() {
-                bail!(
-                    "qr3-webhooks {} ({}) exited with {status}{}",
-                    self.role,
-                    self.name,
-                    self.log_path()
-                        .map(|path| format!("; see {}", path.display()))
-                        .unwrap_or_default()
-                );
-            }
+        while !self.ready(deadline, within)? {
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!(
-            "qr3-webhooks {} ({}) at {} was not ready within {within:?}",
-            self.role,
-            self.name,
-            self.addr
-        )
+        Ok(())
     }
 
-    /// Sends SIGTERM and waits for the process to drain and exit (killed after
-    /// [`STOP_WITHIN`]); its exit status.
-    pub fn terminate(mut self) -> Option<std::process::ExitStatus> {
+    /// [`Process::wait_ready`] for async code whose runtime must keep running
+    /// meanwhile (a receiver on the same runtime, say).
+    pub async fn ready_within(&mut self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        while !self.ready(deadline, within)? {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// One look: whether `/readyz` answers 200; an error once the process has exited
+    /// or `deadline` has passed.
+    fn ready(&mut self, deadline: Instant, within: Duration) -> anyhow::Result<bool> {
+        if http_status(self.addr, "/readyz") == Some(200) {
+            return Ok(true);
+        }
+        if let Some(status) = self.exited() {
+            bail!(
+                "qr3-webhooks {} ({}) exited with {status}:\n{}",
+                self.role,
+                self.name,
+                self.log()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "qr3-webhooks {} ({}) at {} was not ready within {within:?}",
+                self.role,
+                self.name,
+                self.addr
+            );
+        }
+        Ok(false)
+    }
+
+    /// Sends SIGTERM, asking it to drain and exit, and returns at once.
+    pub fn signal_stop(&self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .stderr(Stdio::null())
             .status();
+    }
+
+    /// Sends SIGTERM and waits for the process to drain and exit; its exit status, or
+    /// `None` when it had not exited within [`STOP_WITHIN`] (it is killed then).
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        self.signal_stop();
         let deadline = Instant::now() + STOP_WITHIN;
         while Instant::now() < deadline {
             if let Some(status) = self.exited() {
@@ -481,6 +528,11 @@ impl Process {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// [`Process::stop`], consuming the handle.
+    pub fn terminate(mut self) -> Option<std::process::ExitStatus> {
+        self.stop()
     }
 }
 

@@ -18,7 +18,7 @@ pub mod tls_postgres;
 pub mod tls_rabbitmq;
 
 pub use db::TestDb;
-pub use deployment::{Deployment, Process};
+pub use deployment::{Deployment, Logs, Process};
 pub use proxy::TcpProxy;
 pub use receiver::{Behaviour, Received, Receiver};
 pub use tls_postgres::TlsPostgres;

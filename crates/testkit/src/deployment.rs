@@ -187,11 +187,12 @@ impl Deployment {
             .unwrap_or_else(|_| self.settings.clone())
     }
 
-    /// The binary, with the children's environment.
+    /// The binary, with the children's environment. Their log level is their
+    /// settings' (`log.level`): an inherited `RUST_LOG` would win over it.
     pub fn command(&self) -> Command {
         let bin = self.bin.as_deref().expect("with_binary() names the binary");
         let mut command = Command::new(bin);
-        command.envs(self.env());
+        command.env_remove("RUST_LOG").envs(self.env());
         command
     }
 
@@ -295,19 +296,24 @@ impl Deployment {
         Ok(api)
     }
 
-    /// Removes the prefix's queues and exchanges (the processes using them stopped
-    /// first: dropping their [`Process`]es, declared after the deployment, does that).
-    pub async fn remove_broker_objects(&self) {
+    /// Removes the prefix's queues and exchanges, as the processes (and this process)
+    /// declared them; the processes using them have stopped first (dropping their
+    /// [`Process`]es, declared after the deployment, does that).
+    async fn remove_broker_objects(&self) {
         let mut topologies = vec![Topology::from_settings(&self.settings)];
         if self.bin.is_some() {
             topologies.push(Topology::from_settings(&self.child_settings()));
         }
+        // Only names under the prefix: never another deployment's.
+        let ours = |name: &String| name.starts_with(&format!("{}.", self.name));
         let mut queues: Vec<String> = topologies.iter().flat_map(Topology::queues).collect();
         queues.extend(self.own_queues.iter().cloned());
+        queues.retain(ours);
         queues.sort();
         queues.dedup();
         let mut exchanges: Vec<String> =
             topologies.iter().flat_map(Topology::exchanges).collect();
+        exchanges.retain(ours);
         exchanges.sort();
         exchanges.dedup();
         delete(self.settings.amqp.url.expose(), &queues, &exchanges).await;
@@ -321,25 +327,35 @@ impl Drop for Deployment {
         if let Some(dir) = self.logs.as_ref().filter(|_| self.temporary_logs) {
             let _ = std::fs::remove_dir_all(dir);
         }
-        let Some(db) = self.db.take() else {
+        if self.db.is_none() {
             return;
-        };
-        // Drop cannot await: a short-lived thread with its own runtime removes the broker
-        // objects, then the database goes as `db` drops.
-        std::thread::scope(|scope| {
-            let _ = scope
-                .spawn(|| {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .ok()?;
-                    runtime.block_on(self.remove_broker_objects());
-                    Some(())
-                })
-                .join();
-        });
-        drop(db);
+        }
+        on_own_runtime(|| self.remove_broker_objects());
+        // The database goes last.
+        drop(self.db.take());
     }
+}
+
+/// Runs the future `make` makes to completion from synchronous code or a `Drop`
+/// (which cannot await, and may run inside a runtime): on a short-lived thread with a
+/// runtime of its own, waited for.
+fn on_own_runtime<F, Fut>(make: F)
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: std::future::Future,
+{
+    std::thread::scope(|scope| {
+        let _ = scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                runtime.block_on(make());
+                Some(())
+            })
+            .join();
+    });
 }
 
 /// Where a deployment's processes write their output.
@@ -364,6 +380,11 @@ pub async fn remove_topology(settings: &Settings) {
         &topology.exchanges(),
     )
     .await;
+}
+
+/// [`remove_topology`] from synchronous code or a `Drop`.
+pub fn remove_topology_now(settings: &Settings) {
+    on_own_runtime(|| remove_topology(settings));
 }
 
 async fn delete(amqp: &str, queues: &[String], exchanges: &[String]) {
@@ -467,7 +488,7 @@ impl Process {
     /// passes first or the process exits.
     pub fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
-        while !self.ready(deadline, within)? {
+        while !self.answers("/readyz", deadline, within)? {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
@@ -476,17 +497,26 @@ impl Process {
     /// [`Process::wait_ready`] for async code whose runtime must keep running
     /// meanwhile (a receiver on the same runtime, say).
     pub async fn ready_within(&mut self, within: Duration) -> anyhow::Result<()> {
+        self.answers_within("/readyz", within).await
+    }
+
+    /// Waits until it serves HTTP at all (`/healthz` answers 200), ready or not.
+    pub async fn listening_within(&mut self, within: Duration) -> anyhow::Result<()> {
+        self.answers_within("/healthz", within).await
+    }
+
+    async fn answers_within(&mut self, path: &str, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
-        while !self.ready(deadline, within)? {
+        while !self.answers(path, deadline, within)? {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(())
     }
 
-    /// One look: whether `/readyz` answers 200; an error once the process has exited
-    /// or `deadline` has passed.
-    fn ready(&mut self, deadline: Instant, within: Duration) -> anyhow::Result<bool> {
-        if http_status(self.addr, "/readyz") == Some(200) {
+    /// One look: whether `path` answers 200; an error once the process has exited or
+    /// `deadline` has passed.
+    fn answers(&mut self, path: &str, deadline: Instant, within: Duration) -> anyhow::Result<bool> {
+        if http_status(self.addr, path) == Some(200) {
             return Ok(true);
         }
         if let Some(status) = self.exited() {
@@ -499,7 +529,7 @@ impl Process {
         }
         if Instant::now() > deadline {
             bail!(
-                "qr3-webhooks {} ({}) at {} was not ready within {within:?}",
+                "qr3-webhooks {} ({}) at {} did not answer {path} within {within:?}",
                 self.role,
                 self.name,
                 self.addr

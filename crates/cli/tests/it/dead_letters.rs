@@ -201,7 +201,7 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        crate::helpers::delete_broker_objects_from_drop(&self.settings);
+        qr3_testkit::deployment::remove_topology_now(&self.settings);
     }
 }
 

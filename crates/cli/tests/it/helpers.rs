@@ -1,13 +1,13 @@
-//! `spawn_app()`: a fresh database and broker prefix, all roles started in-process.
+//! `spawn_app()`: a fresh database and broker prefix (a testkit [`Deployment`]), all
+//! roles started in-process.
 
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use qr3_broker::Topology;
 use qr3_config::Settings;
 use qr3_domain::{Subscriptions, TargetPolicy, WebhookSecret, WebhookUrl, WorkspaceId};
 use qr3_store::{AttemptRecord, NewWebhook, Store, Webhook};
-use qr3_testkit::TestDb;
+use qr3_testkit::{Deployment, Logs, TestDb};
 use qr3_webhooks::{app, cli::PublishArgs, Roles, Running};
 
 pub const SECRET: &str = "my-secret-key-min-16-chars";
@@ -19,7 +19,9 @@ pub struct TestApp {
     pub api_key: String,
     pub api: String,
     pub running: Option<Running>,
-    _db: TestDb,
+    /// The database and broker prefix, removed when the test ends (after `running`,
+    /// declared before it, has stopped).
+    _deployment: Deployment,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -44,19 +46,20 @@ pub async fn spawn_on(
     roles: Roles,
     configure: impl FnOnce(&mut Settings),
 ) -> TestApp {
-    let mut settings = qr3_testkit::test_settings(&db.url);
-    configure(&mut settings);
+    let mut deployment = Deployment::around(db);
+    configure(&mut deployment.settings);
+    let settings = deployment.settings.clone();
     let running = app::start(settings.clone(), roles)
         .await
         .expect("app starts");
     TestApp {
         api: format!("http://{}", running.api_addr.expect("api runs")),
-        store: db.store.clone(),
+        store: deployment.store().clone(),
         workspace: created.id,
         api_key: created.api_key.token().to_owned(),
         settings,
         running: Some(running),
-        _db: db,
+        _deployment: deployment,
     }
 }
 
@@ -163,57 +166,34 @@ impl TestApp {
         Topology::from_settings(&self.settings)
     }
 
-    /// Stops the roles and deletes this test's broker objects.
+    /// Stops the roles cleanly; the deployment goes as the app drops (as it does when
+    /// a test panics before `stop()`).
     pub async fn stop(mut self) {
         if let Some(running) = self.running.take() {
             running.stop().await.expect("clean shutdown");
         }
-        delete_broker_objects(&self.settings).await;
     }
 }
 
-/// A test that panicked before `stop()` still removes its queues.
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if self.running.take().is_some() {
-            delete_broker_objects_from_drop(&self.settings);
-        }
-    }
-}
-
-/// [`delete_broker_objects`] from a `Drop` (which cannot await): on a thread of its own
-/// with a runtime of its own, waited for.
-pub fn delete_broker_objects_from_drop(settings: &Settings) {
-    let settings = settings.clone();
-    let _ = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .ok()?;
-        rt.block_on(delete_broker_objects(&settings));
-        Some(())
-    })
-    .join();
-}
-
+/// Deletes the queues and exchanges of `settings` (for a test that made its settings
+/// without a [`Deployment`]).
 pub async fn delete_broker_objects(settings: &Settings) {
-    let Ok(connection) = qr3_broker::connect(settings.amqp.url.expose(), "test-cleanup").await
-    else {
-        return;
-    };
-    let Ok(channel) = connection.create_channel().await else {
-        return;
-    };
-    for queue in Topology::from_settings(settings).queues() {
-        let _ = channel
-            .queue_delete(queue.into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for exchange in Topology::from_settings(settings).exchanges() {
-        let _ = channel
-            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-            .await;
-    }
+    qr3_testkit::deployment::remove_topology(settings).await;
+}
+
+/// A deployment around `db` whose processes run this crate's binary, their output in a
+/// temporary directory ([`qr3_testkit::Process::log`] reads it), with JSON debug logs.
+pub fn deployment(db: TestDb) -> Deployment {
+    let mut deployment = Deployment::around(db)
+        .with_binary(
+            std::path::Path::new(env!("CARGO_BIN_EXE_qr3-webhooks")),
+            Logs::Temporary,
+        )
+        .expect("the test binary exists");
+    deployment
+        .set("QR3__LOG__FORMAT", "json")
+        .set("QR3__LOG__LEVEL", "debug");
+    deployment
 }
 
 /// `sha256=` + hex HMAC, computed here independently of the domain crate.
@@ -236,29 +216,23 @@ impl TestApp {
     }
 }
 
-/// The environment that points a child `qr3-webhooks` process at this test's database
-/// and broker (development key, loopback targets, JSON debug logs), plus `extra`.
+/// The environment that points a child `qr3-webhooks` process at `settings`' database
+/// and broker (development key, loopback targets, JSON debug logs), plus `extra`: for a
+/// test that runs the binary on settings of its own rather than a [`deployment`].
 pub fn child_env(settings: &Settings, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     // A key in `extra` that is also in the base comes later and wins.
-    [
-        (
-            "QR3__DATABASE__URL",
-            settings.database.url.expose().as_str(),
-        ),
-        ("QR3__AMQP__URL", settings.amqp.url.expose().as_str()),
-        ("QR3__AMQP__PREFIX", settings.amqp.prefix.as_str()),
-        (
-            "QR3__AMQP__EVENTS_EXCHANGE",
-            settings.amqp.events_exchange.as_str(),
-        ),
-        ("QR3__SECRETS__ALLOW_INSECURE_DEV_KEY", "true"),
-        ("QR3__DELIVERY__ALLOW_PRIVATE_TARGETS", "true"),
-        ("QR3__METRICS__LISTEN", "127.0.0.1:0"),
-        ("QR3__LOG__FORMAT", "json"),
-        ("QR3__LOG__LEVEL", "debug"),
-    ]
-    .iter()
-    .chain(extra)
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect()
+    let mut env = qr3_testkit::deployment::namespace_env(settings);
+    env.extend(
+        [
+            ("QR3__SECRETS__ALLOW_INSECURE_DEV_KEY", "true"),
+            ("QR3__DELIVERY__ALLOW_PRIVATE_TARGETS", "true"),
+            ("QR3__METRICS__LISTEN", "127.0.0.1:0"),
+            ("QR3__LOG__FORMAT", "json"),
+            ("QR3__LOG__LEVEL", "debug"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    env
 }

@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod dead_letters;
 mod delivery;
+mod deployment;
 mod failure_classes;
 mod helpers;
 mod hostile;

@@ -4,128 +4,42 @@
 //! as real processes), an error response, `/metrics`, a broker message (job, ping or
 //! retry) or the delivery log.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::AMQPValue;
-use qr3_config::Settings;
-use qr3_testkit::{Behaviour, Receiver, TestDb};
+use qr3_testkit::{Behaviour, Deployment, Process, Receiver, TestDb};
 use serde_json::{json, Value};
 
 const SECRET: &str = "leak-canary-secret-7f3a9c2e51";
 
-/// One `qr3-webhooks <role>` child whose stderr is collected.
-struct Role {
-    child: Child,
-    logs: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
+/// One `qr3-webhooks <role>` child of the test's deployment.
+struct Role(Process);
 
 impl Role {
-    fn start(role: &str, settings: &Settings) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_qr3-webhooks"))
-            .arg(role)
-            .envs(child_env(settings))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let logs = Arc::new(Mutex::new(String::new()));
-        let sink = logs.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut logs = sink.lock().unwrap();
-                logs.push_str(&line);
-                logs.push('\n');
-            }
-        });
-        Self {
-            child,
-            logs,
-            reader: Some(reader),
-        }
+    fn start(role: &str, deployment: &Deployment) -> Self {
+        Self(deployment.spawn(role, role).unwrap())
     }
 
     /// The address it serves HTTP on (the API, or a worker's ops endpoints), once
     /// `/readyz` there says it is ready: it listens before it has reached its
     /// dependencies, and its `/v1` answers 503 until then.
-    async fn addr(&self) -> String {
-        let addr = self.listening().await;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while reqwest::get(format!("http://{addr}/readyz"))
-            .await
-            .map_or(true, |r| r.status() != 200)
-        {
-            assert!(Instant::now() < deadline, "{addr} never became ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        addr
-    }
-
-    /// The address it logged when it started listening.
-    async fn listening(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = self.logs.lock().unwrap().clone();
-            for line in text.lines() {
-                let Ok(v) = serde_json::from_str::<Value>(line) else {
-                    continue;
-                };
-                let message = v["fields"]["message"].as_str().unwrap_or_default();
-                if message == "API listening" || message.starts_with("serving /healthz") {
-                    return v["fields"]["addr"].as_str().unwrap().to_owned();
-                }
-            }
-            assert!(Instant::now() < deadline, "no address logged: {text}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    async fn addr(&mut self) -> String {
+        self.0.ready_within(Duration::from_secs(20)).await.unwrap();
+        self.0.addr.to_string()
     }
 
     /// SIGTERM, wait for the exit, and return everything it logged.
     async fn stop(mut self) -> String {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        self.0.signal_stop();
         let deadline = Instant::now() + Duration::from_secs(15);
-        while self.child.try_wait().unwrap().is_none() {
+        while self.0.exited().is_none() {
             assert!(Instant::now() < deadline, "the process did not stop");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.reader.take().unwrap().join().unwrap();
-        let logs = self.logs.lock().unwrap().clone();
-        logs
+        self.0.log()
     }
-}
-
-impl Drop for Role {
-    /// A test that fails half-way leaves no process behind.
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn child_env(settings: &Settings) -> Vec<(String, String)> {
-    crate::helpers::child_env(
-        settings,
-        &[
-            ("QR3__API__REQUIRE_HTTPS", "false"),
-            ("QR3__API__LISTEN", "127.0.0.1:0"),
-            ("QR3__API__PING_WAIT_MS", "50"),
-            // Attempt 1 fails; its retry waits long enough to be read off its queue.
-            ("QR3__DELIVERY__RETRY_DELAYS_MS", "60000"),
-            ("QR3__DELIVERY__TIMEOUT_MS", "2000"),
-        ],
-    )
 }
 
 /// Every spelling of a secret that would count as a leak.
@@ -212,16 +126,22 @@ async fn peek(connection: &lapin::Connection, queue: &str, n: u32) -> Vec<String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_leave_their_place() {
-    let db = TestDb::new().await.unwrap();
-    let settings = qr3_testkit::test_settings(&db.url);
+    let mut deployment = crate::helpers::deployment(TestDb::new().await.unwrap());
+    deployment
+        .set("QR3__API__PING_WAIT_MS", "50")
+        // Attempt 1 fails; its retry waits long enough to be read off its queue.
+        .set("QR3__DELIVERY__RETRY_DELAYS_MS", "60000")
+        .set("QR3__DELIVERY__TIMEOUT_MS", "2000");
+    let db = deployment.db();
+    let settings = deployment.settings.clone();
     let topology = qr3_broker::Topology::from_settings(&settings);
     let workspace = db.store.create_workspace("w").await.unwrap();
     let api_key = workspace.api_key.token().to_owned();
     let canaries = Canaries::new(&api_key);
     let receiver = Receiver::start(Behaviour::Status(500)).await;
 
-    let api = Role::start("api", &settings);
-    let ingest = Role::start("ingest", &settings);
+    let mut api = Role::start("api", &deployment);
+    let mut ingest = Role::start("ingest", &deployment);
     let base = format!("http://{}", api.addr().await);
     let client = reqwest::Client::new();
     let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
@@ -323,7 +243,7 @@ async fn secrets_never_leave_their_place() {
     }
 
     // The sender signs with the secret; the failed attempt's retry carries no secret.
-    let sender = Role::start("sender", &settings);
+    let mut sender = Role::start("sender", &deployment);
     let got = receiver.wait_for(2, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 2, "the ping and the event were attempted");
     for request in &got {
@@ -390,16 +310,6 @@ async fn secrets_never_leave_their_place() {
             "broker credentials appeared in the {role}'s log"
         );
     }
-
-    // The children ran with a 60 s retry delay, which the test's own settings lack.
-    for queue in topology.queues().into_iter().chain([retry_queue]) {
-        let channel = connection.create_channel().await.unwrap();
-        let _ = channel.queue_delete(queue.into(), Default::default()).await;
-    }
-    let channel = connection.create_channel().await.unwrap();
-    for exchange in qr3_broker::Topology::from_settings(&settings).exchanges() {
-        let _ = channel
-            .exchange_delete(exchange.into(), Default::default())
-            .await;
-    }
+    // The deployment removes the queues the children declared (their 60 s retry
+    // delay's among them) as it drops.
 }

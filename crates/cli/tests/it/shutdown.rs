@@ -2,13 +2,9 @@
 //! secret; its /metrics move while it works.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lapin::options::BasicGetOptions;
-use qr3_config::Settings;
 use qr3_store::AttemptStatus;
 use qr3_testkit::{Behaviour, Receiver, TestDb};
 use qr3_webhooks::{app, Roles};
@@ -16,21 +12,16 @@ use serde_json::json;
 
 use crate::helpers::SECRET;
 
-fn child_env(settings: &Settings) -> Vec<(String, String)> {
-    crate::helpers::child_env(
-        settings,
-        &[
-            ("QR3__DELIVERY__RETRY_DELAYS_MS", "100,200"),
-            ("QR3__DELIVERY__CONCURRENCY", "16"),
-            ("QR3__SHUTDOWN__GRACE_PERIOD_MS", "10000"),
-        ],
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_burst_loses_no_delivery_and_logs_no_secret() {
-    let db = TestDb::new().await.unwrap();
-    let settings = qr3_testkit::test_settings(&db.url);
+    let mut deployment = crate::helpers::deployment(TestDb::new().await.unwrap());
+    deployment
+        .set("QR3__DELIVERY__RETRY_DELAYS_MS", "100,200")
+        .set("QR3__DELIVERY__CONCURRENCY", "16")
+        .set("QR3__SHUTDOWN__GRACE_PERIOD_MS", "10000");
+    let db = deployment.db();
+    let settings = deployment.settings.clone();
     // API and ingest in-process; the sender as a real child process.
     let running = app::start(
         settings.clone(),
@@ -58,21 +49,7 @@ async fn sigterm_mid_burst_loses_no_delivery_and_logs_no_secret() {
         .unwrap();
     let hook = qr3_domain::WebhookId::parse(created["id"].as_str().unwrap()).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qr3-webhooks"))
-        .arg("sender")
-        .envs(child_env(&settings))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let logs = Arc::new(Mutex::new(String::new()));
-    let stderr = child.stderr.take().unwrap();
-    let sink = logs.clone();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push_str(&line);
-            sink.lock().unwrap().push('\n');
-        }
-    });
+    let mut child = deployment.spawn("sender", "sender").unwrap();
 
     const EVENTS: usize = 300;
     let published: HashSet<String> = (0..EVENTS).map(|i| format!("evt_burst_{i}")).collect();
@@ -89,8 +66,12 @@ async fn sigterm_mid_burst_loses_no_delivery_and_logs_no_secret() {
         .publish_all(&messages)
         .await
         .unwrap();
-    // Scrape the child's /metrics while it works: find its port in its JSON logs.
-    let ops = wait_for_ops_addr(&logs).await;
+    // Scrape the child's /metrics while it works.
+    child
+        .listening_within(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let ops = child.addr;
     receiver.wait_for(40, Duration::from_secs(20)).await;
     let metrics = reqwest::get(format!("http://{ops}/metrics"))
         .await
@@ -110,15 +91,11 @@ async fn sigterm_mid_burst_loses_no_delivery_and_logs_no_secret() {
         200
     );
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    child.signal_stop();
     let started = Instant::now();
     // Poll rather than block: the receiver runs on this runtime and must keep answering.
     let exit = loop {
-        if let Some(exit) = child.try_wait().unwrap() {
+        if let Some(exit) = child.exited() {
             break exit;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -131,7 +108,6 @@ async fn sigterm_mid_burst_loses_no_delivery_and_logs_no_secret() {
         started.elapsed() < Duration::from_secs(10),
         "within the grace period"
     );
-    reader.join().unwrap();
 
     // Everything the receiver got was logged, and whatever was not delivered is still
     // in the broker.
@@ -213,7 +189,7 @@ async fn sigterm_mid_burst_loses_no_delivery_and_logs_no_secret() {
         .collect();
     assert_eq!(got, published);
 
-    let logs = logs.lock().unwrap().clone();
+    let logs = child.log();
     assert!(
         logs.contains("sender consuming"),
         "the child logged: {logs}"
@@ -234,45 +210,6 @@ async fn sigterm_mid_burst_loses_no_delivery_and_logs_no_secret() {
 
     sender.stop().await.unwrap();
     running.stop().await.unwrap();
-    cleanup(&settings).await;
-}
-
-pub async fn wait_for_ops_addr(logs: &Arc<Mutex<String>>) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = logs.lock().unwrap().clone();
-        for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            if v["fields"]["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("serving /healthz"))
-            {
-                return v["fields"]["addr"].as_str().unwrap().to_owned();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the sender never logged its ops address: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn cleanup(settings: &Settings) {
-    let connection = qr3_broker::connect(settings.amqp.url.expose(), "test-cleanup")
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    for queue in qr3_broker::Topology::from_settings(settings).queues() {
-        let _ = channel.queue_delete(queue.into(), Default::default()).await;
-    }
-    for exchange in qr3_broker::Topology::from_settings(settings).exchanges() {
-        let _ = channel
-            .exchange_delete(exchange.into(), Default::default())
-            .await;
-    }
 }
 
 /// SIGTERM to a process running every role, idle or having just delivered, logs no
@@ -281,39 +218,22 @@ async fn cleanup(settings: &Settings) {
 /// connection's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_shutdown_logs_no_error() {
-    let db = TestDb::new().await.unwrap();
-    let settings = qr3_testkit::test_settings(&db.url);
+    let mut deployment = crate::helpers::deployment(TestDb::new().await.unwrap());
+    deployment.set("QR3__DELIVERY__RETRY_DELAYS_MS", "100,200");
+    let db = deployment.db();
+    let settings = deployment.settings.clone();
     let workspace = db.store.create_workspace("w").await.unwrap();
     let receiver = Receiver::start(Behaviour::Status(200)).await;
     for (round, deliver) in [(0, false), (1, true)] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_qr3-webhooks"))
-            .arg("all")
-            .envs(crate::helpers::child_env(
-                &settings,
-                &[
-                    ("QR3__API__LISTEN", "127.0.0.1:0"),
-                    ("QR3__DELIVERY__RETRY_DELAYS_MS", "100,200"),
-                ],
-            ))
-            .stderr(Stdio::piped())
-            .spawn()
+        let mut child = deployment
+            .spawn("all", &format!("all-{round}"))
             .unwrap();
-        let logs = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = logs.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut logs = sink.lock().unwrap();
-                logs.push_str(&line);
-                logs.push('\n');
-            }
-        });
         let deadline = Instant::now() + Duration::from_secs(20);
         while !["ingest consuming", "sender consuming"]
             .iter()
-            .all(|m| logs.lock().unwrap().contains(m))
+            .all(|m| child.log().contains(m))
         {
-            assert!(Instant::now() < deadline, "{}", logs.lock().unwrap());
+            assert!(Instant::now() < deadline, "{}", child.log());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if deliver {
@@ -351,20 +271,15 @@ async fn a_clean_shutdown_logs_no_error() {
                 .unwrap();
             assert_eq!(receiver.wait_for(1, Duration::from_secs(10)).await.len(), 1);
         }
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        child.signal_stop();
         let exit = loop {
-            if let Some(exit) = child.try_wait().unwrap() {
+            if let Some(exit) = child.exited() {
                 break exit;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         assert!(exit.success(), "round {round}: {exit:?}");
-        reader.join().unwrap();
-        let logs = logs.lock().unwrap().clone();
+        let logs = child.log();
         let errors: Vec<&str> = logs
             .lines()
             .filter(|l| l.contains("\"level\":\"ERROR\""))
@@ -372,5 +287,4 @@ async fn a_clean_shutdown_logs_no_error() {
         assert!(errors.is_empty(), "round {round}: {errors:#?}");
         assert!(logs.contains("shut"), "round {round}: {logs}");
     }
-    cleanup(&settings).await;
 }

@@ -8,9 +8,6 @@
 //! as they are accepted. Opening the proxy brings the real service back for that process
 //! only, so the shared servers the other tests use are never touched.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use qr3_config::{MigrateOnStart, Redacted, Settings};
@@ -194,39 +191,30 @@ async fn waits_out(roles: Roles, away: Away) {
 #[test]
 fn sigterm_while_waiting_for_postgres_exits_at_once() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let db = runtime.block_on(TestDb::new()).unwrap();
-    let settings = qr3_testkit::test_settings(&db.url);
+    let deployment = crate::helpers::deployment(runtime.block_on(TestDb::new()).unwrap());
+    let url = deployment.database_url();
     let proxy = runtime
-        .block_on(TcpProxy::closed(&host_port(&db.url, 5432)))
+        .block_on(TcpProxy::closed(&host_port(url, 5432)))
         .unwrap();
-    let away = url_via(&db.url, proxy.addr());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qr3-webhooks"))
-        .arg("sender")
-        .envs(crate::helpers::child_env(
-            &settings,
+    let away = url_via(url, proxy.addr());
+    let mut child = deployment
+        .spawn_with(
+            "sender",
+            "sender",
             &[
                 ("QR3__DATABASE__URL", away.as_str()),
                 // Far longer than the test allows: stopping must not wait for it.
                 ("QR3__SHUTDOWN__GRACE_PERIOD_MS", "20000"),
             ],
-        ))
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
+        )
         .unwrap();
-    let logs = Arc::new(Mutex::new(String::new()));
-    let stderr = child.stderr.take().unwrap();
-    let sink = logs.clone();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut logs = sink.lock().unwrap();
-            logs.push_str(&line);
-            logs.push('\n');
-        }
-    });
 
     runtime.block_on(async {
-        let ops = format!("http://{}", crate::shutdown::wait_for_ops_addr(&logs).await);
+        child
+            .listening_within(Duration::from_secs(20))
+            .await
+            .unwrap();
+        let ops = child.url();
         let not_ready = readyz_waiting_for(&ops, "database").await;
         assert_eq!(not_ready["waiting_for"], json!(["database"]));
         assert_eq!(get(&format!("{ops}/healthz")).await.0, 200);
@@ -235,14 +223,10 @@ fn sigterm_while_waiting_for_postgres_exits_at_once() {
         assert!(metrics.contains("\nqr3_broker_connected 0\n"), "{metrics}");
     });
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    child.signal_stop();
     let sent = Instant::now();
     let exit = loop {
-        if let Some(exit) = child.try_wait().unwrap() {
+        if let Some(exit) = child.exited() {
             break exit;
         }
         assert!(
@@ -257,11 +241,9 @@ fn sigterm_while_waiting_for_postgres_exits_at_once() {
         "exited {:?} after SIGTERM",
         sent.elapsed()
     );
-    reader.join().unwrap();
-    let logs = logs.lock().unwrap().clone();
+    let logs = child.log();
     assert!(logs.contains("waiting for the database"), "{logs}");
     assert!(!logs.contains("sender consuming"), "{logs}");
-    runtime.block_on(delete_broker_objects(&settings));
 }
 
 #[tokio::test]

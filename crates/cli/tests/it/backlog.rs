@@ -15,7 +15,7 @@ use qr3_domain::{
     EventId, EventType, Subscriptions, TargetPolicy, Timestamp, WebhookSecret, WebhookUrl,
 };
 use qr3_store::NewWebhook;
-use qr3_testkit::TestDb;
+use qr3_testkit::{Deployment, TestDb};
 use qr3_webhooks::{app, Roles};
 
 const JOBS: usize = 5_000;
@@ -78,11 +78,12 @@ async fn ready(channel: &lapin::Channel, queue: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_backlog_is_consumed_within_the_prefetch_window() {
-    let db = TestDb::new().await.unwrap();
-    let mut settings = qr3_testkit::test_settings(&db.url);
-    settings.delivery.concurrency = CONCURRENCY;
-    settings.delivery.max_in_flight_per_webhook = CONCURRENCY;
-    settings.delivery.timeout_ms = 5_000;
+    // Removes the database, queues and exchanges when the test ends.
+    let mut deployment = Deployment::around(TestDb::new().await.unwrap());
+    deployment.settings.delivery.concurrency = CONCURRENCY;
+    deployment.settings.delivery.max_in_flight_per_webhook = CONCURRENCY;
+    deployment.settings.delivery.timeout_ms = 5_000;
+    let (db, settings) = (deployment.db(), deployment.settings.clone());
     app::migrate(&settings).await.unwrap();
 
     let counts = Arc::new(Counts::default());
@@ -212,12 +213,4 @@ async fn a_large_backlog_is_consumed_within_the_prefetch_window() {
     );
 
     sender.stop().await.unwrap();
-    for name in topology.queues() {
-        let _ = channel.queue_delete(name.into(), Default::default()).await;
-    }
-    for exchange in qr3_broker::Topology::from_settings(&settings).exchanges() {
-        let _ = channel
-            .exchange_delete(exchange.into(), Default::default())
-            .await;
-    }
 }

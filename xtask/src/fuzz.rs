@@ -37,21 +37,23 @@ pub fn fuzz(root: &Path, examples: u32, seed: Option<u64>) -> anyhow::Result<()>
         WorkspaceId::generate(),
         WorkspaceId::generate()
     );
-    let mut deployment =
-        Deployment::new("fuzz")?.with_binary(&root.join("target/debug/qr3-webhooks"), Logs::In(logs.clone()))?;
+    let mut deployment = Deployment::new("fuzz")?.with_binary(
+        &root.join("target/debug/qr3-webhooks"),
+        Logs::In(logs.clone()),
+    )?;
     for (key, value) in [
-            // Production rules for targets; no sender runs, so nothing is delivered.
-            ("QR3__DELIVERY__ALLOW_PRIVATE_TARGETS", "false"),
-            // The ping endpoint waits for an attempt no sender will make.
-            ("QR3__API__PING_WAIT_MS", "20"),
-            // Schemathesis sends hundreds of requests a second with one key; at the
-            // default per-key limit most would be 429s and test nothing else.
-            ("QR3__API__RATE_LIMIT_PER_SECOND", "1000000"),
-            ("QR3__API__RATE_LIMIT_BURST", "1000000"),
-            ("QR3__LOG__LEVEL", "info"),
-            ("QR3__API__ADMIN_TOKEN", &admin_token),
-        ] {
-            deployment.set(key, value);
+        // Production rules for targets; no sender runs, so nothing is delivered.
+        ("QR3__DELIVERY__ALLOW_PRIVATE_TARGETS", "false"),
+        // The ping endpoint waits for an attempt no sender will make.
+        ("QR3__API__PING_WAIT_MS", "20"),
+        // Schemathesis sends hundreds of requests a second with one key; at the
+        // default per-key limit most would be 429s and test nothing else.
+        ("QR3__API__RATE_LIMIT_PER_SECOND", "1000000"),
+        ("QR3__API__RATE_LIMIT_BURST", "1000000"),
+        ("QR3__LOG__LEVEL", "info"),
+        ("QR3__API__ADMIN_TOKEN", &admin_token),
+    ] {
+        deployment.set(key, value);
     }
     deployment.migrate()?;
     let mut api = deployment.start_api()?;

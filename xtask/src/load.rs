@@ -54,17 +54,17 @@ pub fn load(root: &Path, options: LoadOptions) -> anyhow::Result<()> {
         Logs::In(root.join("target/load")),
     )?;
     for (key, value) in [
-            // Only so the backlog phase's receiver may live on 127.0.0.1.
-            ("QR3__DELIVERY__ALLOW_PRIVATE_TARGETS", "true"),
-            // wrk sends thousands of requests a second with one key: far above the
-            // per-key limit (50/s by default), which would answer 429. Raised so the
-            // run measures the API, not the limiter; the other limits (timeouts,
-            // connection cap) stay at their defaults.
-            ("QR3__API__RATE_LIMIT_PER_SECOND", LOAD_RATE_LIMIT),
-            ("QR3__API__RATE_LIMIT_BURST", LOAD_RATE_LIMIT),
-            ("QR3__LOG__LEVEL", "warn"),
-        ] {
-            deployment.set(key, value);
+        // Only so the backlog phase's receiver may live on 127.0.0.1.
+        ("QR3__DELIVERY__ALLOW_PRIVATE_TARGETS", "true"),
+        // wrk sends thousands of requests a second with one key: far above the
+        // per-key limit (50/s by default), which would answer 429. Raised so the
+        // run measures the API, not the limiter; the other limits (timeouts,
+        // connection cap) stay at their defaults.
+        ("QR3__API__RATE_LIMIT_PER_SECOND", LOAD_RATE_LIMIT),
+        ("QR3__API__RATE_LIMIT_BURST", LOAD_RATE_LIMIT),
+        ("QR3__LOG__LEVEL", "warn"),
+    ] {
+        deployment.set(key, value);
     }
     deployment.migrate()?;
     let api = deployment.start_api()?;
@@ -314,7 +314,9 @@ fn sender_backlog(
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let idle_kib = sender.rss_kib().context("cannot read the sender's memory")?;
+    let idle_kib = sender
+        .rss_kib()
+        .context("cannot read the sender's memory")?;
 
     let before = answered.load(Ordering::SeqCst);
     runtime.block_on(publish_jobs(&settings, workspace, hooks, backlog))?;

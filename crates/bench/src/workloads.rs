@@ -10,10 +10,10 @@ use qr3_broker::{Outgoing, Publisher};
 use serde_json::json;
 
 use crate::procs::Proc;
-use qr3_testkit::Deployment;
 use crate::receiver::Receiver;
 use crate::report::{Ceilings, Latency, LatencyFloor, Memory, Report, Throughput};
 use crate::{ceilings, Args, Sizes};
+use qr3_testkit::Deployment;
 
 const SECRET: &str = "bench-secret-0123456789abcdef";
 /// The sender's concurrency in production settings (delivery.concurrency).
@@ -31,11 +31,7 @@ struct Sampler {
     peaks: Mutex<HashMap<(String, String), u64>>,
 }
 
-pub async fn run_all(
-    args: &Args,
-    sizes: Sizes,
-    env: &Deployment,
-) -> anyhow::Result<Report> {
+pub async fn run_all(args: &Args, sizes: Sizes, env: &Deployment) -> anyhow::Result<Report> {
     // Ceilings first, while nothing else runs.
     let prefix = env.name.clone();
     let db_url = env.database_url();

@@ -729,7 +729,10 @@ mod tests {
         .unwrap();
         assert_eq!(s.amqp.prefix, "qr3_x");
         assert_eq!(s.delivery.retry_delays_ms, vec![500, 1500]);
-        assert_eq!(s.amqp.events_exchange, Settings::defaults().amqp.events_exchange);
+        assert_eq!(
+            s.amqp.events_exchange,
+            Settings::defaults().amqp.events_exchange
+        );
     }
 
     #[test]

@@ -311,8 +311,7 @@ impl Deployment {
         queues.retain(ours);
         queues.sort();
         queues.dedup();
-        let mut exchanges: Vec<String> =
-            topologies.iter().flat_map(Topology::exchanges).collect();
+        let mut exchanges: Vec<String> = topologies.iter().flat_map(Topology::exchanges).collect();
         exchanges.retain(ours);
         exchanges.sort();
         exchanges.dedup();
@@ -409,7 +408,10 @@ async fn delete(amqp: &str, queues: &[String], exchanges: &[String]) {
 /// The variables that point a child process at `settings`' database, broker and prefix.
 pub fn namespace_env(settings: &Settings) -> Vec<(String, String)> {
     [
-        ("QR3__DATABASE__URL", settings.database.url.expose().as_str()),
+        (
+            "QR3__DATABASE__URL",
+            settings.database.url.expose().as_str(),
+        ),
         ("QR3__AMQP__URL", settings.amqp.url.expose().as_str()),
         ("QR3__AMQP__PREFIX", settings.amqp.prefix.as_str()),
         (

@@ -12,7 +12,10 @@ use qr3_testkit::{procfs, Deployment, Logs};
 async fn roles_get_ready_and_nothing_outlives_the_deployment() {
     let mut deployment = Deployment::new("it")
         .unwrap()
-        .with_binary(Path::new(env!("CARGO_BIN_EXE_qr3-webhooks")), Logs::Temporary)
+        .with_binary(
+            Path::new(env!("CARGO_BIN_EXE_qr3-webhooks")),
+            Logs::Temporary,
+        )
         .unwrap();
     // A topology of the children's own: the teardown must find it from their settings.
     deployment.set("QR3__DELIVERY__RETRY_DELAYS_MS", "150");
@@ -20,10 +23,7 @@ async fn roles_get_ready_and_nothing_outlives_the_deployment() {
     let (_, api_key) = deployment.create_workspace("w").unwrap();
     let api = deployment.start_api().unwrap();
     let mut sender = deployment.spawn("sender", "sender").unwrap();
-    sender
-        .ready_within(Duration::from_secs(20))
-        .await
-        .unwrap();
+    sender.ready_within(Duration::from_secs(20)).await.unwrap();
 
     let listed = reqwest::Client::new()
         .get(format!("{}/v1/webhooks", api.url()))
@@ -63,10 +63,7 @@ async fn roles_get_ready_and_nothing_outlives_the_deployment() {
     let connection = qr3_broker::connect(&qr3_testkit::amqp_url(), "test")
         .await
         .unwrap();
-    for queue in [
-        format!("{name}.deliveries"),
-        format!("{name}.retry.150ms"),
-    ] {
+    for queue in [format!("{name}.deliveries"), format!("{name}.retry.150ms")] {
         let channel = connection.create_channel().await.unwrap();
         let declared = channel
             .queue_declare(

@@ -12,7 +12,6 @@ use serde_json::json;
 
 use crate::helpers::SECRET;
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_burst_loses_no_delivery_and_logs_no_secret() {
     let mut deployment = crate::helpers::deployment(TestDb::new().await.unwrap());
@@ -225,9 +224,7 @@ async fn a_clean_shutdown_logs_no_error() {
     let workspace = db.store.create_workspace("w").await.unwrap();
     let receiver = Receiver::start(Behaviour::Status(200)).await;
     for (round, deliver) in [(0, false), (1, true)] {
-        let mut child = deployment
-            .spawn("all", &format!("all-{round}"))
-            .unwrap();
+        let mut child = deployment.spawn("all", &format!("all-{round}")).unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while !["ingest consuming", "sender consuming"]
             .iter()

@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use lapin::BasicProperties;
 use qr3_broker::{Outgoing, Publisher};
+use qr3_testkit::Deployment;
 use serde_json::json;
 
 use crate::procs::Proc;
 use crate::receiver::Receiver;
 use crate::report::{Ceilings, Latency, LatencyFloor, Memory, Report, Throughput};
 use crate::{ceilings, Args, Sizes};
-use qr3_testkit::Deployment;
 
 const SECRET: &str = "bench-secret-0123456789abcdef";
 /// The sender's concurrency in production settings (delivery.concurrency).

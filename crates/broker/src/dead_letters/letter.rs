@@ -1,14 +1,15 @@
-//! One dead letter: what its headers say (reason, error, ids, where it came from) and
-//! the headers it is put back or redriven with.
+//! One dead letter: the headers it is parked with (`Verdict`, the only writer of our
+//! dead-letter headers), what its headers say (reason, error, ids, where it came from)
+//! and the headers it is put back or redriven with.
 
 use std::collections::BTreeMap;
 
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use serde::Serialize;
 
 use super::DeadQueue;
-use crate::Topology;
+use crate::{Outgoing, Topology};
 
 /// Why the message was dead-lettered (ours: `invalid_json`, `invalid_job`, `job_failed`, …).
 pub const REASON: &str = "x-qr3-reason";
@@ -48,6 +49,66 @@ const JOBS: &str = "x-qr3-jobs";
 
 /// How much of a body a listing shows.
 const EXCERPT_CHARS: usize = 200;
+
+/// Why a message is parked on a dead-letter queue, as its headers will say it: the
+/// reason (a short label: `invalid_json`, `invalid_job`, `job_failed`, …), the error
+/// behind it, and optionally where it goes back to and the routing key it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub reason: String,
+    pub error: String,
+    /// `x-qr3-queue`: the queue a redrive sends it to, when that is not where the
+    /// dead-letter queue is fed from.
+    pub origin: Option<String>,
+    /// `x-qr3-routing-key`: the routing key it was published with, which a message
+    /// taken from its queue and published again to a dead-letter queue loses.
+    pub routing_key: Option<String>,
+}
+
+impl Verdict {
+    pub fn new(reason: &str, error: impl std::fmt::Display) -> Self {
+        Self {
+            reason: reason.to_owned(),
+            error: error.to_string(),
+            origin: None,
+            routing_key: None,
+        }
+    }
+
+    /// The same verdict, naming the queue the message goes back to.
+    pub fn origin(mut self, queue: impl Into<String>) -> Self {
+        self.origin = Some(queue.into());
+        self
+    }
+
+    /// The same verdict, keeping the routing key the message came with.
+    pub fn routing_key(mut self, key: impl Into<String>) -> Self {
+        self.routing_key = Some(key.into());
+        self
+    }
+
+    /// The dead letter: `body` for `queue` (through the default exchange), with the
+    /// properties `kept` (those that still describe the message; default ones when
+    /// none do), made persistent, and this verdict's headers added to its headers.
+    pub fn letter(&self, queue: String, kept: BasicProperties, body: Vec<u8>) -> Outgoing {
+        let mut headers = kept.headers().clone().unwrap_or_default();
+        let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+        headers.insert(REASON.into(), text(&self.reason));
+        headers.insert(ERROR.into(), text(&self.error));
+        if let Some(origin) = &self.origin {
+            headers.insert(ORIGIN.into(), text(origin));
+        }
+        if let Some(key) = &self.routing_key {
+            headers.insert(ROUTING_KEY.into(), text(key));
+        }
+        Outgoing {
+            exchange: String::new(),
+            routing_key: queue,
+            properties: kept.with_delivery_mode(2).with_headers(headers),
+            body,
+        }
+    }
+}
 
 /// What a dead letter says about itself, as its headers say it: ids and names are not
 /// validated, since a message may be dead precisely because they are wrong.

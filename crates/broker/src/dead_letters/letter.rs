@@ -309,6 +309,41 @@ mod tests {
     }
 
     #[test]
+    fn a_verdict_adds_its_headers_to_the_kept_ones_and_reads_back() {
+        let t = topology();
+        let job = job();
+        let letter = Verdict::new("job_failed", "the job failed 5 times")
+            .origin(t.deliveries_queue())
+            .letter(t.deliveries_dead_queue(), job.properties(), b"{}".to_vec());
+        assert_eq!(letter.exchange, "");
+        assert_eq!(letter.routing_key, "p.deliveries.dead");
+        assert_eq!(letter.properties.delivery_mode(), &Some(2));
+        assert_eq!(
+            letter.properties.content_type().as_ref().map(|c| c.as_str()),
+            Some("application/json"),
+            "the kept properties stay"
+        );
+        let read = DeadLetter::read(&t, DeadQueue::Deliveries, &letter.properties, &letter.body);
+        assert_eq!(read.reason.as_deref(), Some("job_failed"));
+        assert_eq!(read.error.as_deref(), Some("the job failed 5 times"));
+        assert_eq!(read.origin, "p.deliveries");
+        assert_eq!(read.event_id.as_deref(), Some("evt_dead"));
+        assert_eq!(read.routing_key, None);
+
+        let event = Verdict::new("invalid_json", "expected value")
+            .routing_key("qr.created")
+            .letter(t.ingest_dead_queue(), BasicProperties::default(), b"{".to_vec());
+        let read = DeadLetter::read(&t, DeadQueue::Ingest, &event.properties, &event.body);
+        assert_eq!(read.routing_key.as_deref(), Some("qr.created"));
+        assert_eq!(read.origin, "p.ingest");
+        assert_eq!(
+            event.properties.headers().as_ref().map(|h| h.inner().len()),
+            Some(3),
+            "reason, error and routing key only"
+        );
+    }
+
+    #[test]
     fn reads_our_reason_error_and_routing_key_and_defaults_the_origin_by_queue() {
         let t = topology();
         let props = properties(&[

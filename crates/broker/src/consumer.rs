@@ -109,7 +109,7 @@ impl Consumer {
             watch_depth(settings, self.line, gauges, shutdown);
         }
         let plan = Arc::new(Plan {
-            topology: Topology::from_settings(settings),
+            topology: Arc::new(Topology::from_settings(settings)),
             role: self.role,
             line: self.line,
             prefetch: self.prefetch,
@@ -144,7 +144,7 @@ impl Consumer {
 
 /// What every session of a [`Consumer`] is made of.
 struct Plan {
-    topology: Topology,
+    topology: Arc<Topology>,
     role: &'static str,
     line: DeadQueue,
     prefetch: u16,
@@ -198,14 +198,18 @@ impl Plan {
             waits: self.waits.clone(),
         };
         let failure = Arc::new(Mutex::new(None));
-        let deliveries = Deliveries::new(consumer, AckTracker::new(channel.clone()), &hold, &failure);
+        let deliveries =
+            Deliveries::new(consumer, AckTracker::new(channel.clone()), &hold, &failure);
         let session = Session {
             publisher: publisher.clone(),
             hold: hold.clone(),
             dead_queue: self.line.name(topology),
         };
         let ended = role(session, deliveries).await;
-        if ended.as_ref().is_err_and(|e| e.downcast_ref::<Fatal>().is_some()) {
+        if ended
+            .as_ref()
+            .is_err_and(|e| e.downcast_ref::<Fatal>().is_some())
+        {
             // The process ends: whatever is in flight is the broker's again once the
             // connection closes.
             return ended;
@@ -244,7 +248,11 @@ impl Session {
         let letter = verdict.letter(self.dead_queue.clone(), kept, delivery.data);
         match self
             .hold
-            .publish(&self.publisher, "dead letter", std::slice::from_ref(&letter))
+            .publish(
+                &self.publisher,
+                "dead letter",
+                std::slice::from_ref(&letter),
+            )
             .await
         {
             Ok(()) => settlement.ack().await,

@@ -29,7 +29,7 @@ pub struct Hold {
     /// The session's connection, for a fresh channel after a refusal.
     pub connection: Arc<Connection>,
     /// To declare a missing queue of ours again.
-    pub topology: Topology,
+    pub topology: Arc<Topology>,
     /// Counts each wait (the `broker` series of `qr3_dependency_waits_total`).
     pub waits: Option<IntCounter>,
 }
@@ -74,7 +74,11 @@ impl Hold {
             }
             if let PublishError::Unroutable(queue) = &error {
                 // Deleted by hand, most likely: ours are declared again as they were.
-                match self.topology.declare_named(publisher.channel(), queue).await {
+                match self
+                    .topology
+                    .declare_named(publisher.channel(), queue)
+                    .await
+                {
                     Ok(true) => {
                         tracing::warn!(what, %queue, "queue was missing; declared it again")
                     }

@@ -152,7 +152,11 @@ async fn flush(sender: &Sender, publisher: &Publisher, hold: &Hold, batch: Vec<I
             messages.push(message);
         }
     }
-    if hold.publish(publisher, "parked jobs", &messages).await.is_err() {
+    if hold
+        .publish(publisher, "parked jobs", &messages)
+        .await
+        .is_err()
+    {
         for item in batch {
             item.into_part().requeue().await;
         }

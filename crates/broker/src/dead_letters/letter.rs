@@ -9,6 +9,8 @@ use lapin::BasicProperties;
 use serde::Serialize;
 
 use super::DeadQueue;
+// The job headers that say whom a dead job was for.
+use crate::job::{EVENT as EVENT_ID, JOBS, WEBHOOK as WEBHOOK_ID, WORKSPACE as WORKSPACE_ID};
 use crate::{Outgoing, Topology};
 
 /// Why the message was dead-lettered (ours: `invalid_json`, `invalid_job`, `job_failed`, …).
@@ -39,13 +41,6 @@ const STRIPPED_ON_REDRIVE: &[&str] = &[
     "x-last-death-exchange",
     DELIVERY_COUNT,
 ];
-
-// The job headers `job.rs` writes that say whom a dead job was for (kept in step by the
-// test `reads_the_ids_of_a_single_job_and_counts_a_bundle`).
-const WEBHOOK_ID: &str = "x-qr3-webhook-id";
-const WORKSPACE_ID: &str = "x-qr3-workspace-id";
-const EVENT_ID: &str = "x-qr3-event-id";
-const JOBS: &str = "x-qr3-jobs";
 
 /// How much of a body a listing shows.
 const EXCERPT_CHARS: usize = 200;
@@ -319,7 +314,11 @@ mod tests {
         assert_eq!(letter.routing_key, "p.deliveries.dead");
         assert_eq!(letter.properties.delivery_mode(), &Some(2));
         assert_eq!(
-            letter.properties.content_type().as_ref().map(|c| c.as_str()),
+            letter
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|c| c.as_str()),
             Some("application/json"),
             "the kept properties stay"
         );
@@ -332,7 +331,11 @@ mod tests {
 
         let event = Verdict::new("invalid_json", "expected value")
             .routing_key("qr.created")
-            .letter(t.ingest_dead_queue(), BasicProperties::default(), b"{".to_vec());
+            .letter(
+                t.ingest_dead_queue(),
+                BasicProperties::default(),
+                b"{".to_vec(),
+            );
         let read = DeadLetter::read(&t, DeadQueue::Ingest, &event.properties, &event.body);
         assert_eq!(read.routing_key.as_deref(), Some("qr.created"));
         assert_eq!(read.origin, "p.ingest");

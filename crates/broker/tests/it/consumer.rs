@@ -63,7 +63,9 @@ fn metrics() -> (IntGauge, IntCounter) {
 }
 
 async fn depth(channel: &lapin::Channel, queue: &str) -> u32 {
-    qr3_broker::dead_letters::depth(channel, queue).await.unwrap()
+    qr3_broker::dead_letters::depth(channel, queue)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -71,7 +73,10 @@ async fn deliveries_are_settled_in_order_and_a_dead_letter_keeps_its_headers() {
     let (settings, topology, channel) = namespace().await;
     let queue = topology.ingest_queue();
     let mut kept = FieldTable::default();
-    kept.insert("x-test".into(), AMQPValue::LongString(LongString::from("kept")));
+    kept.insert(
+        "x-test".into(),
+        AMQPValue::LongString(LongString::from("kept")),
+    );
     for body in ["one", "bad", "three"] {
         put(&channel, &queue, body, kept.clone()).await;
     }

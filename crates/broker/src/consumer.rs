@@ -289,13 +289,11 @@ impl Deliveries {
                     }
                 })
             })
-            // One at a time, in delivery order, before the role sees the delivery.
-            .then(move |delivery| {
-                let acks = acks.clone();
-                async move {
-                    let settlement = acks.received(delivery.delivery_tag).await;
-                    (delivery, settlement)
-                }
+            // In delivery order, before the role sees the delivery: registering never
+            // waits (a stream left unpolled by a busy role must hold no lock).
+            .map(move |delivery| {
+                let settlement = acks.received(delivery.delivery_tag);
+                (delivery, settlement)
             });
         Self {
             inner: Box::pin(stream),

@@ -173,3 +173,53 @@ async fn a_broken_session_starts_over_with_its_work_redelivered_and_a_fatal_one_
     assert_eq!(depth(&channel, &queue).await, 0, "the job was settled once");
     assert!(!shutdown.is_cancelled());
 }
+
+#[tokio::test]
+async fn batches_at_their_concurrency_limit_settle_everything_while_deliveries_keep_coming() {
+    // Ingest's shape: whatever is ready in batches, a bounded number of batches at once,
+    // each acknowledged as a whole while the next deliveries are being registered.
+    const MESSAGES: usize = 2000;
+    let (settings, topology, channel) = namespace().await;
+    let queue = topology.ingest_queue();
+    for i in 0..MESSAGES {
+        put(&channel, &queue, &i.to_string(), FieldTable::default()).await;
+    }
+    let shutdown = CancellationToken::new();
+    let settled = Arc::new(AtomicUsize::new(0));
+    let (token, count) = (shutdown.clone(), settled.clone());
+    let run = Consumer::new(&settings, "ingest", DeadQueue::Ingest, 256).run(
+        &shutdown,
+        move |_session, deliveries| {
+            let (token, count) = (token.clone(), count.clone());
+            async move {
+                deliveries
+                    .ready_chunks(256)
+                    .for_each_concurrent(4, |batch| {
+                        let (token, count) = (token.clone(), count.clone());
+                        async move {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                            let tracker = batch[0].1.tracker().clone();
+                            tracker.ack(batch.iter().map(|(_, s)| s.tag)).await;
+                            if count.fetch_add(batch.len(), Ordering::SeqCst) + batch.len()
+                                == MESSAGES
+                            {
+                                token.cancel();
+                            }
+                        }
+                    })
+                    .await;
+                Ok(())
+            }
+        },
+    );
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "stuck after {} of {MESSAGES}",
+                settled.load(Ordering::SeqCst)
+            )
+        })
+        .expect("a clean end");
+    assert_eq!(depth(&channel, &queue).await, 0, "every delivery settled");
+}

@@ -711,7 +711,7 @@ async fn drain_dead_letters(run: &Deployment, amqp: &str) -> anyhow::Result<usiz
                 .properties
                 .headers()
                 .as_ref()
-                .and_then(|h| h.inner().get("x-qr3-reason").cloned());
+                .and_then(|h| h.inner().get(qr3_broker::dead_letters::REASON).cloned());
             println!("chaos: dead letter on {queue}: {reason:?}");
         }
     }

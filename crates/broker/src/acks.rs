@@ -14,6 +14,10 @@ use lapin::Channel;
 
 pub struct AckTracker {
     channel: Channel,
+    /// Received and not yet finished. Never held across an await: registering a
+    /// delivery never waits for acknowledgements being sent (a consumer that did could
+    /// hold the turn of the lock below while the tasks sending them wait for it).
+    outstanding: std::sync::Mutex<BTreeSet<u64>>,
     /// Held across sending, so acks leave in the order they were computed: a multiple
     /// ack overtaken by a higher one would name a tag already settled, which the broker
     /// answers by closing the channel.
@@ -22,8 +26,6 @@ pub struct AckTracker {
 
 #[derive(Default)]
 struct State {
-    /// Received and not yet finished.
-    outstanding: BTreeSet<u64>,
     /// Finished, being acknowledged (only ever non-empty inside `ack`).
     finished: BTreeSet<u64>,
 }
@@ -38,13 +40,16 @@ impl AckTracker {
     pub fn new(channel: Channel) -> Arc<Self> {
         Arc::new(Self {
             channel,
+            outstanding: std::sync::Mutex::default(),
             state: tokio::sync::Mutex::default(),
         })
     }
 
-    /// Records a received job, in delivery order, before it is handed to a task.
-    pub async fn received(self: &Arc<Self>, tag: u64) -> Settlement {
-        self.state.lock().await.outstanding.insert(tag);
+    /// Records a received job, in delivery order, before it is handed to a task. A tag
+    /// registered while an `ack` is computed is above every finished one (tags grow in
+    /// delivery order), so no multiple ack can cover it.
+    pub fn received(self: &Arc<Self>, tag: u64) -> Settlement {
+        self.outstanding().insert(tag);
         Settlement {
             tag,
             tracker: self.clone(),
@@ -57,12 +62,15 @@ impl AckTracker {
     /// back the others' acknowledgement (and with it the prefetch window).
     pub async fn ack(&self, tags: impl IntoIterator<Item = u64>) {
         let mut state = self.state.lock().await;
-        for tag in tags {
-            if state.outstanding.remove(&tag) {
-                state.finished.insert(tag);
+        let limit = {
+            let mut outstanding = self.outstanding();
+            for tag in tags {
+                if outstanding.remove(&tag) {
+                    state.finished.insert(tag);
+                }
             }
-        }
-        let limit = state.outstanding.first().copied().unwrap_or(u64::MAX);
+            outstanding.first().copied().unwrap_or(u64::MAX)
+        };
         // A multiple ack must name a tag the broker still holds unacknowledged: the
         // highest finished tag below the oldest unfinished one.
         let through = state.finished.range(..limit).next_back().copied();
@@ -119,11 +127,15 @@ impl AckTracker {
         }
     }
 
+    fn outstanding(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+        self.outstanding.lock().expect("never poisoned")
+    }
+
     /// Hands a job back to the broker to be delivered again.
     pub async fn requeue(&self, tag: u64) {
         {
-            let mut state = self.state.lock().await;
-            state.outstanding.remove(&tag);
+            let _sending = self.state.lock().await;
+            self.outstanding().remove(&tag);
             let options = BasicNackOptions {
                 requeue: true,
                 multiple: false,

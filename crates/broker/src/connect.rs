@@ -131,7 +131,7 @@ pub async fn connect_with_retry(
 }
 
 /// One consuming session on a connection (boxed so the loop stays `Send`).
-pub type SessionFuture =
+pub(crate) type SessionFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
 
 /// What happened to a consuming role's broker link, for its metrics.
@@ -158,7 +158,7 @@ pub struct Fatal(pub String);
 /// starts over after an error. The session must return once `shutdown` fires, after
 /// finishing its in-flight work. A session error that is (or wraps) [`Fatal`] ends the
 /// loop with that error.
-pub async fn consume_reconnecting(
+pub(crate) async fn consume_reconnecting(
     urls: &str,
     name: &str,
     tls: &BrokerTls,

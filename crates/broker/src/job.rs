@@ -14,16 +14,17 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 use qr3_domain::{EventId, EventType, Timestamp, WebhookId, WorkspaceId};
 
-const WEBHOOK: &str = "x-qr3-webhook-id";
-const WORKSPACE: &str = "x-qr3-workspace-id";
-const EVENT: &str = "x-qr3-event-id";
+// The names a dead letter is read by too (`dead_letters/letter.rs`).
+pub(crate) const WEBHOOK: &str = "x-qr3-webhook-id";
+pub(crate) const WORKSPACE: &str = "x-qr3-workspace-id";
+pub(crate) const EVENT: &str = "x-qr3-event-id";
 const TYPE: &str = "x-qr3-event-type";
 const CREATED: &str = "x-qr3-event-created-ms";
 const ATTEMPT: &str = "x-qr3-attempt";
 const TRIGGER: &str = "x-qr3-trigger";
 const DEFERRALS: &str = "x-qr3-deferrals";
 const FAILURES: &str = "x-qr3-failures";
-const JOBS: &str = "x-qr3-jobs";
+pub(crate) const JOBS: &str = "x-qr3-jobs";
 const PAYLOAD: &str = "x-qr3-payload";
 const PAYLOAD_LENGTHS: &str = "x-qr3-payload-lengths";
 

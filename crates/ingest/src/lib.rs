@@ -16,12 +16,10 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use qr3_broker::{
-    AckTracker, Backoff, DeliveryJob, IncomingEvent, Outgoing, Packer, Publisher, Rejection,
-    Settlement, Topology, Trigger,
+    Backoff, Consumer, DeadQueue, Deliveries, DeliveryJob, IncomingEvent, Outgoing, Packer,
+    Publisher, Rejection, Session, Settlement, Topology, Trigger, Verdict,
 };
 use qr3_config::Settings;
 use qr3_store::{ClaimOutcome, EventKey, Store};
@@ -102,111 +100,46 @@ impl Ingest {
     /// lost. In-flight batches finish before it returns.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let inner = &self.inner;
-        let url = inner.settings.amqp.url.expose().clone();
         let metrics = &inner.metrics;
-        qr3_broker::dead_letters::watch_depth(
+        // The prefetch bounds how many unacknowledged events this process holds: its
+        // memory, its largest batch, and what is redelivered if it dies.
+        Consumer::new(
             &inner.settings,
-            qr3_broker::DeadQueue::Ingest,
-            &metrics.dead_letters,
-            &shutdown,
-        );
-        qr3_broker::consume_reconnecting(
-            &url,
-            &format!("qr3-ingest/{}", inner.settings.amqp.prefix),
-            &qr3_broker::BrokerTls::from_settings(&inner.settings.amqp),
-            &shutdown,
-            |link| match link {
-                qr3_broker::Link::Up => metrics.broker_connected.set(1),
-                qr3_broker::Link::Lost => metrics.broker_reconnects_total.inc(),
-                qr3_broker::Link::Down => metrics.broker_connected.set(0),
-            },
-            |connection| {
-                let (this, token) = (self.clone(), shutdown.clone());
-                Box::pin(async move { this.consume(&connection, &token).await })
-            },
+            "ingest",
+            DeadQueue::Ingest,
+            inner.settings.amqp.prefetch,
         )
+        .link_metrics(
+            metrics.broker_connected.clone(),
+            metrics.broker_reconnects_total.clone(),
+        )
+        .dead_letter_depth(metrics.dead_letters.clone())
+        .dependency_waits(
+            metrics
+                .dependency_waits_total
+                .with_label_values(&["broker"]),
+        )
+        .run(&shutdown, move |session, deliveries| {
+            let this = self.clone();
+            async move {
+                this.consume(session, deliveries).await;
+                Ok(())
+            }
+        })
         .await
     }
 
-    async fn consume(
-        &self,
-        connection: &lapin::Connection,
-        shutdown: &CancellationToken,
-    ) -> anyhow::Result<()> {
+    /// One session: batches of whatever the broker has ready, several at once.
+    async fn consume(&self, session: Session, deliveries: Deliveries) {
         let inner = &self.inner;
-        let channel = connection
-            .create_channel()
-            .await
-            .context("cannot open a channel")?;
-        inner
-            .topology
-            .declare(connection)
-            .await
-            .context("cannot declare the broker topology")?;
-        // Prefetch bounds how many unacknowledged events this process holds: its memory,
-        // its largest batch, and what is redelivered if it dies.
-        channel
-            .basic_qos(inner.settings.amqp.prefetch, BasicQosOptions::default())
-            .await?;
-        let publisher = Publisher::open(connection)
-            .await
-            .context("cannot open the publishing channel")?;
-        let consumer = channel
-            .basic_consume(
-                inner.topology.ingest_queue().into(),
-                "".into(),
-                // Manual acknowledgement (no_ack = false): an event is acked only after
-                // its fan-out is confirmed.
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .context("cannot consume the ingest queue")?;
-        tracing::info!(queue = %inner.topology.ingest_queue(), "ingest consuming");
-        let failed = CancellationToken::new();
         let batch_size = usize::from(inner.settings.amqp.prefetch).max(1);
-        let acks = AckTracker::new(channel.clone());
-        consumer
-            .take_until(shutdown.cancelled())
-            .take_until(failed.cancelled())
+        deliveries
             .ready_chunks(batch_size)
-            // Registered in delivery order, before any batch can be acknowledged: a
-            // multiple ack must never cover an event not yet processed.
-            .then(|results| {
-                let (acks, failed) = (acks.clone(), failed.clone());
-                async move {
-                    let mut batch = Vec::with_capacity(results.len());
-                    for result in results {
-                        match result {
-                            Ok(delivery) => {
-                                let settle = acks.received(delivery.delivery_tag).await;
-                                batch.push((delivery, settle));
-                            }
-                            Err(error) => {
-                                tracing::warn!(%error, "ingest consumer failed");
-                                failed.cancel();
-                            }
-                        }
-                    }
-                    batch
-                }
-            })
             .for_each_concurrent(inner.settings.ingest.concurrency, |batch| {
-                let publisher = publisher.clone();
-                async move {
-                    if !batch.is_empty() {
-                        self.handle(&publisher, batch, shutdown).await;
-                    }
-                }
+                let session = &session;
+                async move { self.handle(session, batch).await }
             })
             .await;
-        // Before the connection closes (see `Publisher::close`).
-        publisher.close().await;
-        qr3_broker::close_channel(&channel).await;
-        if failed.is_cancelled() {
-            anyhow::bail!("consumer stream failed");
-        }
-        Ok(())
     }
 
     /// Processes one batch and settles every message of it. Nothing is handed back to the
@@ -215,13 +148,10 @@ impl Ingest {
     /// and events another worker is fanning out are held until it has finished or its
     /// claim has lapsed. Only stopping (or a lost channel, when the broker redelivers
     /// anyway) hands messages back.
-    async fn handle(
-        &self,
-        publisher: &Publisher,
-        batch: Vec<(Delivery, Settlement)>,
-        shutdown: &CancellationToken,
-    ) {
+    async fn handle(&self, session: &Session, batch: Vec<(Delivery, Settlement)>) {
         let inner = &self.inner;
+        let publisher = session.publisher();
+        let shutdown = &session.hold().shutdown;
         let mut pending = batch;
         let mut progress = Progress::default();
         let mut outage = Backoff::dependency();
@@ -263,11 +193,13 @@ impl Ingest {
                 }
                 Err(error) => {
                     if !publisher.channel().status().connected() {
-                        // The broker redelivers everything this channel held.
+                        // The broker redelivers everything this session held, once it
+                        // starts over.
                         tracing::warn!(
                             error = format!("{error:#}"),
                             "broker channel lost mid-batch"
                         );
+                        session.hold().broken.cancel();
                         return;
                     }
                     let dependency = if error.downcast_ref::<qr3_store::StoreError>().is_some() {
@@ -499,22 +431,17 @@ impl Ingest {
         rejected: &[(&Message<'_>, Rejection)],
     ) -> anyhow::Result<()> {
         let inner = &self.inner;
-        let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+        let queue = DeadQueue::Ingest.name(&inner.topology);
         let messages: Vec<Outgoing> = rejected
             .iter()
             .map(|(message, rejection)| {
-                let mut headers = FieldTable::default();
-                headers.insert("x-qr3-reason".into(), text(rejection.reason()));
-                headers.insert("x-qr3-error".into(), text(&rejection.to_string()));
-                headers.insert("x-qr3-routing-key".into(), text(message.routing_key));
-                Outgoing {
-                    exchange: String::new(),
-                    routing_key: inner.topology.ingest_dead_queue(),
-                    properties: BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_headers(headers),
-                    body: message.body.to_vec(),
-                }
+                Verdict::new(rejection.reason(), rejection)
+                    .routing_key(message.routing_key)
+                    .letter(
+                        queue.clone(),
+                        BasicProperties::default(),
+                        message.body.to_vec(),
+                    )
             })
             .collect();
         publisher

@@ -20,11 +20,9 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::BasicProperties;
 use qr3_broker::{
-    Backoff, DeliveryJob, Fatal, InvalidJob, Outgoing, Publisher, Settlement, Topology, Trigger,
+    Backoff, Consumer, DeadQueue, Deliveries, DeliveryJob, Fatal, Outgoing, Session, Topology,
+    Trigger, Verdict,
 };
 use qr3_config::Settings;
 use qr3_domain::{DeliveryId, TargetPolicy, Timestamp};
@@ -35,7 +33,6 @@ use tokio_util::task::TaskTracker;
 
 use admission::breaker::Outcome;
 use admission::{Admission, Admitted};
-use hold::Hold;
 pub use http::{HttpClient, HttpOutcome};
 use parts::Part;
 use targets::TargetCache;
@@ -111,110 +108,59 @@ impl Sender {
     /// and acknowledges before returning.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let inner = &self.inner;
-        let url = inner.settings.amqp.url.expose().clone();
         let metrics = &inner.metrics;
-        qr3_broker::dead_letters::watch_depth(
-            &inner.settings,
-            qr3_broker::DeadQueue::Deliveries,
-            &metrics.dead_letters,
-            &shutdown,
-        );
-        let ended = qr3_broker::consume_reconnecting(
-            &url,
-            &format!("qr3-sender/{}", inner.settings.amqp.prefix),
-            &qr3_broker::BrokerTls::from_settings(&inner.settings.amqp),
-            &shutdown,
-            |link| match link {
-                qr3_broker::Link::Up => metrics.broker_connected.set(1),
-                qr3_broker::Link::Lost => metrics.broker_reconnects_total.inc(),
-                qr3_broker::Link::Down => metrics.broker_connected.set(0),
-            },
-            |connection| {
-                let (this, token) = (self.clone(), shutdown.clone());
-                Box::pin(async move { this.consume(&connection, &token).await })
-            },
-        )
-        .await;
-        ended
-    }
-
-    async fn consume(
-        &self,
-        connection: &Arc<lapin::Connection>,
-        shutdown: &CancellationToken,
-    ) -> anyhow::Result<()> {
-        let inner = &self.inner;
-        let channel = connection
-            .create_channel()
-            .await
-            .context("cannot open a channel")?;
-        inner
-            .topology
-            .declare(connection)
-            .await
-            .context("cannot declare the broker topology")?;
         // Prefetch = delivery.concurrency: at most that many unacknowledged messages
         // (single jobs or bundles) per process, which bounds memory and what a crash
         // hands back to the broker for redelivery. At most delivery.concurrency jobs
         // are in flight or waiting for their log batch (`slots`).
         let prefetch = u16::try_from(inner.settings.delivery.concurrency).unwrap_or(u16::MAX);
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
-        let publisher = Publisher::open(connection)
-            .await
-            .context("cannot open the publishing channel")?;
-        let consumer = channel
-            .basic_consume(
-                inner.topology.deliveries_queue().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
+        Consumer::new(&inner.settings, "sender", DeadQueue::Deliveries, prefetch)
+            .link_metrics(
+                metrics.broker_connected.clone(),
+                metrics.broker_reconnects_total.clone(),
             )
+            .dead_letter_depth(metrics.dead_letters.clone())
+            .dependency_waits(
+                metrics
+                    .dependency_waits_total
+                    .with_label_values(&["broker"]),
+            )
+            .run(&shutdown, move |session, deliveries| {
+                let this = self.clone();
+                async move { this.consume(session, deliveries).await }
+            })
             .await
-            .context("cannot consume the delivery queue")?;
-        tracing::info!(queue = %inner.topology.deliveries_queue(), prefetch, "sender consuming");
+    }
 
+    /// One session: a task per job, at most `delivery.concurrency` at once, with the
+    /// session's log writer and parking task.
+    async fn consume(&self, session: Session, deliveries: Deliveries) -> anyhow::Result<()> {
+        let inner = &self.inner;
+        let hold = session.hold().clone();
+        let publisher = session.publisher().clone();
         // `died`: the log writer or the parking task stopped (they only stop once every
         // handle is dropped, after this loop): nothing could settle what this consumer
         // holds, so the session ends as `Fatal` and the process exits to be restarted.
-        // `broken`: the publishing channel closed; the session starts over.
         let died = CancellationToken::new();
-        let hold = Hold {
-            shutdown: shutdown.clone(),
-            broken: CancellationToken::new(),
-            connection: connection.clone(),
-        };
         let (writer, writer_task) =
             writer::spawn(self.clone(), publisher.clone(), hold.clone(), died.clone());
         let (parking, parking_task) =
             parking::spawn(self.clone(), publisher.clone(), hold.clone(), died.clone());
-        let acks = qr3_broker::AckTracker::new(channel.clone());
         let tracker = TaskTracker::new();
         let slots = Arc::new(tokio::sync::Semaphore::new(
             inner.settings.delivery.concurrency,
         ));
-        let mut consumer = std::pin::pin!(consumer
-            .take_until(shutdown.cancelled())
-            .take_until(hold.broken.cancelled())
-            .take_until(died.cancelled()));
-        let mut failure = None;
-        while let Some(delivery) = consumer.next().await {
-            let delivery = match delivery {
-                Ok(delivery) => delivery,
-                Err(error) => {
-                    failure = Some(error);
-                    break;
-                }
-            };
-            let settle = acks.received(delivery.delivery_tag).await;
+        let mut deliveries = std::pin::pin!(deliveries.take_until(died.cancelled()));
+        while let Some((delivery, settle)) = deliveries.next().await {
             let jobs = match qr3_broker::read_jobs(&delivery.properties, &delivery.data) {
                 Ok(jobs) => jobs,
                 Err(invalid) => {
-                    let (this, publisher, hold) = (self.clone(), publisher.clone(), hold.clone());
+                    // Parked with the reason rather than retried forever.
+                    tracing::warn!(error = %invalid, "delivery job dead-lettered");
+                    let session = session.clone();
                     tracker.spawn(async move {
-                        this.dead_letter(delivery, invalid, settle, &publisher, &hold)
-                            .await
+                        let verdict = Verdict::new("invalid_job", invalid);
+                        session.dead_letter(delivery, settle, &verdict).await
                     });
                     continue;
                 }
@@ -233,7 +179,7 @@ impl Sender {
                 let this = self.clone();
                 let writer = writer.clone();
                 let parking = parking.clone();
-                let shutdown = shutdown.clone();
+                let shutdown = hold.shutdown.clone();
                 tracker.spawn(async move {
                     this.inner.metrics.deliveries_in_flight.inc();
                     this.handle(job, origin, part, &writer, &parking, &shutdown)
@@ -256,59 +202,7 @@ impl Sender {
         tracker.wait().await;
         writer_task.await.context("the log writer panicked")?;
         parking_task.await.context("the parking task panicked")?;
-        // Before the connection closes (see `Publisher::close`).
-        publisher.close().await;
-        qr3_broker::close_channel(&channel).await;
-        match failure {
-            Some(error) => Err(error).context("consumer stream failed"),
-            None if hold.broken.is_cancelled() && !shutdown.is_cancelled() => {
-                Err(anyhow::anyhow!("the publishing channel closed"))
-            }
-            None => Ok(()),
-        }
-    }
-
-    /// Parks an unreadable message with the reason rather than retry it forever.
-    async fn dead_letter(
-        &self,
-        delivery: lapin::message::Delivery,
-        invalid: InvalidJob,
-        settle: Settlement,
-        publisher: &Publisher,
-        hold: &Hold,
-    ) {
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert(
-            "x-qr3-reason".into(),
-            AMQPValue::LongString(LongString::from("invalid_job")),
-        );
-        headers.insert(
-            "x-qr3-error".into(),
-            AMQPValue::LongString(LongString::from(invalid.to_string().as_str())),
-        );
-        let message = Outgoing {
-            exchange: String::new(),
-            routing_key: self.inner.topology.deliveries_dead_queue(),
-            properties: BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_headers(headers),
-            body: delivery.data,
-        };
-        tracing::warn!(error = %invalid, "delivery job dead-lettered");
-        let inner = &self.inner;
-        match hold::publish(
-            publisher,
-            &inner.topology,
-            &inner.metrics,
-            hold,
-            "dead letter",
-            std::slice::from_ref(&message),
-        )
-        .await
-        {
-            Ok(()) => settle.ack().await,
-            Err(hold::Abandoned) => settle.requeue().await,
-        }
+        Ok(())
     }
 
     /// One job, in one direction: admission (breaker, bulkhead), then the attempt, then

@@ -12,13 +12,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use lapin::types::{AMQPValue, LongString};
-use qr3_broker::{DeliveryJob, Outgoing, Publisher};
+use qr3_broker::{DeadQueue, DeliveryJob, Outgoing, Publisher, Verdict};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::hold::{self, Hold};
+use crate::hold::Hold;
 use crate::parts::{self, Part};
 use crate::Sender;
 
@@ -153,16 +152,10 @@ async fn flush(sender: &Sender, publisher: &Publisher, hold: &Hold, batch: Vec<I
             messages.push(message);
         }
     }
-    if hold::publish(
-        publisher,
-        topology,
-        &inner.metrics,
-        hold,
-        "parked jobs",
-        &messages,
-    )
-    .await
-    .is_err()
+    if hold
+        .publish(publisher, "parked jobs", &messages)
+        .await
+        .is_err()
     {
         for item in batch {
             item.into_part().requeue().await;
@@ -190,14 +183,12 @@ fn alone(job: &DeliveryJob, queue: String) -> Outgoing {
 /// The job alone on `<prefix>.deliveries.dead`, with why and where it belongs.
 fn dead_letter(sender: &Sender, failed: &Failed) -> Outgoing {
     let topology = &sender.inner.topology;
-    let mut message = alone(&failed.job, topology.deliveries_dead_queue());
-    let mut properties = qr3_broker::with_failures(&message.properties, failed.failures);
-    let mut headers = properties.headers().clone().unwrap_or_default();
-    let text = |s: &str| AMQPValue::LongString(LongString::from(s));
-    headers.insert("x-qr3-reason".into(), text("job_failed"));
-    headers.insert("x-qr3-error".into(), text(&failed.error));
-    headers.insert("x-qr3-queue".into(), text(&topology.deliveries_queue()));
-    properties = properties.with_headers(headers);
-    message.properties = properties;
-    message
+    let properties = qr3_broker::with_failures(&failed.job.properties(), failed.failures);
+    Verdict::new("job_failed", &failed.error)
+        .origin(topology.deliveries_queue())
+        .letter(
+            DeadQueue::Deliveries.name(topology),
+            properties,
+            failed.job.body.clone(),
+        )
 }

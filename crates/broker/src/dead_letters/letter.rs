@@ -1,14 +1,17 @@
-//! One dead letter: what its headers say (reason, error, ids, where it came from) and
-//! the headers it is put back or redriven with.
+//! One dead letter: the headers it is parked with (`Verdict`, the only writer of our
+//! dead-letter headers), what its headers say (reason, error, ids, where it came from)
+//! and the headers it is put back or redriven with.
 
 use std::collections::BTreeMap;
 
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use serde::Serialize;
 
 use super::DeadQueue;
-use crate::Topology;
+// The job headers that say whom a dead job was for.
+use crate::job::{EVENT as EVENT_ID, JOBS, WEBHOOK as WEBHOOK_ID, WORKSPACE as WORKSPACE_ID};
+use crate::{Outgoing, Topology};
 
 /// Why the message was dead-lettered (ours: `invalid_json`, `invalid_job`, `job_failed`, …).
 pub const REASON: &str = "x-qr3-reason";
@@ -39,15 +42,68 @@ const STRIPPED_ON_REDRIVE: &[&str] = &[
     DELIVERY_COUNT,
 ];
 
-// The job headers `job.rs` writes that say whom a dead job was for (kept in step by the
-// test `reads_the_ids_of_a_single_job_and_counts_a_bundle`).
-const WEBHOOK_ID: &str = "x-qr3-webhook-id";
-const WORKSPACE_ID: &str = "x-qr3-workspace-id";
-const EVENT_ID: &str = "x-qr3-event-id";
-const JOBS: &str = "x-qr3-jobs";
-
 /// How much of a body a listing shows.
 const EXCERPT_CHARS: usize = 200;
+
+/// Why a message is parked on a dead-letter queue, as its headers will say it: the
+/// reason (a short label: `invalid_json`, `invalid_job`, `job_failed`, …), the error
+/// behind it, and optionally where it goes back to and the routing key it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub reason: String,
+    pub error: String,
+    /// `x-qr3-queue`: the queue a redrive sends it to, when that is not where the
+    /// dead-letter queue is fed from.
+    pub origin: Option<String>,
+    /// `x-qr3-routing-key`: the routing key it was published with, which a message
+    /// taken from its queue and published again to a dead-letter queue loses.
+    pub routing_key: Option<String>,
+}
+
+impl Verdict {
+    pub fn new(reason: &str, error: impl std::fmt::Display) -> Self {
+        Self {
+            reason: reason.to_owned(),
+            error: error.to_string(),
+            origin: None,
+            routing_key: None,
+        }
+    }
+
+    /// The same verdict, naming the queue the message goes back to.
+    pub fn origin(mut self, queue: impl Into<String>) -> Self {
+        self.origin = Some(queue.into());
+        self
+    }
+
+    /// The same verdict, keeping the routing key the message came with.
+    pub fn routing_key(mut self, key: impl Into<String>) -> Self {
+        self.routing_key = Some(key.into());
+        self
+    }
+
+    /// The dead letter: `body` for `queue` (through the default exchange), with the
+    /// properties `kept` (those that still describe the message; default ones when
+    /// none do), made persistent, and this verdict's headers added to its headers.
+    pub fn letter(&self, queue: String, kept: BasicProperties, body: Vec<u8>) -> Outgoing {
+        let mut headers = kept.headers().clone().unwrap_or_default();
+        let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+        headers.insert(REASON.into(), text(&self.reason));
+        headers.insert(ERROR.into(), text(&self.error));
+        if let Some(origin) = &self.origin {
+            headers.insert(ORIGIN.into(), text(origin));
+        }
+        if let Some(key) = &self.routing_key {
+            headers.insert(ROUTING_KEY.into(), text(key));
+        }
+        Outgoing {
+            exchange: String::new(),
+            routing_key: queue,
+            properties: kept.with_delivery_mode(2).with_headers(headers),
+            body,
+        }
+    }
+}
 
 /// What a dead letter says about itself, as its headers say it: ids and names are not
 /// validated, since a message may be dead precisely because they are wrong.
@@ -245,6 +301,49 @@ mod tests {
             trigger: Trigger::Event,
             body: b"{}".to_vec(),
         }
+    }
+
+    #[test]
+    fn a_verdict_adds_its_headers_to_the_kept_ones_and_reads_back() {
+        let t = topology();
+        let job = job();
+        let letter = Verdict::new("job_failed", "the job failed 5 times")
+            .origin(t.deliveries_queue())
+            .letter(t.deliveries_dead_queue(), job.properties(), b"{}".to_vec());
+        assert_eq!(letter.exchange, "");
+        assert_eq!(letter.routing_key, "p.deliveries.dead");
+        assert_eq!(letter.properties.delivery_mode(), &Some(2));
+        assert_eq!(
+            letter
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|c| c.as_str()),
+            Some("application/json"),
+            "the kept properties stay"
+        );
+        let read = DeadLetter::read(&t, DeadQueue::Deliveries, &letter.properties, &letter.body);
+        assert_eq!(read.reason.as_deref(), Some("job_failed"));
+        assert_eq!(read.error.as_deref(), Some("the job failed 5 times"));
+        assert_eq!(read.origin, "p.deliveries");
+        assert_eq!(read.event_id.as_deref(), Some("evt_dead"));
+        assert_eq!(read.routing_key, None);
+
+        let event = Verdict::new("invalid_json", "expected value")
+            .routing_key("qr.created")
+            .letter(
+                t.ingest_dead_queue(),
+                BasicProperties::default(),
+                b"{".to_vec(),
+            );
+        let read = DeadLetter::read(&t, DeadQueue::Ingest, &event.properties, &event.body);
+        assert_eq!(read.routing_key.as_deref(), Some("qr.created"));
+        assert_eq!(read.origin, "p.ingest");
+        assert_eq!(
+            event.properties.headers().as_ref().map(|h| h.inner().len()),
+            Some(3),
+            "reason, error and routing key only"
+        );
     }
 
     #[test]

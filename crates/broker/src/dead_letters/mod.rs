@@ -45,7 +45,9 @@ mod letter;
 
 pub use depth::{depth, watch_depth, watch_depth_every, DEPTH_INTERVAL};
 use letter::rotate_properties;
-pub use letter::{origin, redrive_properties, DeadLetter, ERROR, ORIGIN, REASON, ROUTING_KEY};
+pub use letter::{
+    origin, redrive_properties, DeadLetter, Verdict, ERROR, ORIGIN, REASON, ROUTING_KEY,
+};
 
 /// One of the two dead-letter queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

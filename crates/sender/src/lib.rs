@@ -77,9 +77,16 @@ impl Sender {
         if delivery.rate_limit_share.is_some() {
             tracing::warn!("delivery.rate_limit_share is deprecated and ignored: max_per_second holds across every sender");
         }
+        if delivery.admission_wait_ms.is_some() {
+            tracing::warn!("delivery.admission_wait_ms is deprecated and ignored: a job waits for its webhook's slot as long as it is expected to be served within delivery.defer_ms");
+        }
         let admission = Admission::new(admission::Limits {
             cap: delivery.max_in_flight_per_webhook,
-            wait: delivery.admission_wait(),
+            // Waiting longer would make a job later than parking it.
+            wait: delivery.defer(),
+            // The longest a healthy attempt holds its slot: the rate limit's wait (at
+            // most defer_ms) and the request (at most timeout_ms).
+            stall: delivery.timeout() + delivery.defer(),
             rules: admission::breaker::Rules {
                 trips: delivery.breaker_timeouts,
                 backoff: delivery.defer(),

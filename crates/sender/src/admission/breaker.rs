@@ -2,7 +2,8 @@
 //! slot at all, or are parked on the defer queues with exponential backoff.
 //!
 //! ```text
-//!            stall, or `trips` timeouts in a row
+//!            stall (no slot freed for the stall window),
+//!            or `trips` timeouts in a row
 //!  CLOSED ───────────────────────────────────────▶ OPEN(step)
 //!    ▲                                               │ backoff(step) elapsed
 //!    │ an answer                                     ▼
@@ -13,9 +14,13 @@
 //!                                                 OPEN(step + 1)
 //! ```
 //!
-//! A *stall* is a job that waited its whole admission wait while the webhook, at its
-//! in-flight cap, freed no slot. An *answer* is any response (a 500 included: the
-//! receiver is there) or any error other than a timeout. `backoff(step)` is
+//! A *stall* is a webhook at its in-flight cap that has freed no slot for the stall
+//! window: longer than any healthy attempt holds a slot (the rate limit's wait, at most
+//! `delivery.defer_ms`, plus the request, at most `delivery.timeout_ms`), so every
+//! attempt in flight is stuck. A slow receiver is not stalled: however long it takes to
+//! answer, it answers within the timeout, which frees a slot. (A receiver that does not
+//! answer is usually caught first by its timeouts.) An *answer* is any response (a 500
+//! included: the receiver is there) or any error other than a timeout. `backoff(step)` is
 //! `delivery.defer_ms` × 2^step, the wait of the defer queue of that step, so a job
 //! parked while the breaker is open comes back about when it is half-open again; the
 //! step stops at the last defer queue. The breaker is pure: time is passed in.
@@ -121,7 +126,7 @@ impl Breaker {
         }
     }
 
-    /// A job waited the whole admission wait and the webhook freed no slot meanwhile.
+    /// The webhook, at its cap, freed no slot for the whole stall window.
     pub fn stalled(&mut self, rules: &Rules, now: Instant) {
         if let State::Closed { .. } = self.state {
             self.open(rules, now, 0);

@@ -18,14 +18,16 @@
 //! defer queue. A job joins the queue only if the webhook is expected to serve it within
 //! the wait bound: with `n` jobs ahead of it, `cap` slots and a *service time* `s`
 //! (how long a slot is held), its wait is about `(n + 1) × s / cap` (Little's law: the
-//! webhook frees `cap / s` slots a second). `s` is the larger of the mean hold time of
-//! the webhook's recent attempts (a moving average weighted `1 / cap`, so about one
-//! cap's worth of attempts) and the mean age of its attempts in flight, so a receiver
-//! that stops answering is seen at once, not only when its attempts end: its queue
-//! shrinks as its attempts age, and its backlog is parked instead of holding the
-//! sender's `delivery.concurrency` slots. Every waiting job holds one of them, so a
-//! healthy webhook's queue holds at most what it serves within the wait bound and a
-//! stuck one's next to nothing.
+//! webhook frees `cap / s` slots a second), and it waits that long plus one `s` at
+//! most. `s` is the larger of the mean hold time of the webhook's recent attempts (a
+//! moving average weighted `1 / cap`, so about one cap's worth of attempts) and the mean
+//! age of its attempts in flight, so a receiver that stops answering is seen at once,
+//! not only when its attempts end: its queue empties within about a round and shrinks
+//! as its attempts age, and its backlog is parked instead of holding the sender's
+//! `delivery.concurrency` slots. Before any attempt of the webhook has ended (nothing
+//! known), one round, `cap` jobs, may wait. Every waiting job holds one of the sender's
+//! slots, so a healthy webhook's queue holds at most what it serves within the wait
+//! bound and a stuck one's a round at most.
 //!
 //! Slots go to waiters in arrival order (tokio's semaphore is fair): a job that arrives
 //! while others wait queues behind them.
@@ -122,11 +124,22 @@ impl Service {
         self.mean.unwrap_or(Duration::ZERO).max(age)
     }
 
-    /// Whether a job with `ahead` jobs waiting before it is expected to get a slot
-    /// within `bound`: `(ahead + 1) × s / cap < bound`.
-    pub fn serves_within(&self, ahead: usize, bound: Duration, now: Instant) -> bool {
-        let expected = self.time(now).mul_f64((ahead + 1) as f64 / self.cap as f64);
-        expected < bound
+    /// How long a job with `ahead` jobs waiting before it may wait for a slot, or `None`
+    /// when it is not expected to get one within `bound` (it is parked at once).
+    ///
+    /// Until one of the webhook's attempts has ended nothing is known of it: one round
+    /// (`cap` jobs) may wait, up to `bound`. After that, a job waits if
+    /// `(ahead + 1) × s / cap` is within `bound`, and for that long plus one service
+    /// time `s` at most (a round of slots), so that when the webhook slows down or stops
+    /// answering, its queue empties within about a round rather than holding its jobs
+    /// for the whole bound.
+    pub fn queue_wait(&self, ahead: usize, bound: Duration, now: Instant) -> Option<Duration> {
+        if self.mean.is_none() {
+            return (ahead < self.cap).then_some(bound);
+        }
+        let s = self.time(now);
+        let expected = s.mul_f64((ahead + 1) as f64 / self.cap as f64);
+        (expected < bound).then(|| (expected + s).min(bound))
     }
 }
 
@@ -185,27 +198,30 @@ mod tests {
         }
         let now = t0 + ms(100);
         assert_eq!(service.time(now), ms(100));
-        assert!(service.serves_within(38, ms(1000), now));
-        assert!(!service.serves_within(39, ms(1000), now));
+        assert_eq!(service.queue_wait(38, ms(1000), now), Some(ms(1000)));
+        assert_eq!(service.queue_wait(39, ms(1000), now), None);
+        // The 4th waits a round (100 ms) and one more at most.
+        assert_eq!(service.queue_wait(3, ms(1000), now), Some(ms(200)));
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_attempt_that_does_not_end_shrinks_the_queue_as_it_ages() {
         let t0 = Instant::now();
         let mut service = Service::new(4, t0);
-        // Nothing known yet: a fresh webhook's first backlog may wait.
-        assert!(service.serves_within(100, ms(1000), t0));
+        // Nothing known yet: one round may wait, for the whole bound.
+        assert_eq!(service.queue_wait(3, ms(1000), t0), Some(ms(1000)));
+        assert_eq!(service.queue_wait(4, ms(1000), t0), None);
         service.start(t0);
         service.start(t0);
         service.end(t0, t0 + ms(10));
         assert_eq!(service.time(t0 + ms(10)), ms(10));
-        // The hung attempt's age (the mean age in flight) is the service time: after 500 ms, 4 slots in 500 ms
-        // at best, so 7 jobs in the queue fit a 1 s bound and 8 do not; after 4 s not
-        // even the first.
+        // The hung attempt's age (the mean age in flight) is the service time: after
+        // 500 ms, 4 slots in 500 ms at best, so 7 jobs in the queue fit a 1 s bound and
+        // 8 do not; after 4 s not even the first.
         assert_eq!(service.time(t0 + ms(500)), ms(500));
-        assert!(service.serves_within(6, ms(1000), t0 + ms(500)));
-        assert!(!service.serves_within(7, ms(1000), t0 + ms(500)));
-        assert!(!service.serves_within(0, ms(1000), t0 + ms(4000)));
+        assert!(service.queue_wait(6, ms(1000), t0 + ms(500)).is_some());
+        assert!(service.queue_wait(7, ms(1000), t0 + ms(500)).is_none());
+        assert!(service.queue_wait(0, ms(1000), t0 + ms(4000)).is_none());
         // Once it ends, the average (weighted a quarter) remembers it.
         service.end(t0, t0 + ms(1000));
         assert_eq!(

@@ -145,16 +145,12 @@ impl Admission {
                 entry.users += 1;
                 return Admitted::Slot(self.permit(webhook, entry, slot, now));
             }
-            if !entry.service.serves_within(entry.waiting, limits.wait, now) {
+            let Some(wait) = entry.service.queue_wait(entry.waiting, limits.wait, now) else {
                 return Admitted::Park(entry.refuse(webhook, &limits, now));
-            }
+            };
             entry.users += 1;
             entry.waiting += 1;
-            (
-                entry.bulkhead.clone(),
-                entry.opened.clone(),
-                now + limits.wait,
-            )
+            (entry.bulkhead.clone(), entry.opened.clone(), now + wait)
         };
         let opened = opened.notified();
         let slot = tokio::select! {
@@ -341,33 +337,57 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_healthy_receiver_slower_than_any_short_wait_is_served_from_memory_and_never_stalls()
     {
-        // Cap 2, answers in 300 ms, a backlog of 8: three rounds of waiting (300, 600,
-        // 900 ms), all within the 1 s wait bound. Nothing is parked.
+        // Cap 2, answers in 300 ms. Nothing known yet: of a first backlog of 4, one
+        // round (2) waits, the whole backlog is served from memory by 600 ms.
         let admission = admission(2);
         let a = WebhookId::generate();
-        let first: Vec<_> = (0..8)
+        let first: Vec<_> = (0..4)
             .map(|_| answered_in(&admission, &a, ms(300)))
             .collect();
         let started = Instant::now();
-        // At 1 s, with the last two in flight, its service time is known (300 ms: 2
-        // slots every 300 ms). Of a backlog of 10 more, 6 are expected to be served
-        // within the bound (6 × 150 ms < 1 s) and wait; 4 are parked on the first defer
-        // queue. The breaker stays closed: the webhook keeps freeing slots.
-        tokio::time::sleep(ms(1000)).await;
+        // At 400 ms its service time is known (300 ms: 2 slots every 300 ms). Of a
+        // backlog of 10 more, 6 are expected to be served within the 1 s bound
+        // (6 × 150 ms) and wait, up to 800 ms; 4 are parked on the first defer queue.
+        // The breaker stays closed: the webhook keeps freeing slots.
+        tokio::time::sleep(ms(400)).await;
         let second: Vec<_> = (0..10)
             .map(|_| answered_in(&admission, &a, ms(300)))
             .collect();
         for job in first {
             assert_eq!(job.await.unwrap(), None, "served from memory");
         }
-        assert_eq!(started.elapsed(), ms(1200));
+        assert_eq!(started.elapsed(), ms(600));
         let mut parked = Vec::new();
         for job in second {
             parked.extend(job.await.unwrap());
         }
         assert_eq!(parked, [0, 0, 0, 0]);
-        assert_eq!(started.elapsed(), ms(2100), "three more rounds");
+        assert_eq!(started.elapsed(), ms(1500), "three more rounds");
         assert!(admission.lock().is_empty(), "closed and idle");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_a_known_webhook_stops_answering_its_queue_empties_within_a_round() {
+        let admission = admission(2);
+        let a = WebhookId::generate();
+        // One attempt answered in 100 ms while another hangs; then a second hangs.
+        let _hanging = slot_now(&admission, &a);
+        assert_eq!(
+            answered_in(&admission, &a, ms(100)).await.unwrap(),
+            None
+        );
+        let _also_hanging = slot_now(&admission, &a);
+        let started = Instant::now();
+        // s = 100 ms, 2 slots: the first waiter expects 50 ms and waits 150 ms at most,
+        // the second 100 ms and 200 ms; not the whole 1 s bound.
+        let waiters: Vec<_> = (0..2).map(|_| spawn_admit(&admission, &a)).collect();
+        let mut gave_up = Vec::new();
+        for waiter in waiters {
+            assert_eq!(waiter.await.unwrap().err(), Some(0));
+            gave_up.push(started.elapsed());
+        }
+        assert_eq!(gave_up, [ms(150), ms(200)]);
+        assert!(matches!(admission.state(&a), State::Closed { .. }));
     }
 
     #[tokio::test(start_paused = true)]
@@ -376,25 +396,24 @@ mod tests {
         let (a, b) = (WebhookId::generate(), WebhookId::generate());
         let t0 = Instant::now();
         let _hanging: Vec<Permit> = (0..4).map(|_| slot_now(&admission, &a)).collect();
-        // Nothing known yet: the first job waits, for the whole wait bound, in vain; it
-        // parks for defer_ms and the breaker stays closed.
+        // Nothing known yet: a round may wait, for the whole wait bound, in vain; the
+        // first job parks for defer_ms after 1 s and the breaker stays closed.
         let first = spawn_admit(&admission, &a);
         tokio::time::sleep(ms(1500)).await;
         assert!(first.is_finished());
         assert_eq!(first.await.unwrap().err(), Some(0));
         assert!(matches!(admission.state(&a), State::Closed { .. }));
-        // At 1.5 s the attempts' age says 4 slots in 1.5 s at best: one job may still
-        // wait (1.5 s / 4 = 375 ms expected).
         let waiter = spawn_admit(&admission, &a);
-        tokio::task::yield_now().await;
         tokio::time::sleep(ms(500)).await;
-        assert!(!waiter.is_finished(), "it waits");
-        // At 2 s, the stall window: nothing freed since the slots were taken. The
-        // refused job opens the breaker, which parks the waiter at once.
-        assert_eq!(parked(admission.admit(&a).await), 0);
-        assert!(matches!(admission.state(&a), State::Open { step: 0, .. }));
+        let behind = spawn_admit(&admission, &a);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished() && !behind.is_finished(), "both wait");
+        // At 2.5 s the first gives up: nothing freed for the stall window (2 s) since
+        // the slots were taken. The breaker opens, which parks the other at once.
         assert_eq!(waiter.await.unwrap().err(), Some(0));
-        assert_eq!(t0.elapsed(), ms(2000));
+        assert_eq!(behind.await.unwrap().err(), Some(0));
+        assert_eq!(t0.elapsed(), ms(2500));
+        assert!(matches!(admission.state(&a), State::Open { step: 0, .. }));
         // While open, a job parks at once; other webhooks are not affected.
         assert_eq!(parked(admission.admit(&a).await), 0);
         slot(admission.admit(&b).await).finish(Outcome::Answered);

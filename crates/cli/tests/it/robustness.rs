@@ -125,9 +125,8 @@ async fn a_hanging_receiver_does_not_stall_healthy_webhooks() {
 async fn a_healthy_receiver_slower_than_a_short_wait_is_served_from_memory_never_parked() {
     // A receiver answering in 300 ms, slower than the fixed 250 ms wait after which the
     // old stall rule opened the breaker of a webhook at its cap, given a backlog at its
-    // cap twice: a first burst of two rounds (nothing is known of the webhook yet, so
-    // one round waits), then, once its answers are known, a second burst of three
-    // rounds while it is still busy. Each round frees its slots within the wait bound
+    // cap twice: a first burst of two rounds, then, once its answers are known, a
+    // second burst of three rounds while it is still busy. Each round frees its slots within the wait bound
     // (delivery.defer_ms), so the backlog waits in memory: nothing is parked, by the
     // breaker or the bulkhead, and each event arrives exactly once.
     const CAP: usize = 4;

@@ -19,15 +19,15 @@
 //! the wait bound: with `n` jobs ahead of it, `cap` slots and a *service time* `s`
 //! (how long a slot is held), its wait is about `(n + 1) × s / cap` (Little's law: the
 //! webhook frees `cap / s` slots a second), and it waits that long plus one `s` at
-//! most. `s` is the larger of the mean hold time of the webhook's recent attempts (a
-//! moving average weighted `1 / cap`, so about one cap's worth of attempts) and the mean
-//! age of its attempts in flight, so a receiver that stops answering is seen at once,
-//! not only when its attempts end: its queue empties within about a round and shrinks
-//! as its attempts age, and its backlog is parked instead of holding the sender's
-//! `delivery.concurrency` slots. Before any attempt of the webhook has ended (nothing
-//! known), one round, `cap` jobs, may wait. Every waiting job holds one of the sender's
-//! slots, so a healthy webhook's queue holds at most what it serves within the wait
-//! bound and a stuck one's a round at most.
+//! most once the webhook's hold time is known (before any of its attempts has ended,
+//! up to the wait bound). `s` is the larger of the mean hold time of the webhook's
+//! recent attempts (a moving average weighted `1 / cap`, so about one cap's worth of
+//! attempts) and the mean age of its attempts in flight, so a receiver that stops
+//! answering is seen at once, not only when its attempts end: its queue empties within
+//! about a round and shrinks as its attempts age, and its backlog is parked instead of
+//! holding the sender's `delivery.concurrency` slots. Every waiting job holds one of
+//! them, so a healthy webhook's queue holds at most what it serves within the wait
+//! bound and a stuck one's less and less.
 //!
 //! Slots go to waiters in arrival order (tokio's semaphore is fair): a job that arrives
 //! while others wait queues behind them.
@@ -127,19 +127,22 @@ impl Service {
     /// How long a job with `ahead` jobs waiting before it may wait for a slot, or `None`
     /// when it is not expected to get one within `bound` (it is parked at once).
     ///
-    /// Until one of the webhook's attempts has ended nothing is known of it: one round
-    /// (`cap` jobs) may wait, up to `bound`. After that, a job waits if
-    /// `(ahead + 1) × s / cap` is within `bound`, and for that long plus one service
-    /// time `s` at most (a round of slots), so that when the webhook slows down or stops
-    /// answering, its queue empties within about a round rather than holding its jobs
-    /// for the whole bound.
+    /// A job waits if `(ahead + 1) × s / cap` is within `bound`. Once one of the
+    /// webhook's attempts has ended (its hold time is known), it waits that long plus
+    /// one service time `s` at most (a round of slots), so that when the webhook slows
+    /// down or stops answering its queue empties within about a round rather than
+    /// holding its jobs for the whole bound. Before that, nothing says how long a round
+    /// takes, and it waits up to `bound`.
     pub fn queue_wait(&self, ahead: usize, bound: Duration, now: Instant) -> Option<Duration> {
-        if self.mean.is_none() {
-            return (ahead < self.cap).then_some(bound);
-        }
         let s = self.time(now);
         let expected = s.mul_f64((ahead + 1) as f64 / self.cap as f64);
-        (expected < bound).then(|| (expected + s).min(bound))
+        if expected >= bound {
+            return None;
+        }
+        Some(match self.mean {
+            Some(_) => (expected + s).min(bound),
+            None => bound,
+        })
     }
 }
 
@@ -208,9 +211,8 @@ mod tests {
     async fn an_attempt_that_does_not_end_shrinks_the_queue_as_it_ages() {
         let t0 = Instant::now();
         let mut service = Service::new(4, t0);
-        // Nothing known yet: one round may wait, for the whole bound.
-        assert_eq!(service.queue_wait(3, ms(1000), t0), Some(ms(1000)));
-        assert_eq!(service.queue_wait(4, ms(1000), t0), None);
+        // Nothing known yet: a fresh webhook's backlog may wait, for the whole bound.
+        assert_eq!(service.queue_wait(100, ms(1000), t0), Some(ms(1000)));
         service.start(t0);
         service.start(t0);
         service.end(t0, t0 + ms(10));

@@ -98,6 +98,11 @@ impl Sender {
             settings.delivery.timeout(),
             settings.delivery.allow_private_targets,
             settings.delivery.response_body_bytes,
+            // At most delivery.concurrency requests are in flight, so at most that many
+            // connections to one host are busy at once: all of them are kept, so a burst
+            // to many webhooks on one host (one platform's per-customer paths) reuses
+            // them instead of connecting again.
+            settings.delivery.concurrency,
         )?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -636,7 +641,8 @@ impl Sender {
 }
 
 /// What the breaker learns from one attempt: a request that got no response within
-/// the whole `timeout` timed out; any other attempt made was answered.
+/// the whole `timeout` timed out; any other attempt made was answered; a job skipped
+/// because its webhook is deleted or disabled says the webhook is gone.
 fn breaker_outcome(attempted: &Result<Attempted, JobFailure>, timeout: Duration) -> Outcome {
     match attempted {
         Ok(Attempted::Made(row))
@@ -646,6 +652,9 @@ fn breaker_outcome(attempted: &Result<Attempted, JobFailure>, timeout: Duration)
             Outcome::TimedOut
         }
         Ok(Attempted::Made(_)) => Outcome::Answered,
+        Ok(Attempted::Skipped(label)) if *label != skip::Skip::AlreadyDelivered.label() => {
+            Outcome::Gone
+        }
         _ => Outcome::NotSent,
     }
 }
@@ -723,7 +732,24 @@ mod tests {
             "a 500 is the receiver answering"
         );
         assert_eq!(
-            breaker_outcome(&Ok(Attempted::Skipped("webhook_deleted")), timeout),
+            breaker_outcome(
+                &Ok(Attempted::Skipped(skip::Skip::WebhookDeleted.label())),
+                timeout
+            ),
+            Outcome::Gone
+        );
+        assert_eq!(
+            breaker_outcome(
+                &Ok(Attempted::Skipped(skip::Skip::WebhookDisabled.label())),
+                timeout
+            ),
+            Outcome::Gone
+        );
+        assert_eq!(
+            breaker_outcome(
+                &Ok(Attempted::Skipped(skip::Skip::AlreadyDelivered.label())),
+                timeout
+            ),
             Outcome::NotSent
         );
         assert_eq!(

@@ -18,16 +18,15 @@
 //! defer queue. A job joins the queue only if the webhook is expected to serve it within
 //! the wait bound: with `n` jobs ahead of it, `cap` slots and a *service time* `s`
 //! (how long a slot is held), its wait is about `(n + 1) × s / cap` (Little's law: the
-//! webhook frees `cap / s` slots a second), and it waits that long plus one `s` at
-//! most once the webhook's hold time is known (before any of its attempts has ended,
-//! up to the wait bound). `s` is the larger of the mean hold time of the webhook's
-//! recent attempts (a moving average weighted `1 / cap`, so about one cap's worth of
-//! attempts) and the mean age of its attempts in flight, so a receiver that stops
-//! answering is seen at once, not only when its attempts end: its queue empties within
-//! about a round and shrinks as its attempts age, and its backlog is parked instead of
-//! holding the sender's `delivery.concurrency` slots. Every waiting job holds one of
-//! them, so a healthy webhook's queue holds at most what it serves within the wait
-//! bound and a stuck one's less and less.
+//! webhook frees `cap / s` slots a second), and it waits up to the bound. `s` is the
+//! larger of the mean hold time of the webhook's recent attempts (a moving average
+//! weighted `1 / cap`, so about one cap's worth of attempts) and the mean age of its
+//! attempts in flight, so a receiver that stops answering is seen at once, not only
+//! when its attempts end: its queue shrinks as its attempts age, and its backlog is
+//! parked instead of holding the sender's `delivery.concurrency` slots. Every waiting
+//! job holds one of them, so a healthy webhook's queue holds at most what it serves
+//! within the wait bound, and a stuck one's less and less: `cap` jobs once its attempts
+//! are a wait bound old, none once they are `cap` times that.
 //!
 //! Slots go to waiters in arrival order (tokio's semaphore is fair): a job that arrives
 //! while others wait queues behind them.
@@ -124,25 +123,14 @@ impl Service {
         self.mean.unwrap_or(Duration::ZERO).max(age)
     }
 
-    /// How long a job with `ahead` jobs waiting before it may wait for a slot, or `None`
-    /// when it is not expected to get one within `bound` (it is parked at once).
-    ///
-    /// A job waits if `(ahead + 1) × s / cap` is within `bound`. Once one of the
-    /// webhook's attempts has ended (its hold time is known), it waits that long plus
-    /// one service time `s` at most (a round of slots), so that when the webhook slows
-    /// down or stops answering its queue empties within about a round rather than
-    /// holding its jobs for the whole bound. Before that, nothing says how long a round
-    /// takes, and it waits up to `bound`.
-    pub fn queue_wait(&self, ahead: usize, bound: Duration, now: Instant) -> Option<Duration> {
-        let s = self.time(now);
-        let expected = s.mul_f64((ahead + 1) as f64 / self.cap as f64);
-        if expected >= bound {
-            return None;
-        }
-        Some(match self.mean {
-            Some(_) => (expected + s).min(bound),
-            None => bound,
-        })
+    /// Whether a job with `ahead` jobs waiting before it is expected to get a slot
+    /// within `bound`: `(ahead + 1) × s / cap < bound`. (A waiting job waits up to
+    /// `bound`: an earlier give-up, e.g. one `s` after its expected wait, parks a
+    /// healthy fast webhook's backlog at the first pause of a busy machine, which
+    /// delays every job by far more than `s`.)
+    pub fn serves_within(&self, ahead: usize, bound: Duration, now: Instant) -> bool {
+        let expected = self.time(now).mul_f64((ahead + 1) as f64 / self.cap as f64);
+        expected < bound
     }
 }
 
@@ -201,18 +189,16 @@ mod tests {
         }
         let now = t0 + ms(100);
         assert_eq!(service.time(now), ms(100));
-        assert_eq!(service.queue_wait(38, ms(1000), now), Some(ms(1000)));
-        assert_eq!(service.queue_wait(39, ms(1000), now), None);
-        // The 4th waits a round (100 ms) and one more at most.
-        assert_eq!(service.queue_wait(3, ms(1000), now), Some(ms(200)));
+        assert!(service.serves_within(38, ms(1000), now));
+        assert!(!service.serves_within(39, ms(1000), now));
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_attempt_that_does_not_end_shrinks_the_queue_as_it_ages() {
         let t0 = Instant::now();
         let mut service = Service::new(4, t0);
-        // Nothing known yet: a fresh webhook's backlog may wait, for the whole bound.
-        assert_eq!(service.queue_wait(100, ms(1000), t0), Some(ms(1000)));
+        // Nothing known yet: a fresh webhook's backlog may wait.
+        assert!(service.serves_within(100, ms(1000), t0));
         service.start(t0);
         service.start(t0);
         service.end(t0, t0 + ms(10));
@@ -221,9 +207,9 @@ mod tests {
         // 500 ms, 4 slots in 500 ms at best, so 7 jobs in the queue fit a 1 s bound and
         // 8 do not; after 4 s not even the first.
         assert_eq!(service.time(t0 + ms(500)), ms(500));
-        assert!(service.queue_wait(6, ms(1000), t0 + ms(500)).is_some());
-        assert!(service.queue_wait(7, ms(1000), t0 + ms(500)).is_none());
-        assert!(service.queue_wait(0, ms(1000), t0 + ms(4000)).is_none());
+        assert!(service.serves_within(6, ms(1000), t0 + ms(500)));
+        assert!(!service.serves_within(7, ms(1000), t0 + ms(500)));
+        assert!(!service.serves_within(0, ms(1000), t0 + ms(4000)));
         // Once it ends, the average (weighted a quarter) remembers it.
         service.end(t0, t0 + ms(1000));
         assert_eq!(

@@ -309,18 +309,17 @@ pub struct DeliverySettings {
     #[serde(default)]
     pub rate_limit_share: Option<u32>,
     pub job_failure_limit: u32,
-    pub admission_wait_ms: u64,
+    /// Deprecated and ignored: a job waits for its webhook's in-flight slot as long as
+    /// the webhook is expected to serve it within `defer_ms`. Still accepted so that
+    /// old configuration files load.
+    #[serde(default)]
+    pub admission_wait_ms: Option<u64>,
     pub breaker_timeouts: u32,
 }
 
 impl DeliverySettings {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
-    }
-
-    /// The longest a job waits in memory for its webhook's in-flight slot.
-    pub fn admission_wait(&self) -> Duration {
-        Duration::from_millis(self.admission_wait_ms)
     }
 
     /// The first wait of a parked job (`defer_ms`).
@@ -574,10 +573,8 @@ impl Settings {
         if self.retention.maintain_every_ms == 0 {
             return invalid("retention.maintain_every_ms must be positive");
         }
-        if self.delivery.admission_wait_ms == 0 || self.delivery.breaker_timeouts == 0 {
-            return invalid(
-                "delivery.admission_wait_ms and delivery.breaker_timeouts must be positive",
-            );
+        if self.delivery.breaker_timeouts == 0 {
+            return invalid("delivery.breaker_timeouts must be positive");
         }
         if self.api.recover_max_events == 0 || self.api.recover_max_events > 100_000 {
             return invalid("api.recover_max_events must be between 1 and 100000");
@@ -766,17 +763,14 @@ mod tests {
             std::env::temp_dir().join(format!("qr3-config-share-{}.toml", std::process::id()));
         std::fs::write(
             &path,
-            "[delivery]\nrate_limit_share = 4\n[secrets]\nallow_insecure_dev_key = true\n",
+            "[delivery]\nrate_limit_share = 4\nadmission_wait_ms = 250\n[secrets]\nallow_insecure_dev_key = true\n",
         )
         .unwrap();
         let loaded = Settings::load(Some(&path));
         std::fs::remove_file(&path).unwrap();
         let settings = loaded.expect("a deprecated key is accepted");
         assert_eq!(settings.delivery.rate_limit_share, Some(4));
-        assert_eq!(
-            settings.delivery.admission_wait(),
-            Duration::from_millis(250)
-        );
+        assert_eq!(settings.delivery.admission_wait_ms, Some(250));
         assert_eq!(settings.delivery.breaker_timeouts, 3);
     }
 

@@ -134,8 +134,14 @@ pub struct HttpClient {
 
 impl HttpClient {
     /// A client whose attempts end after `timeout` and keep the first `keep_body` bytes
-    /// of each response body (0: none).
-    pub fn new(timeout: Duration, allow_private: bool, keep_body: usize) -> anyhow::Result<Self> {
+    /// of each response body (0: none), keeping up to `idle_per_host` idle connections
+    /// to each host for the next attempts.
+    pub fn new(
+        timeout: Duration,
+        allow_private: bool,
+        keep_body: usize,
+        idle_per_host: usize,
+    ) -> anyhow::Result<Self> {
         let mut http = HttpConnector::new_with_resolver(GuardedResolver { allow_private });
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -152,7 +158,7 @@ impl HttpClient {
             .wrap_connector(guarded);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
+            .pool_max_idle_per_host(idle_per_host)
             .build(https);
         Ok(Self {
             client,
@@ -268,7 +274,7 @@ mod tests {
     }
 
     async fn post(allow_private: bool, url: &str) -> HttpOutcome {
-        HttpClient::new(TIMEOUT, allow_private, 16)
+        HttpClient::new(TIMEOUT, allow_private, 16, 4)
             .expect("client")
             .post(url, &[], Bytes::from_static(b"{}"))
             .await

@@ -74,9 +74,16 @@ impl Sender {
         if delivery.rate_limit_share.is_some() {
             tracing::warn!("delivery.rate_limit_share is deprecated and ignored: max_per_second holds across every sender");
         }
+        if delivery.admission_wait_ms.is_some() {
+            tracing::warn!("delivery.admission_wait_ms is deprecated and ignored: a job waits for its webhook's slot as long as it is expected to be served within delivery.defer_ms");
+        }
         let admission = Admission::new(admission::Limits {
             cap: delivery.max_in_flight_per_webhook,
-            wait: delivery.admission_wait(),
+            // Waiting longer would make a job later than parking it.
+            wait: delivery.defer(),
+            // The longest a healthy attempt holds its slot: the rate limit's wait (at
+            // most defer_ms) and the request (at most timeout_ms).
+            stall: delivery.timeout() + delivery.defer(),
             rules: admission::breaker::Rules {
                 trips: delivery.breaker_timeouts,
                 backoff: delivery.defer(),
@@ -88,6 +95,11 @@ impl Sender {
             settings.delivery.timeout(),
             settings.delivery.allow_private_targets,
             settings.delivery.response_body_bytes,
+            // At most delivery.concurrency requests are in flight, so at most that many
+            // connections to one host are busy at once: all of them are kept, so a burst
+            // to many webhooks on one host (one platform's per-customer paths) reuses
+            // them instead of connecting again.
+            settings.delivery.concurrency,
         )?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -523,7 +535,8 @@ impl Sender {
 }
 
 /// What the breaker learns from one attempt: a request that got no response within
-/// the whole `timeout` timed out; any other attempt made was answered.
+/// the whole `timeout` timed out; any other attempt made was answered; a job skipped
+/// because its webhook is deleted or disabled says the webhook is gone.
 fn breaker_outcome(attempted: &Result<Attempted, JobFailure>, timeout: Duration) -> Outcome {
     match attempted {
         Ok(Attempted::Made(row))
@@ -533,6 +546,9 @@ fn breaker_outcome(attempted: &Result<Attempted, JobFailure>, timeout: Duration)
             Outcome::TimedOut
         }
         Ok(Attempted::Made(_)) => Outcome::Answered,
+        Ok(Attempted::Skipped(label)) if *label != skip::Skip::AlreadyDelivered.label() => {
+            Outcome::Gone
+        }
         _ => Outcome::NotSent,
     }
 }
@@ -610,7 +626,24 @@ mod tests {
             "a 500 is the receiver answering"
         );
         assert_eq!(
-            breaker_outcome(&Ok(Attempted::Skipped("webhook_deleted")), timeout),
+            breaker_outcome(
+                &Ok(Attempted::Skipped(skip::Skip::WebhookDeleted.label())),
+                timeout
+            ),
+            Outcome::Gone
+        );
+        assert_eq!(
+            breaker_outcome(
+                &Ok(Attempted::Skipped(skip::Skip::WebhookDisabled.label())),
+                timeout
+            ),
+            Outcome::Gone
+        );
+        assert_eq!(
+            breaker_outcome(
+                &Ok(Attempted::Skipped(skip::Skip::AlreadyDelivered.label())),
+                timeout
+            ),
             Outcome::NotSent
         );
         assert_eq!(

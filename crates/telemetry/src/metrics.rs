@@ -83,8 +83,8 @@ pub struct Metrics {
     /// broker to wait.
     pub dependency_waits_total: IntCounterVec,
     /// Delivery jobs parked in the defer queue: their webhook's circuit breaker was
-    /// open, their wait for an in-flight slot ran out (`delivery.admission_wait_ms`),
-    /// or their webhook had no `max_per_second` slot within `delivery.defer_ms`.
+    /// open, they were not served an in-flight slot within `delivery.defer_ms`, or
+    /// their webhook had no `max_per_second` slot within `delivery.defer_ms`.
     pub deliveries_deferred_total: IntCounter,
     /// Delivery jobs held back by their webhook's `max_per_second` (waited for a slot,
     /// or parked when none was near).

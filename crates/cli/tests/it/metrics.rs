@@ -46,8 +46,8 @@ async fn every_documented_metric_is_exported_and_moves() {
         s.api.rate_limit_burst = 1;
     })
     .await;
-    // Slower than the admission wait (delivery.admission_wait_ms, 250 ms): with one slot
-    // per webhook, the burst's other jobs wait in vain and are deferred.
+    // Slower than the bulkhead's wait bound (delivery.defer_ms, 50 ms): with one slot
+    // per webhook, the burst's other jobs are not served within it and are deferred.
     let ok = Receiver::start(Behaviour::Delay(300)).await;
     let failing = Receiver::start(Behaviour::Status(500)).await;
     let good = app.webhook(&ok.url(), &["*"]).await;

@@ -120,3 +120,56 @@ async fn a_hanging_receiver_does_not_stall_healthy_webhooks() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_healthy_receiver_slower_than_a_short_wait_is_served_from_memory_never_parked() {
+    // A receiver answering in 300 ms, slower than the fixed 250 ms wait after which the
+    // old stall rule opened the breaker of a webhook at its cap, given a backlog at its
+    // cap twice: a first burst of two rounds, then, once its answers are known, a
+    // second burst of three rounds while it is still busy. Each round frees its slots within the wait bound
+    // (delivery.defer_ms), so the backlog waits in memory: nothing is parked, by the
+    // breaker or the bulkhead, and each event arrives exactly once.
+    const CAP: usize = 4;
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.delivery.max_in_flight_per_webhook = CAP;
+        s.delivery.defer_ms = 1500;
+        s.delivery.timeout_ms = 2000;
+    })
+    .await;
+    let slow = Receiver::start(Behaviour::Delay(300)).await;
+    let webhook = app.webhook(&slow.url(), &["*"]).await;
+    let first: Vec<String> = (0..2 * CAP).map(|i| format!("evt_slow_a{i}")).collect();
+    let second: Vec<String> = (0..3 * CAP).map(|i| format!("evt_slow_b{i}")).collect();
+    app.publish_burst("qr.scanned", &first).await;
+    // The first round answered (300 ms), the second in flight.
+    slow.wait_for(CAP + 1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.publish_burst("qr.scanned", &second).await;
+    let events = first.len() + second.len();
+    slow.wait_for(events, Duration::from_secs(10)).await;
+    // Nothing more comes: no duplicate from a parked twin or a retry.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = slow.received();
+    let mut seen: Vec<&str> = got
+        .iter()
+        .map(|r| r.header("x-qr3-event-id").unwrap())
+        .collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), events, "every event");
+    assert_eq!(got.len(), events, "each exactly once");
+    let attempts = app.attempts(&webhook, events).await;
+    assert_eq!(attempts.len(), events);
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a.status == qr3_store::AttemptStatus::Success),
+        "every attempt succeeded"
+    );
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains("\nqr3_deliveries_deferred_total 0\n"),
+        "nothing was parked, by the breaker or the bulkhead: {metrics}"
+    );
+    app.stop().await;
+}

@@ -2,10 +2,11 @@
 //! slot at all, or are parked on the defer queues with exponential backoff.
 //!
 //! ```text
-//!            stall, or `trips` timeouts in a row
+//!            stall (no slot freed for the stall window),
+//!            or `trips` timeouts in a row
 //!  CLOSED ───────────────────────────────────────▶ OPEN(step)
 //!    ▲                                               │ backoff(step) elapsed
-//!    │ an answer                                     ▼
+//!    │ an answer, or the webhook gone                ▼
 //!    └──────────────────────────────────────────── HALF-OPEN(step)
 //!                                                    │ the probe times out, or
 //!                                                    │ no slot is free for it
@@ -13,9 +14,15 @@
 //!                                                 OPEN(step + 1)
 //! ```
 //!
-//! A *stall* is a job that waited its whole admission wait while the webhook, at its
-//! in-flight cap, freed no slot. An *answer* is any response (a 500 included: the
-//! receiver is there) or any error other than a timeout. `backoff(step)` is
+//! A *stall* is a webhook at its in-flight cap that has freed no slot for the stall
+//! window: longer than any healthy attempt holds a slot (the rate limit's wait, at most
+//! `delivery.defer_ms`, plus the request, at most `delivery.timeout_ms`), so every
+//! attempt in flight is stuck. A slow receiver is not stalled: however long it takes to
+//! answer, it answers within the timeout, which frees a slot. (A receiver that does not
+//! answer is usually caught first by its timeouts.) An *answer* is any response (a 500
+//! included: the receiver is there) or any error other than a timeout. The webhook
+//! *gone* (deleted or disabled: its jobs are skipped, whatever the receiver does) also
+//! closes the breaker, in any state. `backoff(step)` is
 //! `delivery.defer_ms` × 2^step, the wait of the defer queue of that step, so a job
 //! parked while the breaker is open comes back about when it is half-open again; the
 //! step stops at the last defer queue. The breaker is pure: time is passed in.
@@ -31,8 +38,13 @@ pub enum Outcome {
     Answered,
     /// No response within `delivery.timeout_ms`.
     TimedOut,
-    /// No request was sent (skipped, parked by the rate limit, failed before sending).
+    /// No request was sent (already delivered, parked by the rate limit, failed before
+    /// sending).
     NotSent,
+    /// No request: the webhook is deleted or disabled, so each of its jobs will be
+    /// skipped, not sent. Holding them back would only delay that (and cycle them
+    /// through the defer queues one probe at a time): the breaker closes.
+    Gone,
 }
 
 /// What the breaker lets a job do.
@@ -121,7 +133,7 @@ impl Breaker {
         }
     }
 
-    /// A job waited the whole admission wait and the webhook freed no slot meanwhile.
+    /// The webhook, at its cap, freed no slot for the whole stall window.
     pub fn stalled(&mut self, rules: &Rules, now: Instant) {
         if let State::Closed { .. } = self.state {
             self.open(rules, now, 0);
@@ -131,6 +143,7 @@ impl Breaker {
     /// An attempt (holding one of the webhook's slots) ended.
     pub fn record(&mut self, rules: &Rules, outcome: Outcome, now: Instant) {
         match (self.state, outcome) {
+            (_, Outcome::Gone) => self.state = State::Closed { timeouts: 0 },
             (_, Outcome::NotSent) => {
                 // A probe that sent nothing tells nothing: let the next job probe.
                 if let State::HalfOpen {
@@ -252,6 +265,18 @@ mod tests {
         assert_eq!(b.decide(later), Decision::Probe);
         b.record(&RULES, Outcome::NotSent, later);
         assert_eq!(b.decide(later), Decision::Probe);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gone_webhook_closes_it_so_its_jobs_are_skipped_not_parked() {
+        let mut b = Breaker::default();
+        let now = Instant::now();
+        b.stalled(&RULES, now);
+        let later = now + ms(1000);
+        assert_eq!(b.decide(later), Decision::Probe);
+        b.record(&RULES, Outcome::Gone, later);
+        assert_eq!(b.decide(later), Decision::Pass);
+        assert!(b.is_resting());
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,25 +1,26 @@
 //! Admission control: whether a job may make its attempt now, wait for it in memory, or
 //! be parked on a defer queue. Per webhook, in each sender: a circuit breaker
 //! (`breaker.rs`) decides whether the webhook's jobs try at all; a bulkhead
-//! (`bulkhead.rs`) caps its attempts in flight and lets a bounded number of jobs wait,
-//! first come first served, for a slot; and, for a webhook with a `max_per_second`, the
-//! GCRA rate limiter (`gcra.rs`, used by the attempt once the target is known) spaces
-//! its attempts across every sender.
+//! (`bulkhead.rs`) caps its attempts in flight and queues, first come first served, the
+//! jobs it is expected to serve within the wait bound (`delivery.defer_ms`); and, for a
+//! webhook with a `max_per_second`, the GCRA rate limiter (`gcra.rs`, used by the
+//! attempt once the target is known) spaces its attempts across every sender.
 //!
 //! ```text
-//!  job ──▶ breaker ──park(step)──────────────────────────────▶ defer queue of step
+//!  job ──▶ breaker ──park(step)──────────────────────────────────▶ defer queue of step
 //!            │ pass / probe
 //!            ▼
-//!          bulkhead ──wait over (a stall opens the breaker)──▶ defer queue 0
-//!            │ slot
+//!          bulkhead ──not served within the wait bound──────────▶ defer queue 0
+//!            │ slot           (a stall opens the breaker)
 //!            ▼
 //!          attempt ──▶ outcome recorded by the breaker, slot freed
 //! ```
 //!
 //! So one slow or hanging receiver holds at most its in-flight cap of the sender's
-//! concurrency, plus jobs waiting at most `delivery.admission_wait_ms`, and once it
-//! stops freeing slots or keeps timing out its backlog cycles through the defer queues
-//! with exponential backoff instead of through the sender.
+//! concurrency, plus the jobs it is expected to serve within the wait bound (next to
+//! none once its attempts stop ending); once it keeps timing out, or frees no slot for
+//! longer than any healthy attempt can hold one, its backlog cycles through the defer
+//! queues with exponential backoff instead of through the sender.
 
 pub mod breaker;
 pub mod bulkhead;
@@ -34,7 +35,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use breaker::{Breaker, Decision, Outcome, Rules, State};
-use bulkhead::{Bulkhead, Slot};
+use bulkhead::{Bulkhead, Service, Slot};
 
 /// What admission decided for one job.
 pub enum Admitted {
@@ -44,13 +45,17 @@ pub enum Admitted {
     Park(u32),
 }
 
-/// The limits, from configuration: `delivery.max_in_flight_per_webhook`,
-/// `delivery.admission_wait_ms`, and the breaker's rules (`delivery.breaker_timeouts`,
-/// `delivery.defer_ms`, the defer queues).
+/// The limits, all from configuration: the bulkhead's cap
+/// (`delivery.max_in_flight_per_webhook`), the wait bound (`delivery.defer_ms`), the
+/// stall window (the longest a healthy attempt holds its slot: the rate limiter's wait,
+/// at most `delivery.defer_ms`, plus the request, at most `delivery.timeout_ms`), and
+/// the breaker's rules (`delivery.breaker_timeouts`, `delivery.defer_ms`, the defer
+/// queues).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub cap: usize,
     pub wait: Duration,
+    pub stall: Duration,
     pub rules: Rules,
 }
 
@@ -65,10 +70,13 @@ pub struct Admission {
 /// counted).
 struct Entry {
     bulkhead: Bulkhead,
+    service: Service,
     breaker: Breaker,
     /// Jobs holding or waiting for a slot.
     users: usize,
-    /// When the webhook last freed a slot.
+    /// Jobs waiting for a slot.
+    waiting: usize,
+    /// When the webhook last freed a slot (or the entry was made).
     freed_at: Instant,
     /// Wakes the waiting jobs when the breaker opens, so they park at once.
     opened: Arc<Notify>,
@@ -78,11 +86,27 @@ impl Entry {
     fn new(cap: usize, now: Instant) -> Self {
         Self {
             bulkhead: Bulkhead::new(cap),
+            service: Service::new(cap, now),
             breaker: Breaker::default(),
             users: 0,
+            waiting: 0,
             freed_at: now,
             opened: Arc::new(Notify::new()),
         }
+    }
+
+    /// A job of this webhook, at its cap, gets no slot: where it parks. A webhook that
+    /// has freed no slot for the whole stall window has every attempt in flight stuck
+    /// past what a healthy one can take: its breaker opens.
+    fn refuse(&mut self, webhook: &WebhookId, limits: &Limits, now: Instant) -> u32 {
+        if now.saturating_duration_since(self.freed_at) >= limits.stall
+            && matches!(self.breaker.state(), State::Closed { .. })
+        {
+            self.breaker.stalled(&limits.rules, now);
+            self.opened.notify_waiters();
+            tracing::info!(webhook_id = %webhook, "circuit breaker opened: no slot freed within the stall window");
+        }
+        open_step(&self.breaker)
     }
 }
 
@@ -97,64 +121,70 @@ impl Admission {
     /// Admits a job of `webhook`: a slot (at once, or after waiting behind earlier
     /// jobs), or where to park it.
     pub async fn admit(&self, webhook: &WebhookId) -> Admitted {
-        let Limits { cap, wait, rules } = self.limits;
-        let (bulkhead, opened, started) = {
+        let limits = self.limits;
+        let (bulkhead, opened, deadline) = {
             let mut webhooks = self.lock();
             let now = Instant::now();
             let entry = webhooks
                 .entry(webhook.clone())
-                .or_insert_with(|| Entry::new(cap, now));
+                .or_insert_with(|| Entry::new(limits.cap, now));
             match entry.breaker.decide(now) {
                 Decision::Park(step) => return Admitted::Park(step),
                 Decision::Probe => {
                     if let Some(slot) = entry.bulkhead.try_enter() {
                         entry.users += 1;
-                        return Admitted::Slot(self.permit(webhook, slot));
+                        return Admitted::Slot(self.permit(webhook, entry, slot, now));
                     }
                     // Nothing freed during the whole backoff: open again, longer.
-                    entry.breaker.probe_refused(&rules, now);
+                    entry.breaker.probe_refused(&limits.rules, now);
                     return Admitted::Park(open_step(&entry.breaker));
                 }
                 Decision::Pass => {}
             }
-            entry.users += 1;
             if let Some(slot) = entry.bulkhead.try_enter() {
-                return Admitted::Slot(self.permit(webhook, slot));
+                entry.users += 1;
+                return Admitted::Slot(self.permit(webhook, entry, slot, now));
             }
-            (entry.bulkhead.clone(), entry.opened.clone(), now)
+            if !entry.service.serves_within(entry.waiting, limits.wait, now) {
+                return Admitted::Park(entry.refuse(webhook, &limits, now));
+            }
+            entry.users += 1;
+            entry.waiting += 1;
+            (
+                entry.bulkhead.clone(),
+                entry.opened.clone(),
+                now + limits.wait,
+            )
         };
         let opened = opened.notified();
         let slot = tokio::select! {
-            slot = bulkhead.enter_by(started + wait) => slot,
+            slot = bulkhead.enter_by(deadline) => slot,
             () = opened => None,
         };
         let mut webhooks = self.lock();
         let entry = webhooks
             .get_mut(webhook)
             .expect("an entry with users is kept");
+        entry.waiting -= 1;
+        let now = Instant::now();
         if let Some(slot) = slot {
-            return Admitted::Slot(self.permit(webhook, slot));
+            return Admitted::Slot(self.permit(webhook, entry, slot, now));
         }
         entry.users -= 1;
-        let now = Instant::now();
-        if entry.freed_at <= started && matches!(entry.breaker.state(), State::Closed { .. }) {
-            // The webhook, at its cap, freed no slot for a whole wait: it is stuck.
-            entry.breaker.stalled(&rules, now);
-            entry.opened.notify_waiters();
-            tracing::info!(webhook_id = %webhook, "circuit breaker opened: no slot freed within the admission wait");
-        }
-        let step = open_step(&entry.breaker);
+        let step = entry.refuse(webhook, &limits, now);
         if entry.users == 0 && entry.breaker.is_resting() {
             webhooks.remove(webhook);
         }
         Admitted::Park(step)
     }
 
-    fn permit(&self, webhook: &WebhookId, slot: Slot) -> Permit {
+    fn permit(&self, webhook: &WebhookId, entry: &mut Entry, slot: Slot, now: Instant) -> Permit {
+        entry.service.start(now);
         Permit {
             webhook: webhook.clone(),
             admission: self.clone(),
             slot: Some(slot),
+            started: now,
             outcome: Outcome::NotSent,
         }
     }
@@ -186,6 +216,8 @@ pub struct Permit {
     webhook: WebhookId,
     admission: Admission,
     slot: Option<Slot>,
+    /// When the slot was taken.
+    started: Instant,
     outcome: Outcome,
 }
 
@@ -204,6 +236,7 @@ impl Drop for Permit {
             return;
         };
         let now = Instant::now();
+        entry.service.end(self.started, now);
         let was_closed = matches!(entry.breaker.state(), State::Closed { .. });
         entry.breaker.record(&rules, self.outcome, now);
         if was_closed && matches!(entry.breaker.state(), State::Open { .. }) {
@@ -231,7 +264,8 @@ mod tests {
     fn admission(cap: usize) -> Admission {
         Admission::new(Limits {
             cap,
-            wait: ms(250),
+            wait: ms(1000),
+            stall: ms(2000),
             rules: Rules {
                 trips: 2,
                 backoff: ms(1000),
@@ -267,6 +301,26 @@ mod tests {
         })
     }
 
+    /// A job of a receiver that answers in `latency`: `None` once answered, or the
+    /// step it was parked at.
+    fn answered_in(
+        admission: &Admission,
+        webhook: &WebhookId,
+        latency: Duration,
+    ) -> tokio::task::JoinHandle<Option<u32>> {
+        let (admission, webhook) = (admission.clone(), webhook.clone());
+        tokio::spawn(async move {
+            match admission.admit(&webhook).await {
+                Admitted::Slot(permit) => {
+                    tokio::time::sleep(latency).await;
+                    permit.finish(Outcome::Answered);
+                    None
+                }
+                Admitted::Park(step) => Some(step),
+            }
+        })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_waiting_job_gets_the_next_freed_slot_and_an_idle_webhook_is_forgotten() {
         let admission = admission(1);
@@ -285,59 +339,80 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_webhook_that_frees_no_slot_for_the_wait_opens_its_breaker_and_its_jobs_park() {
-        let admission = admission(1);
-        let (a, b) = (WebhookId::generate(), WebhookId::generate());
-        let _hanging = slot(admission.admit(&a).await);
-        let waiters: Vec<_> = (0..3).map(|_| spawn_admit(&admission, &a)).collect();
+    async fn a_healthy_receiver_slower_than_any_short_wait_is_served_from_memory_and_never_stalls()
+    {
+        // Cap 2, answers in 300 ms. Nothing known yet: a first backlog of 6 waits, in
+        // three rounds (up to 600 ms, within the 1 s wait bound).
+        let admission = admission(2);
+        let a = WebhookId::generate();
+        let first: Vec<_> = (0..6)
+            .map(|_| answered_in(&admission, &a, ms(300)))
+            .collect();
         let started = Instant::now();
-        for waiter in waiters {
-            assert_eq!(waiter.await.unwrap().err(), Some(0), "parked for defer_ms");
+        // At 400 ms its service time is known (300 ms: 2 slots every 300 ms), 2 wait.
+        // Of a backlog of 10 more, 4 are expected to be served within the 1 s bound
+        // (up to 6 × 150 ms) and wait; 6 are parked on the first defer queue. The
+        // breaker stays closed: the webhook keeps freeing slots.
+        tokio::time::sleep(ms(400)).await;
+        let second: Vec<_> = (0..10)
+            .map(|_| answered_in(&admission, &a, ms(300)))
+            .collect();
+        for job in first {
+            assert_eq!(job.await.unwrap(), None, "served from memory");
         }
-        assert_eq!(
-            started.elapsed(),
-            ms(250),
-            "after the admission wait, all at once"
-        );
-        assert!(matches!(admission.state(&a), State::Open { step: 0, .. }));
-        // While open, a job parks at once without waiting; other webhooks are not
-        // affected.
+        assert_eq!(started.elapsed(), ms(900));
+        let mut parked = Vec::new();
+        for job in second {
+            parked.extend(job.await.unwrap());
+        }
+        assert_eq!(parked, [0; 6]);
+        assert_eq!(started.elapsed(), ms(1500), "two more rounds");
+        assert!(admission.lock().is_empty(), "closed and idle");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_webhook_whose_attempts_do_not_end_has_its_queue_shrink_and_then_its_breaker_open() {
+        let admission = admission(4);
+        let (a, b) = (WebhookId::generate(), WebhookId::generate());
+        let t0 = Instant::now();
+        let _hanging: Vec<Permit> = (0..4).map(|_| slot_now(&admission, &a)).collect();
+        // Nothing known yet: the first job waits, for the whole wait bound, in vain; it
+        // parks for defer_ms and the breaker stays closed.
+        let first = spawn_admit(&admission, &a);
+        tokio::time::sleep(ms(1500)).await;
+        assert!(first.is_finished());
+        assert_eq!(first.await.unwrap().err(), Some(0));
+        assert!(matches!(admission.state(&a), State::Closed { .. }));
+        // At 1.5 s the attempts' age says 4 slots in 1.5 s at best: one job may still
+        // wait (1.5 s / 4 = 375 ms expected).
+        let waiter = spawn_admit(&admission, &a);
+        tokio::task::yield_now().await;
+        tokio::time::sleep(ms(500)).await;
+        assert!(!waiter.is_finished(), "it waits");
+        // At 2 s a second may not (2 × 2 s / 4), and it is the stall window: nothing
+        // freed since the slots were taken. The refused job opens the breaker, which
+        // parks the waiter at once.
         assert_eq!(parked(admission.admit(&a).await), 0);
-        assert_eq!(started.elapsed(), ms(250));
+        assert!(matches!(admission.state(&a), State::Open { step: 0, .. }));
+        assert_eq!(waiter.await.unwrap().err(), Some(0));
+        assert_eq!(t0.elapsed(), ms(2000));
+        // While open, a job parks at once; other webhooks are not affected.
+        assert_eq!(parked(admission.admit(&a).await), 0);
         slot(admission.admit(&b).await).finish(Outcome::Answered);
-        // After the backoff the probe finds the slot still taken: open again, longer.
+        // After the backoff the probe finds every slot still taken: open again, longer.
         tokio::time::sleep(ms(1000)).await;
         assert_eq!(parked(admission.admit(&a).await), 1);
         assert!(matches!(admission.state(&a), State::Open { step: 1, .. }));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_slow_webhook_that_frees_slots_is_not_stuck() {
-        let admission = admission(1);
-        let a = WebhookId::generate();
-        // A receiver answering in 100 ms, with three jobs waiting behind the first: two
-        // are served within the 250 ms wait, the third is not and parks, and the
-        // breaker stays closed (the webhook kept freeing slots).
-        let answer_in_100_ms = |admission: &Admission| {
-            let (admission, a) = (admission.clone(), a.clone());
-            tokio::spawn(async move {
-                match admission.admit(&a).await {
-                    Admitted::Slot(permit) => {
-                        tokio::time::sleep(ms(100)).await;
-                        permit.finish(Outcome::Answered);
-                        None
-                    }
-                    Admitted::Park(step) => Some(step),
-                }
-            })
-        };
-        let jobs: Vec<_> = (0..4).map(|_| answer_in_100_ms(&admission)).collect();
-        let mut parked = Vec::new();
-        for job in jobs {
-            parked.extend(job.await.unwrap());
-        }
-        assert_eq!(parked, [0]);
-        assert!(admission.lock().is_empty(), "closed and idle");
+    fn slot_now(admission: &Admission, webhook: &WebhookId) -> Permit {
+        use futures_util::FutureExt;
+        slot(
+            admission
+                .admit(webhook)
+                .now_or_never()
+                .expect("a free slot is taken at once"),
+        )
     }
 
     #[tokio::test(start_paused = true)]

@@ -143,11 +143,11 @@ async fn a_fan_out_stores_its_payload_once_and_reads_back_exactly() {
         .await
         .unwrap();
 
-    assert_eq!(count(&db, "SELECT count(*) FROM event_payloads").await, 1);
+    assert_eq!(count(&db, "SELECT count(*) FROM delivery_log_payloads").await, 1);
     assert_eq!(
         count(
             &db,
-            "SELECT count(*) FROM delivery_attempts
+            "SELECT count(*) FROM delivery_log
              WHERE request_body IS NULL AND request_headers IS NULL AND sent_headers IS NOT NULL"
         )
         .await,
@@ -155,7 +155,7 @@ async fn a_fan_out_stores_its_payload_once_and_reads_back_exactly() {
         "no attempt stores the payload or jsonb headers"
     );
     let widest: i32 = db
-        .query("SELECT max(octet_length(sent_headers)) FROM delivery_attempts")
+        .query("SELECT max(octet_length(sent_headers)) FROM delivery_log")
         .await
         .unwrap()[0]
         .get(0);
@@ -187,7 +187,7 @@ async fn an_attempt_that_sent_something_else_keeps_its_own() {
     assert_eq!(
         count(
             &db,
-            "SELECT count(*) FROM delivery_attempts WHERE request_body IS NOT NULL"
+            "SELECT count(*) FROM delivery_log WHERE request_body IS NOT NULL"
         )
         .await,
         1,
@@ -196,7 +196,7 @@ async fn an_attempt_that_sent_something_else_keeps_its_own() {
     assert_eq!(
         count(
             &db,
-            "SELECT count(*) FROM delivery_attempts WHERE request_headers IS NOT NULL"
+            "SELECT count(*) FROM delivery_log WHERE request_headers IS NOT NULL"
         )
         .await,
         2,
@@ -358,9 +358,9 @@ async fn retention_drops_payloads_with_their_attempts() {
         .record_attempts(&[old, unpartitioned, today.clone()], 100)
         .await
         .unwrap();
-    assert_eq!(count(&db, "SELECT count(*) FROM event_payloads").await, 3);
+    assert_eq!(count(&db, "SELECT count(*) FROM delivery_log_payloads").await, 3);
     assert_eq!(
-        count(&db, "SELECT count(*) FROM event_payloads_default").await,
+        count(&db, "SELECT count(*) FROM delivery_log_payloads_default").await,
         1
     );
 
@@ -369,16 +369,16 @@ async fn retention_drops_payloads_with_their_attempts() {
         count(
             &db,
             "SELECT count(*) FROM pg_class WHERE relname IN (
-                'delivery_attempts_p' || to_char(current_date - 40, 'YYYYMMDD'),
-                'event_payloads_p' || to_char(current_date - 40, 'YYYYMMDD'))"
+                'delivery_attempts_p' || to_char(current_date - 40, 'YYYYMMDD'), 'delivery_log_p' || to_char(current_date - 40, 'YYYYMMDD'),
+                'event_payloads_p' || to_char(current_date - 40, 'YYYYMMDD'), 'delivery_log_payloads_p' || to_char(current_date - 40, 'YYYYMMDD'))"
         )
         .await,
         0,
         "both partitions of the old day are dropped"
     );
-    assert_eq!(count(&db, "SELECT count(*) FROM event_payloads").await, 1);
+    assert_eq!(count(&db, "SELECT count(*) FROM delivery_log_payloads").await, 1);
     assert_eq!(
-        count(&db, "SELECT count(*) FROM delivery_attempts").await,
+        count(&db, "SELECT count(*) FROM delivery_log").await,
         1
     );
     assert_reads_back(&db.store, &today).await;
@@ -429,7 +429,7 @@ async fn erasing_a_workspace_erases_its_payloads_and_no_other() {
     assert_eq!(
         count(
             &db,
-            &format!("SELECT count(*) FROM event_payloads WHERE workspace_id = '{gone}'")
+            &format!("SELECT count(*) FROM delivery_log_payloads WHERE workspace_id = '{gone}'")
         )
         .await,
         0

@@ -17,7 +17,8 @@ use crate::cpu::{self, Snapshot};
 
 /// The relations of the delivery log: the attempts and the payloads they share, every
 /// partition of each, in both the V8 tables (`delivery_log…`) and the older ones.
-const LOG_TABLES: &str = "(c.relname LIKE 'delivery\\_attempts%' OR c.relname LIKE 'event\\_payloads%' \
+const LOG_TABLES: &str =
+    "(c.relname LIKE 'delivery\\_attempts%' OR c.relname LIKE 'event\\_payloads%' \
      OR c.relname LIKE 'delivery\\_log%')";
 
 /// Postgres's sizes at one moment.

@@ -486,8 +486,7 @@ impl Store {
             let f_webhooks: Vec<&str> = failed.iter().map(|r| r.webhook_id.as_str()).collect();
             let f_events: Vec<&str> = failed.iter().map(|r| r.event_id.as_str()).collect();
             let f_attempts: Vec<i16> = failed.iter().map(|r| r.attempt as i16).collect();
-            let f_workspaces: Vec<&str> =
-                failed.iter().map(|r| r.workspace_id.as_str()).collect();
+            let f_workspaces: Vec<&str> = failed.iter().map(|r| r.workspace_id.as_str()).collect();
             let f_hooks: Vec<String> = failed
                 .iter()
                 .map(|r| uuid_hex(r.webhook_id.to_ulid_bytes()))

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use qr3_domain::{
-    DeliveryId, EventId, EventType, Subscriptions, TargetPolicy, Timestamp, Trigger,
-    WebhookSecret, WebhookUrl,
+    DeliveryId, EventId, EventType, Subscriptions, TargetPolicy, Timestamp, Trigger, WebhookSecret,
+    WebhookUrl,
 };
 use qr3_store::{AttemptDetail, AttemptRecord, AttemptStatus, NewWebhook, Store};
 use qr3_testkit::{Behaviour, Receiver, TestDb};
@@ -286,7 +286,10 @@ async fn rows_from_before_v8_read_retry_recover_and_expire_beside_new_ones() {
         .get()
         .await
         .unwrap()
-        .execute("SELECT qr3_ensure_delivery_partitions(current_date - 40, 1)", &[])
+        .execute(
+            "SELECT qr3_ensure_delivery_partitions(current_date - 40, 1)",
+            &[],
+        )
         .await
         .unwrap();
     let (expired_old, _) = insert_v7(
@@ -322,10 +325,17 @@ async fn rows_from_before_v8_read_retry_recover_and_expire_beside_new_ones() {
         .record_attempts(std::slice::from_ref(&expired_new), 100)
         .await
         .unwrap();
-    let before: Vec<DeliveryId> = app.attempts(&hook, 7).await.into_iter().map(|a| a.id).collect();
+    let before: Vec<DeliveryId> = app
+        .attempts(&hook, 7)
+        .await
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
     assert_eq!(before.len(), 7);
     assert!(before.contains(&expired_old) && before.contains(&expired_new.id));
-    qr3_store::run_retention(app.store.pool(), 30).await.unwrap();
+    qr3_store::run_retention(app.store.pool(), 30)
+        .await
+        .unwrap();
     assert_eq!(
         count(
             &app,
@@ -338,7 +348,12 @@ async fn rows_from_before_v8_read_retry_recover_and_expire_beside_new_ones() {
         .await,
         0
     );
-    let left: Vec<DeliveryId> = app.attempts(&hook, 5).await.into_iter().map(|a| a.id).collect();
+    let left: Vec<DeliveryId> = app
+        .attempts(&hook, 5)
+        .await
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
     assert_eq!(left.len(), 5, "{left:?}");
     assert!(!left.contains(&expired_old) && !left.contains(&expired_new.id));
     assert!(left.contains(&v7) && left.contains(&jsonb));

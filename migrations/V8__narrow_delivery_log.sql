@@ -34,7 +34,7 @@
 -- time, so for ids the sign bit is 0 and int8 order is id order.
 CREATE FUNCTION qr3_uuid_hi(u uuid) RETURNS bigint
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT ('x' || translate(left(u::text, 18), '-', ''))::bit(64)::bigint
+    SELECT ('x' || encode(substring(uuid_send(u) FROM 1 FOR 8), 'hex'))::bit(64)::bigint
 $$;
 
 -- The lowercase Crockford base32 spelling of a ULID held in a uuid (26 characters),
@@ -49,7 +49,7 @@ $$;
 
 -- The key of an event's payload row: the first 128 bits of SHA-256 over the workspace
 -- and event ids (neither can contain ':'). Two events of different workspaces never
--- share a key short of a SHA-256 collision.
+-- share a key short of a SHA-256 collision. The writer computes the same in Rust.
 CREATE FUNCTION qr3_payload_key(workspace_id text, event_id text) RETURNS uuid
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT encode(substring(sha256(convert_to(workspace_id || ':' || event_id, 'UTF8')) FROM 1 FOR 16), 'hex')::uuid

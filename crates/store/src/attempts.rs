@@ -110,6 +110,20 @@ fn uuid_hex(bytes: [u8; 16]) -> String {
     hex::encode(bytes)
 }
 
+/// The key of an event's payload row, as the V8 migration's `qr3_payload_key`
+/// computes it: the first 128 bits of SHA-256 over `workspace:event` (neither id can
+/// contain `:`), in hex. Computed here, once per payload of a batch, rather than by
+/// Postgres for every row.
+pub(crate) fn payload_key(workspace: &str, event: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(workspace.as_bytes())
+        .chain_update(b":")
+        .chain_update(event.as_bytes())
+        .finalize();
+    hex::encode(&digest[..16])
+}
+
 /// A `uuid_send(…)` column back as the 16 bytes of a ULID.
 fn ulid_bytes(row: &Row, i: usize) -> Result<[u8; 16]> {
     row.get::<_, &[u8]>(i)
@@ -410,7 +424,6 @@ impl Store {
         let n = batch.len();
         let mut ids = Vec::with_capacity(n);
         let mut webhooks = Vec::with_capacity(n);
-        let mut workspaces = Vec::with_capacity(n);
         let mut events = Vec::with_capacity(n);
         let mut types = Vec::with_capacity(n);
         let mut statuses = Vec::with_capacity(n);
@@ -429,6 +442,7 @@ impl Store {
         // is what names the attempt's workspace and event. Its body is the first
         // attempt's with a detail (NULL when none of the batch's has one).
         let mut payloads: BTreeMap<(&str, &str, DateTime<Utc>), Option<&str>> = BTreeMap::new();
+        let mut keys: BTreeMap<(&str, &str), String> = BTreeMap::new();
         for r in batch {
             let day = payload_day(r.created_at.as_datetime());
             days.push(day);
@@ -459,8 +473,11 @@ impl Store {
             }
             ids.push(uuid_hex(r.id.to_ulid_bytes()));
             webhooks.push(uuid_hex(r.webhook_id.to_ulid_bytes()));
-            workspaces.push(r.workspace_id.as_str());
-            events.push(r.event_id.as_str());
+            events.push(
+                keys.entry((r.workspace_id.as_str(), r.event_id.as_str()))
+                    .or_insert_with(|| payload_key(r.workspace_id.as_str(), r.event_id.as_str()))
+                    .clone(),
+            );
             types.push(code::event_type(r.event_type));
             statuses.push(code::status(r.status));
             codes.push(r.status_code.map(|c| c as i16));
@@ -532,9 +549,10 @@ impl Store {
         let threshold = i32::try_from(disable_after).unwrap_or(i32::MAX);
         let reason = format!("{disable_after} consecutive failed delivery attempts");
 
-        let (mut p_workspaces, mut p_events, mut p_days, mut p_bodies) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut p_keys, mut p_workspaces, mut p_events, mut p_days, mut p_bodies) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for ((workspace, event, day), body) in &payloads {
+            p_keys.push(keys[&(*workspace, *event)].as_str());
             p_workspaces.push(*workspace);
             p_events.push(*event);
             p_days.push(*day);
@@ -545,16 +563,16 @@ impl Store {
         let store_payloads = tx
             .prepare_cached(
                 "INSERT INTO delivery_log_payloads (event, created_at, workspace_id, event_id, body)
-                 SELECT qr3_payload_key(u.workspace_id, u.event_id), u.day, u.workspace_id, u.event_id, u.body
-                 FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[])
-                     AS u(workspace_id, event_id, day, body)
+                 SELECT u.event::uuid, u.day, u.workspace_id, u.event_id, u.body
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
+                     AS u(event, workspace_id, event_id, day, body)
                  ORDER BY 1, 2
                  ON CONFLICT DO NOTHING",
             )
             .await?;
         tx.execute(
             &store_payloads,
-            &[&p_workspaces, &p_events, &p_days, &p_bodies],
+            &[&p_keys, &p_workspaces, &p_events, &p_days, &p_bodies],
         )
         .await?;
         // A body equal to its event's payload is not stored again.
@@ -563,18 +581,17 @@ impl Store {
                 "INSERT INTO delivery_log (id, webhook_id, event, created_at, response_time_ms, status_code, \
                  attempt, event_type, trigger, status, sent_headers, error, response_body, request_body, \
                  request_headers)
-                 SELECT u.id::uuid, u.webhook_id::uuid, k.event, u.created_at, u.response_time_ms, u.status_code, \
+                 SELECT u.id::uuid, u.webhook_id::uuid, u.event::uuid, u.created_at, u.response_time_ms, u.status_code, \
                  u.attempt, u.event_type, u.trigger, u.status, u.sent_headers, u.error, u.response_body, \
                  CASE WHEN u.request_body = (SELECT p.body FROM delivery_log_payloads p \
-                     WHERE p.event = k.event AND p.created_at = u.day) \
+                     WHERE p.event = u.event::uuid AND p.created_at = u.day) \
                  THEN NULL ELSE u.request_body END, \
                  u.request_headers
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::smallint[], \
-                 $7::smallint[], $8::int[], $9::smallint[], $10::smallint[], $11::text[], $12::timestamptz[], \
-                 $13::jsonb[], $14::text[], $15::text[], $16::bytea[], $17::timestamptz[]) \
-                 AS u(id, webhook_id, workspace_id, event_id, event_type, status, status_code, response_time_ms, \
-                 attempt, trigger, error, created_at, request_headers, request_body, response_body, sent_headers, day) \
-                 CROSS JOIN LATERAL (SELECT qr3_payload_key(u.workspace_id, u.event_id) AS event) k",
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[], $5::smallint[], \
+                 $6::smallint[], $7::int[], $8::smallint[], $9::smallint[], $10::text[], $11::timestamptz[], \
+                 $12::jsonb[], $13::text[], $14::text[], $15::bytea[], $16::timestamptz[]) \
+                 AS u(id, webhook_id, event, event_type, status, status_code, response_time_ms, \
+                 attempt, trigger, error, created_at, request_headers, request_body, response_body, sent_headers, day)",
             )
             .await?;
         tx.execute(
@@ -582,7 +599,6 @@ impl Store {
             &[
                 &ids,
                 &webhooks,
-                &workspaces,
                 &events,
                 &types,
                 &statuses,

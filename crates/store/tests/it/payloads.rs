@@ -442,3 +442,41 @@ async fn erasing_a_workspace_erases_its_payloads_and_no_other() {
     );
     assert_reads_back(&db.store, &batch[2]).await;
 }
+
+#[tokio::test]
+async fn the_writer_keys_payloads_as_the_database_does() {
+    let db = TestDb::new().await.unwrap();
+    let (ws, hooks) = webhooks(&db.store, 2).await;
+    let secrets = [WebhookSecret::generate()];
+    let batch: Vec<AttemptRecord> = ["evt_platform-id_1", "evt_2"]
+        .iter()
+        .flat_map(|event| {
+            let event = EventId::parse(event).unwrap();
+            hooks
+                .iter()
+                .map(|hook| AttemptRecord {
+                    status: AttemptStatus::Success,
+                    ..sent(&ws, hook, &event, 1, Timestamp::now(), BODY, &secrets)
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    db.store.record_attempts(&batch, 100).await.unwrap();
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM delivery_log_payloads
+             WHERE event = qr3_payload_key(workspace_id, event_id)"
+        )
+        .await,
+        2,
+        "the key the writer computed is the one readers look up"
+    );
+    for record in &batch {
+        assert!(db
+            .store
+            .event_delivered(&record.webhook_id, &record.event_id)
+            .await
+            .unwrap());
+    }
+}

@@ -612,7 +612,7 @@ pub async fn scenario(
         let pool = store.pool().get().await?;
         let rows = pool
             .query(
-                "SELECT event_id, webhook_id, attempt FROM delivery_attempts WHERE workspace_id = $1",
+                "SELECT event_id, webhook_id, attempt FROM delivery_log_all WHERE workspace_id = $1",
                 &[&workspace_id],
             )
             .await?;

@@ -16,9 +16,10 @@ use serde::Serialize;
 use crate::cpu::{self, Snapshot};
 
 /// The relations of the delivery log: the attempts and the payloads they share, every
-/// partition of each.
+/// partition of each, in both the V8 tables (`delivery_log…`) and the older ones.
 const LOG_TABLES: &str =
-    "(c.relname LIKE 'delivery\\_attempts%' OR c.relname LIKE 'event\\_payloads%')";
+    "(c.relname LIKE 'delivery\\_attempts%' OR c.relname LIKE 'event\\_payloads%' \
+     OR c.relname LIKE 'delivery\\_log%')";
 
 /// Postgres's sizes at one moment.
 #[derive(Debug, Clone, Copy)]
@@ -126,7 +127,10 @@ async fn sizes(client: &tokio_postgres::Client) -> anyhow::Result<Sizes> {
         .context("cannot read table sizes")?;
     // The row count tells when the senders' last batches are in.
     let rows: i64 = client
-        .query_one("SELECT count(*) FROM delivery_attempts", &[])
+        .query_one(
+            "SELECT (SELECT count(*) FROM delivery_attempts) + (SELECT count(*) FROM delivery_log)",
+            &[],
+        )
         .await
         .context("cannot count the delivery log")?
         .get(0);

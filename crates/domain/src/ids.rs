@@ -71,6 +71,23 @@ macro_rules! ulid_id {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// The 128 bits of the ULID after the prefix, big-endian (byte order is
+            /// the ids' order): the id as the delivery log stores it.
+            pub fn to_ulid_bytes(&self) -> [u8; 16] {
+                ulid::Ulid::from_string(&self.0[$prefix.len()..])
+                    .map(|u| u.to_bytes())
+                    .unwrap_or_default()
+            }
+
+            /// The id whose ULID is `bytes` (the inverse of [`Self::to_ulid_bytes`]).
+            pub fn from_ulid_bytes(bytes: [u8; 16]) -> Self {
+                Self(format!(
+                    "{}{}",
+                    $prefix,
+                    ulid::Ulid::from_bytes(bytes).to_string().to_ascii_lowercase()
+                ))
+            }
         }
 
         impl fmt::Display for $name {
@@ -274,6 +291,19 @@ impl<'de> Deserialize<'de> for WorkspaceId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ulid_bytes_round_trip_in_order() {
+        let a = DeliveryId::generate();
+        assert_eq!(DeliveryId::from_ulid_bytes(a.to_ulid_bytes()), a);
+        let known = WebhookId::parse("wh_01arz3ndektsv4rrffq69g5fav").unwrap();
+        assert_eq!(
+            hex::encode(known.to_ulid_bytes()),
+            "01563e3ab5d3d6764c61efb99302bd5b"
+        );
+        let (x, y) = (DeliveryId::generate(), DeliveryId::generate());
+        assert_eq!(x.cmp(&y), x.to_ulid_bytes().cmp(&y.to_ulid_bytes()));
+    }
 
     #[test]
     fn generated_ids_parse_back_and_carry_their_prefix() {

@@ -153,6 +153,14 @@ pub async fn run_retention(pool: &Pool, retention_days: u32) -> anyhow::Result<(
     )
     .await
     .context("cannot expire payloads of the default delivery-log partition")?;
+    for default in ["delivery_log_default", "delivery_log_payloads_default"] {
+        tx.execute(
+            &format!("DELETE FROM {default} WHERE created_at < $1"),
+            &[&cutoff],
+        )
+        .await
+        .with_context(|| format!("cannot expire rows of {default}"))?;
+    }
     tx.execute(
         "DELETE FROM ingested_events WHERE claimed_at < $1",
         &[&cutoff],

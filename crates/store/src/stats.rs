@@ -41,6 +41,7 @@ pub struct LatencyPercentiles {
 /// the index range) rather than drop rows the `created_at` window would count.
 const ID_BOUND_SLACK: chrono::Duration = chrono::Duration::hours(1);
 
+// Both tables of the log (V8's `delivery_log`, and `delivery_attempts` before it).
 // `interval '24 hours'`, not '1 day': on a timestamptz a day follows the session's time
 // zone and lasts 23 or 25 hours across a DST change. The `created_at` bound prunes the
 // daily partitions; the `id` bound keeps the scan of `(webhook_id, id DESC)` to the
@@ -48,22 +49,36 @@ const ID_BOUND_SLACK: chrono::Duration = chrono::Duration::hours(1);
 // leak another workspace's rows. One `percentile_disc` over an array sorts each window
 // once for the three percentiles.
 const STATS_SQL: &str = "
+    WITH log AS (
+        SELECT created_at, status = 'success' AS ok, response_time_ms
+        FROM delivery_attempts
+        WHERE webhook_id = $1
+          AND workspace_id = $2
+          AND id >= $3
+          AND created_at >= now() - interval '24 hours'
+          AND trigger IN ('event', 'manual')
+        UNION ALL
+        SELECT a.created_at, a.status = 1, a.response_time_ms
+        FROM delivery_log a JOIN delivery_log_payloads p
+          ON p.event = a.event AND p.created_at = date_trunc('day', a.created_at, 'UTC')
+        WHERE qr3_uuid_hi(a.webhook_id) = qr3_uuid_hi($4::text::uuid)
+          AND a.webhook_id = $4::text::uuid
+          AND qr3_uuid_hi(a.id) >= qr3_uuid_hi($5::text::uuid)
+          AND p.workspace_id = $2
+          AND a.created_at >= now() - interval '24 hours'
+          AND a.trigger IN (1, 3)
+    )
     SELECT now(),
            count(*) FILTER (WHERE created_at >= now() - interval '1 hour'),
-           count(*) FILTER (WHERE created_at >= now() - interval '1 hour' AND status = 'success'),
-           count(*) FILTER (WHERE created_at >= now() - interval '1 hour' AND status = 'failed'),
+           count(*) FILTER (WHERE created_at >= now() - interval '1 hour' AND ok),
+           count(*) FILTER (WHERE created_at >= now() - interval '1 hour' AND NOT ok),
            percentile_disc(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY response_time_ms)
                FILTER (WHERE created_at >= now() - interval '1 hour'),
            count(*),
-           count(*) FILTER (WHERE status = 'success'),
-           count(*) FILTER (WHERE status = 'failed'),
+           count(*) FILTER (WHERE ok),
+           count(*) FILTER (WHERE NOT ok),
            percentile_disc(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY response_time_ms)
-    FROM delivery_attempts
-    WHERE webhook_id = $1
-      AND workspace_id = $2
-      AND id >= $3
-      AND created_at >= now() - interval '24 hours'
-      AND trigger IN ('event', 'manual')";
+    FROM log";
 
 /// The window whose columns start at `first`: attempts, succeeded, failed, percentiles.
 fn window(row: &Row, first: usize) -> StatsWindow {
@@ -103,7 +118,13 @@ impl Store {
         let row = client
             .query_one(
                 &stmt,
-                &[&webhook.as_str(), &workspace.as_str(), &lower.as_str()],
+                &[
+                    &webhook.as_str(),
+                    &workspace.as_str(),
+                    &lower.as_str(),
+                    &hex::encode(webhook.to_ulid_bytes()),
+                    &hex::encode(lower.to_ulid_bytes()),
+                ],
             )
             .await?;
         Ok(WebhookStats {

@@ -368,20 +368,39 @@ impl Store {
         tx.commit().await?;
 
         // `regclass::text` quotes a name where it needs it. The payloads the attempts
-        // share go too (they are not counted as deliveries).
+        // share go too (they are not counted as deliveries). `delivery_log`'s rows name
+        // their workspace only through their payload row, so they go first, each
+        // partition joined with its day's payloads.
         let partitions = client
             .query(
-                "SELECT i.inhrelid::regclass::text, i.inhparent = 'delivery_attempts'::regclass
-                 FROM pg_inherits i
-                 WHERE i.inhparent IN ('delivery_attempts'::regclass, 'event_payloads'::regclass)
-                 ORDER BY 1",
+                "SELECT i.inhrelid::regclass::text, p.relname::text
+                 FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent
+                 WHERE p.relname IN ('delivery_attempts', 'event_payloads', 'delivery_log', 'delivery_log_payloads')
+                 ORDER BY p.relname = 'delivery_log_payloads', 1",
                 &[],
             )
             .await?;
         for partition in partitions {
             let name: String = partition.get(0);
-            let attempts: bool = partition.get(1);
-            let sql = format!("DELETE FROM {name} WHERE workspace_id = $1");
+            let parent: &str = partition.get(1);
+            let sql = if parent == "delivery_log" {
+                // A daily partition's payloads are in the payload partition of that
+                // day; the default partition's anywhere.
+                let day = name
+                    .rsplit_once("_p")
+                    .map(|(_, day)| day)
+                    .filter(|day| day.len() == 8 && day.bytes().all(|b| b.is_ascii_digit()))
+                    .map(|day| format!(" AND p.created_at = '{day}'::timestamp AT TIME ZONE 'UTC'"))
+                    .unwrap_or_default();
+                format!(
+                    "DELETE FROM {name} a USING delivery_log_payloads p
+                     WHERE p.workspace_id = $1 AND p.event = a.event
+                       AND p.created_at = date_trunc('day', a.created_at, 'UTC'){day}"
+                )
+            } else {
+                format!("DELETE FROM {name} WHERE workspace_id = $1")
+            };
+            let attempts = parent == "delivery_attempts" || parent == "delivery_log";
             match client.execute(sql.as_str(), &[&ws]).await {
                 Ok(n) if attempts => erased.deliveries += n,
                 Ok(_) => {}

@@ -194,7 +194,7 @@ async fn a_large_backlog_is_consumed_within_the_prefetch_window() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let logged: i64 = db
-            .query("SELECT count(*) FROM delivery_attempts WHERE status = 'success'")
+            .query("SELECT count(*) FROM delivery_log_all WHERE status = 'success'")
             .await
             .unwrap()[0]
             .get(0);

@@ -14,6 +14,7 @@ mod helpers;
 mod hostile;
 mod manual;
 mod metrics;
+mod narrow_log;
 mod payload_once;
 mod ping;
 mod portal;

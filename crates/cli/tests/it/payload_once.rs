@@ -189,7 +189,7 @@ async fn the_log_reads_retries_and_recovers_rows_from_before_the_migration() {
         .unwrap()
         .query(
             "SELECT request_body IS NULL AND request_headers IS NULL AND sent_headers IS NOT NULL
-             FROM delivery_attempts WHERE trigger = 'manual'",
+             FROM delivery_log WHERE trigger = 3",
             &[],
         )
         .await
@@ -205,7 +205,7 @@ async fn the_log_reads_retries_and_recovers_rows_from_before_the_migration() {
         .get()
         .await
         .unwrap()
-        .query_one("SELECT count(*) FROM event_payloads", &[])
+        .query_one("SELECT count(*) FROM delivery_log_payloads", &[])
         .await
         .unwrap()
         .get(0);

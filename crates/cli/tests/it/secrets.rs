@@ -276,7 +276,10 @@ async fn secrets_never_leave_their_place() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let log = loop {
         let rows = db
-            .query("SELECT d::text FROM delivery_attempts d")
+            .query(
+                "SELECT d::text || ' ' || p::text FROM delivery_log d
+                 JOIN delivery_log_payloads p ON p.event = d.event",
+            )
             .await
             .unwrap();
         if rows.len() >= 2 {

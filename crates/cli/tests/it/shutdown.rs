@@ -112,7 +112,7 @@ async fn sigterm_mid_burst_loses_no_delivery_and_logs_no_secret() {
     // in the broker.
     let logged: HashSet<String> = db
         .query(&format!(
-            "SELECT DISTINCT event_id FROM delivery_attempts WHERE webhook_id = '{hook}'"
+            "SELECT DISTINCT event_id FROM delivery_log_all WHERE webhook_id = '{hook}'"
         ))
         .await
         .unwrap()
@@ -167,7 +167,7 @@ async fn sigterm_mid_burst_loses_no_delivery_and_logs_no_secret() {
     loop {
         let done: i64 = db
             .query(&format!(
-                "SELECT count(DISTINCT event_id) FROM delivery_attempts WHERE webhook_id = '{hook}' AND status = 'success'"
+                "SELECT count(DISTINCT event_id) FROM delivery_log_all WHERE webhook_id = '{hook}' AND status = 'success'"
             ))
             .await
             .unwrap()[0]

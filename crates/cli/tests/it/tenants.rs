@@ -234,7 +234,7 @@ async fn an_offboarded_workspace_leaves_no_row_and_none_of_its_events_is_deliver
         .unwrap();
     publish_for(&app.settings, "gone", "evt_before").await;
     receiver.wait_for(1, Duration::from_secs(10)).await;
-    let logged = "SELECT count(*) FROM delivery_attempts WHERE workspace_id = 'gone'";
+    let logged = "SELECT count(*) FROM delivery_log_all WHERE workspace_id = 'gone'";
     eventually("the attempt logged", || count_is(&app, logged, 1)).await;
     sender.stop().await.unwrap();
 
@@ -258,8 +258,9 @@ async fn an_offboarded_workspace_leaves_no_row_and_none_of_its_events_is_deliver
         "SELECT count(*) FROM webhooks WHERE workspace_id = 'gone'".to_owned(),
         format!("SELECT count(*) FROM webhook_previous_secrets WHERE webhook_id = '{webhook_id}'"),
         "SELECT count(*) FROM ingested_events WHERE workspace_id = 'gone'".to_owned(),
-        "SELECT count(*) FROM delivery_attempts WHERE workspace_id = 'gone'".to_owned(),
-        format!("SELECT count(*) FROM delivery_attempts WHERE webhook_id = '{webhook_id}'"),
+        "SELECT count(*) FROM delivery_log_all WHERE workspace_id = 'gone'".to_owned(),
+        format!("SELECT count(*) FROM delivery_log_all WHERE webhook_id = '{webhook_id}'"),
+        "SELECT count(*) FROM delivery_log_payloads WHERE workspace_id = 'gone'".to_owned(),
     ];
     for sql in &tables {
         assert_eq!(count(&app, sql).await, 0, "{sql}");

@@ -143,11 +143,14 @@ async fn a_fan_out_stores_its_payload_once_and_reads_back_exactly() {
         .await
         .unwrap();
 
-    assert_eq!(count(&db, "SELECT count(*) FROM event_payloads").await, 1);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM delivery_log_payloads").await,
+        1
+    );
     assert_eq!(
         count(
             &db,
-            "SELECT count(*) FROM delivery_attempts
+            "SELECT count(*) FROM delivery_log
              WHERE request_body IS NULL AND request_headers IS NULL AND sent_headers IS NOT NULL"
         )
         .await,
@@ -155,7 +158,7 @@ async fn a_fan_out_stores_its_payload_once_and_reads_back_exactly() {
         "no attempt stores the payload or jsonb headers"
     );
     let widest: i32 = db
-        .query("SELECT max(octet_length(sent_headers)) FROM delivery_attempts")
+        .query("SELECT max(octet_length(sent_headers)) FROM delivery_log")
         .await
         .unwrap()[0]
         .get(0);
@@ -187,7 +190,7 @@ async fn an_attempt_that_sent_something_else_keeps_its_own() {
     assert_eq!(
         count(
             &db,
-            "SELECT count(*) FROM delivery_attempts WHERE request_body IS NOT NULL"
+            "SELECT count(*) FROM delivery_log WHERE request_body IS NOT NULL"
         )
         .await,
         1,
@@ -196,7 +199,7 @@ async fn an_attempt_that_sent_something_else_keeps_its_own() {
     assert_eq!(
         count(
             &db,
-            "SELECT count(*) FROM delivery_attempts WHERE request_headers IS NOT NULL"
+            "SELECT count(*) FROM delivery_log WHERE request_headers IS NOT NULL"
         )
         .await,
         2,
@@ -358,9 +361,12 @@ async fn retention_drops_payloads_with_their_attempts() {
         .record_attempts(&[old, unpartitioned, today.clone()], 100)
         .await
         .unwrap();
-    assert_eq!(count(&db, "SELECT count(*) FROM event_payloads").await, 3);
     assert_eq!(
-        count(&db, "SELECT count(*) FROM event_payloads_default").await,
+        count(&db, "SELECT count(*) FROM delivery_log_payloads").await,
+        3
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM delivery_log_payloads_default").await,
         1
     );
 
@@ -369,18 +375,18 @@ async fn retention_drops_payloads_with_their_attempts() {
         count(
             &db,
             "SELECT count(*) FROM pg_class WHERE relname IN (
-                'delivery_attempts_p' || to_char(current_date - 40, 'YYYYMMDD'),
-                'event_payloads_p' || to_char(current_date - 40, 'YYYYMMDD'))"
+                'delivery_attempts_p' || to_char(current_date - 40, 'YYYYMMDD'), 'delivery_log_p' || to_char(current_date - 40, 'YYYYMMDD'),
+                'event_payloads_p' || to_char(current_date - 40, 'YYYYMMDD'), 'delivery_log_payloads_p' || to_char(current_date - 40, 'YYYYMMDD'))"
         )
         .await,
         0,
         "both partitions of the old day are dropped"
     );
-    assert_eq!(count(&db, "SELECT count(*) FROM event_payloads").await, 1);
     assert_eq!(
-        count(&db, "SELECT count(*) FROM delivery_attempts").await,
+        count(&db, "SELECT count(*) FROM delivery_log_payloads").await,
         1
     );
+    assert_eq!(count(&db, "SELECT count(*) FROM delivery_log").await, 1);
     assert_reads_back(&db.store, &today).await;
 }
 
@@ -429,10 +435,48 @@ async fn erasing_a_workspace_erases_its_payloads_and_no_other() {
     assert_eq!(
         count(
             &db,
-            &format!("SELECT count(*) FROM event_payloads WHERE workspace_id = '{gone}'")
+            &format!("SELECT count(*) FROM delivery_log_payloads WHERE workspace_id = '{gone}'")
         )
         .await,
         0
     );
     assert_reads_back(&db.store, &batch[2]).await;
+}
+
+#[tokio::test]
+async fn the_writer_keys_payloads_as_the_database_does() {
+    let db = TestDb::new().await.unwrap();
+    let (ws, hooks) = webhooks(&db.store, 2).await;
+    let secrets = [WebhookSecret::generate()];
+    let batch: Vec<AttemptRecord> = ["evt_platform-id_1", "evt_2"]
+        .iter()
+        .flat_map(|event| {
+            let event = EventId::parse(event).unwrap();
+            hooks
+                .iter()
+                .map(|hook| AttemptRecord {
+                    status: AttemptStatus::Success,
+                    ..sent(&ws, hook, &event, 1, Timestamp::now(), BODY, &secrets)
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    db.store.record_attempts(&batch, 100).await.unwrap();
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM delivery_log_payloads
+             WHERE event = qr3_payload_key(workspace_id, event_id)"
+        )
+        .await,
+        2,
+        "the key the writer computed is the one readers look up"
+    );
+    for record in &batch {
+        assert!(db
+            .store
+            .event_delivered(&record.webhook_id, &record.event_id)
+            .await
+            .unwrap());
+    }
 }

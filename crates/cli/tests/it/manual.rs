@@ -156,8 +156,14 @@ async fn recovery_after_re_enabling_resends_each_undelivered_event_once() {
 
     // The receiver goes down: three failures disable the webhook.
     receiver.set_behaviour(Behaviour::Status(503));
-    for id in ["evt_rec_1", "evt_rec_2", "evt_rec_3"] {
+    // One at a time, so their first attempts (which order the recovery) are made in
+    // publish order; published together, the sender may attempt them in any order.
+    for (i, id) in ["evt_rec_1", "evt_rec_2", "evt_rec_3"]
+        .into_iter()
+        .enumerate()
+    {
         app.publish("qr.created", Some(id), json!({})).await;
+        receiver.wait_for(2 + i, Duration::from_secs(5)).await;
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {

@@ -6,7 +6,6 @@
 
 mod admission;
 mod headers;
-mod hold;
 pub mod http;
 mod parking;
 mod parts;

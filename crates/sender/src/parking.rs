@@ -12,12 +12,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use qr3_broker::{DeadQueue, DeliveryJob, Outgoing, Publisher, Verdict};
+use qr3_broker::{DeadQueue, DeliveryJob, Hold, Outgoing, Publisher, Verdict};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::hold::Hold;
 use crate::parts::{self, Part};
 use crate::Sender;
 

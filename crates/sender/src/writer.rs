@@ -12,14 +12,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use qr3_broker::{DeliveryJob, Outgoing, Publisher, Trigger};
+use qr3_broker::{DeliveryJob, Hold, Outgoing, Publisher, Trigger};
 use qr3_store::{AttemptRecord, AttemptStatus};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::hold::{self, Hold};
 use crate::parts::{self, Part};
 use crate::{Attempted, Sender};
 
@@ -181,15 +180,7 @@ async fn flush(
     // they are held here, apart, while the writer goes on with the next batches.
     held.spawn(async move {
         let inner = &sender.inner;
-        let published = hold::publish(
-            &publisher,
-            &inner.topology,
-            &inner.metrics,
-            &hold,
-            "retries",
-            &messages,
-        )
-        .await;
+        let published = hold.publish(&publisher, "retries", &messages).await;
         if published.is_err() {
             // Stopping, or the channel is gone: the broker redelivers the jobs; their
             // attempts are logged, and a repeated failure counts once.

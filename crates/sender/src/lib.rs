@@ -14,6 +14,7 @@ mod skip;
 mod targets;
 mod writer;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -446,15 +447,16 @@ impl Sender {
             return (outcome, Vec::new());
         }
         let headers = headers::signed(job, id, now, &target.secret, target.signing_secrets(now));
+        let logged = headers::logged(&headers);
         let outcome = inner
             .http
             .post(
                 target.url.as_str(),
-                &headers,
+                headers,
                 Bytes::copy_from_slice(&job.body),
             )
             .await;
-        (outcome, headers::logged(&headers))
+        (outcome, logged)
     }
 
     /// The attempt's log row, and its metrics.
@@ -476,9 +478,9 @@ impl Sender {
         // `error` is for failures without a response; a status code speaks for itself.
         let error = outcome.error.clone();
         let attempt_label = match job.trigger {
-            Trigger::Ping => "ping".to_owned(),
-            Trigger::Manual | Trigger::Resend => "manual".to_owned(),
-            Trigger::Event => job.attempt.to_string(),
+            Trigger::Ping => Cow::Borrowed("ping"),
+            Trigger::Manual | Trigger::Resend => Cow::Borrowed("manual"),
+            Trigger::Event => attempt_label(job.attempt),
         };
         inner
             .metrics
@@ -519,6 +521,16 @@ impl Sender {
                     .map(|body| String::from_utf8_lossy(body).replace('\0', "\u{fffd}")),
             }),
         }
+    }
+}
+
+/// The `attempt` label of an event's attempt: its number, without formatting one for
+/// the usual first attempts.
+fn attempt_label(attempt: u16) -> Cow<'static, str> {
+    const FIRST: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match FIRST.get(usize::from(attempt)) {
+        Some(label) => Cow::Borrowed(label),
+        None => Cow::Owned(attempt.to_string()),
     }
 }
 
@@ -590,6 +602,13 @@ mod tests {
             created_at: Timestamp::now(),
             detail: None,
         })))
+    }
+
+    #[test]
+    fn attempt_labels_are_the_attempt_number() {
+        for attempt in [1, 2, 9, 10, 11, 250, u16::MAX] {
+            assert_eq!(attempt_label(attempt), attempt.to_string());
+        }
     }
 
     #[test]

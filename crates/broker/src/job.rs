@@ -54,11 +54,12 @@ fn header<'a>(headers: &'a FieldTable, name: &str) -> Result<&'a AMQPValue, Inva
         .ok_or_else(|| InvalidJob(format!("missing header {name}")))
 }
 
-fn text_header(headers: &FieldTable, name: &str) -> Result<String, InvalidJob> {
+/// A text header, borrowed from the message (every job reads four of them).
+fn text_header<'a>(headers: &'a FieldTable, name: &str) -> Result<&'a str, InvalidJob> {
     match header(headers, name)? {
-        AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec())
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes())
             .map_err(|_| InvalidJob(format!("header {name} is not UTF-8"))),
-        AMQPValue::ShortString(s) => Ok(s.as_str().to_owned()),
+        AMQPValue::ShortString(s) => Ok(s.as_str()),
         _ => Err(InvalidJob(format!("header {name} is not a string"))),
     }
 }
@@ -125,16 +126,16 @@ impl DeliveryJob {
         let created = chrono::DateTime::from_timestamp_millis(created_ms)
             .ok_or_else(|| invalid("event created out of range"))?;
         let trigger = text_header(headers, TRIGGER)?;
-        let trigger = Trigger::parse(&trigger)
+        let trigger = Trigger::parse(trigger)
             .ok_or_else(|| InvalidJob(format!("unknown trigger {trigger}")))?;
         let attempt = u16::try_from(int_header(headers, ATTEMPT)?).map_err(invalid)?;
         if attempt == 0 {
             return Err(invalid("attempt must start at 1"));
         }
         Ok(Self {
-            webhook_id: WebhookId::parse(&text_header(headers, WEBHOOK)?).map_err(invalid)?,
-            workspace_id: WorkspaceId::parse(&text_header(headers, WORKSPACE)?).map_err(invalid)?,
-            event_id: EventId::parse(&text_header(headers, EVENT)?).map_err(invalid)?,
+            webhook_id: WebhookId::parse(text_header(headers, WEBHOOK)?).map_err(invalid)?,
+            workspace_id: WorkspaceId::parse(text_header(headers, WORKSPACE)?).map_err(invalid)?,
+            event_id: EventId::parse(text_header(headers, EVENT)?).map_err(invalid)?,
             event_type: text_header(headers, TYPE)?.parse().map_err(invalid)?,
             event_created: Timestamp::from(created),
             attempt,

@@ -23,9 +23,17 @@ pub struct InvalidId {
     value: String,
 }
 
-fn new_ulid_suffix() -> String {
+/// `prefix` + a fresh lowercase ULID, in one allocation (an id per attempt is made on
+/// the sender's hot path).
+fn new_prefixed(prefix: &str) -> String {
+    let mut buf = [0u8; ulid::ULID_LEN];
     // `Ulid::new` draws from `rand::thread_rng`, a CSPRNG seeded from the OS.
-    ulid::Ulid::new().to_string().to_ascii_lowercase()
+    let suffix = ulid::Ulid::new().array_to_str(&mut buf);
+    suffix.make_ascii_lowercase();
+    let mut id = String::with_capacity(prefix.len() + ulid::ULID_LEN);
+    id.push_str(prefix);
+    id.push_str(suffix);
+    id
 }
 
 /// The ULID of millisecond `ms` (clamped at the epoch) with `random` as its random bits.
@@ -53,7 +61,7 @@ macro_rules! ulid_id {
 
             /// A fresh, unguessable, time-sortable id.
             pub fn generate() -> Self {
-                Self(format!("{}{}", $prefix, new_ulid_suffix()))
+                Self(new_prefixed($prefix))
             }
 
             /// Parses an id previously produced by [`Self::generate`].
@@ -167,7 +175,7 @@ impl EventId {
     const MAX_SUFFIX: usize = 100;
 
     pub fn generate() -> Self {
-        Self(format!("{}{}", Self::PREFIX, new_ulid_suffix()))
+        Self(new_prefixed(Self::PREFIX))
     }
 
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
@@ -238,7 +246,7 @@ impl WorkspaceId {
 
     /// A fresh, unguessable id: `ws_` + a lowercase ULID.
     pub fn generate() -> Self {
-        Self(format!("{}{}", Self::PREFIX, new_ulid_suffix()))
+        Self(new_prefixed(Self::PREFIX))
     }
 
     /// Accepts 1 to 64 of `[A-Za-z0-9_-]`.

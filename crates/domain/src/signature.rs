@@ -15,9 +15,11 @@ pub fn sign(secret: &WebhookSecret, body: &[u8]) -> String {
         HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
     mac.update(body);
     let digest = mac.finalize().into_bytes();
+    let mut hex_digest = [0u8; 64];
+    hex::encode_to_slice(digest, &mut hex_digest).expect("64 hex digits for 32 bytes");
     let mut out = String::with_capacity(7 + 64);
     out.push_str("sha256=");
-    out.push_str(&hex::encode(digest));
+    out.push_str(std::str::from_utf8(&hex_digest).expect("hex digits are ASCII"));
     out
 }
 
@@ -54,11 +56,22 @@ pub mod standard_webhooks {
     /// One signature, `v1,<base64>`, of `body` sent as message `id` at `timestamp`
     /// (Unix seconds).
     pub fn sign(secret: &WebhookSecret, id: &str, timestamp: i64, body: &[u8]) -> String {
-        let digest = mac(secret, id, timestamp, body).finalize().into_bytes();
         let mut out = String::with_capacity(3 + 44);
-        out.push_str("v1,");
-        base64::engine::general_purpose::STANDARD.encode_string(digest, &mut out);
+        push_signature(&mut out, secret, id, timestamp, body);
         out
+    }
+
+    /// Appends `v1,<base64>` to `out`.
+    fn push_signature(
+        out: &mut String,
+        secret: &WebhookSecret,
+        id: &str,
+        timestamp: i64,
+        body: &[u8],
+    ) {
+        let digest = mac(secret, id, timestamp, body).finalize().into_bytes();
+        out.push_str("v1,");
+        base64::engine::general_purpose::STANDARD.encode_string(digest, out);
     }
 
     /// The `webhook-signature` value: one signature per secret, in the order given
@@ -69,11 +82,15 @@ pub mod standard_webhooks {
         timestamp: i64,
         body: &[u8],
     ) -> String {
-        secrets
-            .into_iter()
-            .map(|secret| sign(secret, id, timestamp, body))
-            .collect::<Vec<_>>()
-            .join(" ")
+        // One allocation for the usual single secret (two during a rotation).
+        let mut out = String::with_capacity(3 + 44);
+        for (i, secret) in secrets.into_iter().enumerate() {
+            if i > 0 {
+                out.push(' ');
+            }
+            push_signature(&mut out, secret, id, timestamp, body);
+        }
+        out
     }
 
     /// Whether any `v1` signature in `header` is valid for `secret`; each comparison
@@ -98,12 +115,33 @@ pub mod standard_webhooks {
         })
     }
 
+    /// `n` in decimal, written into `buf` (no allocation).
+    fn decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
+        let negative = n < 0;
+        let mut rest = n.unsigned_abs();
+        let mut at = buf.len();
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        if negative {
+            at -= 1;
+            buf[at] = b'-';
+        }
+        &buf[at..]
+    }
+
     fn mac(secret: &WebhookSecret, id: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
         let mut mac =
             HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
         mac.update(id.as_bytes());
         mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
+        let mut digits = [0u8; 20];
+        mac.update(decimal(timestamp, &mut digits));
         mac.update(b".");
         mac.update(body);
         mac
@@ -184,6 +222,14 @@ pub mod standard_webhooks {
             for (entry, secret) in entries.iter().zip(&secrets) {
                 assert_eq!(*entry, sign(secret, "evt_x", 1, b"{}"));
                 assert_eq!(entry.len(), 3 + 44, "v1, + 32 bytes in padded base64");
+            }
+        }
+
+        #[test]
+        fn timestamps_are_signed_in_decimal() {
+            for n in [0, 7, 10, 1_767_322_800, -1, -45, i64::MAX, i64::MIN] {
+                let mut buf = [0u8; 20];
+                assert_eq!(decimal(n, &mut buf), n.to_string().as_bytes());
             }
         }
     }

@@ -13,6 +13,7 @@ mod skip;
 mod targets;
 mod writer;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -457,15 +458,16 @@ impl Sender {
             return (outcome, Vec::new());
         }
         let headers = headers::signed(job, id, now, &target.secret, target.signing_secrets(now));
+        let logged = headers::logged(&headers);
         let outcome = inner
             .http
             .post(
                 target.url.as_str(),
-                &headers,
+                headers,
                 Bytes::copy_from_slice(&job.body),
             )
             .await;
-        (outcome, headers::logged(&headers))
+        (outcome, logged)
     }
 
     /// The attempt's log row, and its metrics.
@@ -487,9 +489,9 @@ impl Sender {
         // `error` is for failures without a response; a status code speaks for itself.
         let error = outcome.error.clone();
         let attempt_label = match job.trigger {
-            Trigger::Ping => "ping".to_owned(),
-            Trigger::Manual | Trigger::Resend => "manual".to_owned(),
-            Trigger::Event => job.attempt.to_string(),
+            Trigger::Ping => Cow::Borrowed("ping"),
+            Trigger::Manual | Trigger::Resend => Cow::Borrowed("manual"),
+            Trigger::Event => attempt_label(job.attempt),
         };
         inner
             .metrics
@@ -530,6 +532,16 @@ impl Sender {
                     .map(|body| String::from_utf8_lossy(body).replace('\0', "\u{fffd}")),
             }),
         }
+    }
+}
+
+/// The `attempt` label of an event's attempt: its number, without formatting one for
+/// the usual first attempts.
+fn attempt_label(attempt: u16) -> Cow<'static, str> {
+    const FIRST: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match FIRST.get(usize::from(attempt)) {
+        Some(label) => Cow::Borrowed(label),
+        None => Cow::Owned(attempt.to_string()),
     }
 }
 
@@ -605,6 +617,13 @@ mod tests {
             created_at: Timestamp::now(),
             detail: None,
         })))
+    }
+
+    #[test]
+    fn attempt_labels_are_the_attempt_number() {
+        for attempt in [1, 2, 9, 10, 11, 250, u16::MAX] {
+            assert_eq!(attempt_label(attempt), attempt.to_string());
+        }
     }
 
     #[test]

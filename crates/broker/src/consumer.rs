@@ -96,6 +96,22 @@ impl Consumer {
         self
     }
 
+    /// Reports to a role's metrics: the link (`qr3_broker_connected`,
+    /// `qr3_broker_reconnects_total`), the dead-letter depth, and held publishes'
+    /// waits (`qr3_dependency_waits_total{dependency="broker"}`).
+    pub fn observed_by(self, metrics: &qr3_telemetry::Metrics) -> Self {
+        self.link_metrics(
+            metrics.broker_connected.clone(),
+            metrics.broker_reconnects_total.clone(),
+        )
+        .dead_letter_depth(metrics.dead_letters.clone())
+        .dependency_waits(
+            metrics
+                .dependency_waits_total
+                .with_label_values(&["broker"]),
+        )
+    }
+
     /// Consumes until `shutdown`, a session at a time, calling `role` with each
     /// session and its deliveries. `role` must return once its deliveries end, after
     /// settling its in-flight work, or with a [`Fatal`] error to end the process.

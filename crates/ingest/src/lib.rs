@@ -109,16 +109,7 @@ impl Ingest {
             DeadQueue::Ingest,
             inner.settings.amqp.prefetch,
         )
-        .link_metrics(
-            metrics.broker_connected.clone(),
-            metrics.broker_reconnects_total.clone(),
-        )
-        .dead_letter_depth(metrics.dead_letters.clone())
-        .dependency_waits(
-            metrics
-                .dependency_waits_total
-                .with_label_values(&["broker"]),
-        )
+        .observed_by(metrics)
         .run(&shutdown, move |session, deliveries| {
             let this = self.clone();
             async move {

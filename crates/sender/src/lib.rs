@@ -127,16 +127,7 @@ impl Sender {
         // are in flight or waiting for their log batch (`slots`).
         let prefetch = u16::try_from(inner.settings.delivery.concurrency).unwrap_or(u16::MAX);
         Consumer::new(&inner.settings, "sender", DeadQueue::Deliveries, prefetch)
-            .link_metrics(
-                metrics.broker_connected.clone(),
-                metrics.broker_reconnects_total.clone(),
-            )
-            .dead_letter_depth(metrics.dead_letters.clone())
-            .dependency_waits(
-                metrics
-                    .dependency_waits_total
-                    .with_label_values(&["broker"]),
-            )
+            .observed_by(metrics)
             .run(&shutdown, move |session, deliveries| {
                 let this = self.clone();
                 async move { this.consume(session, deliveries).await }

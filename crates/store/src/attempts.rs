@@ -372,6 +372,34 @@ const LOG_DETAIL_COLUMNS: &str = "a.request_headers,
     CASE WHEN a.sent_headers IS NULL THEN NULL ELSE coalesce(a.request_body, p.body) END,
     a.response_body, a.sent_headers";
 
+/// A statement and its parameters.
+type Query<'a> = (
+    &'a tokio_postgres::Statement,
+    &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)],
+);
+
+/// Runs a read on the old table (`delivery_attempts`) and its twin on the new one
+/// (`delivery_log`) together, and merges their attempts by id.
+async fn query_both_tables(
+    client: &tokio_postgres::Client,
+    old: Query<'_>,
+    new: Query<'_>,
+    descending: bool,
+    limit: usize,
+) -> Result<Vec<AttemptRecord>> {
+    let (old_rows, new_rows) =
+        tokio::try_join!(client.query(old.0, old.1), client.query(new.0, new.1))?;
+    let old_records = old_rows
+        .iter()
+        .map(attempt_from_row)
+        .collect::<Result<Vec<_>>>()?;
+    let new_records = new_rows
+        .iter()
+        .map(log_attempt_from_row)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(merge_by_id(old_records, new_records, descending, limit))
+}
+
 /// Merges two lists sorted by id (`descending` or not) into one, at most `limit` long.
 fn merge_by_id(
     a: Vec<AttemptRecord>,
@@ -723,20 +751,15 @@ impl Store {
             &cursor,
             &(limit + 1),
         ];
-        let (old_rows, new_rows) = tokio::try_join!(
-            client.query(&old, &old_params),
-            client.query(&new, &new_params)
-        )?;
-        let old_records = old_rows
-            .iter()
-            .map(attempt_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        let new_records = new_rows
-            .iter()
-            .map(log_attempt_from_row)
-            .collect::<Result<Vec<_>>>()?;
         let limit = usize::try_from(limit + 1).unwrap_or(usize::MAX);
-        Ok(merge_by_id(new_records, old_records, true, limit))
+        query_both_tables(
+            &client,
+            (&old, &old_params),
+            (&new, &new_params),
+            true,
+            limit,
+        )
+        .await
     }
 
     /// One attempt of a webhook with what it sent and received; `None` when there is no
@@ -934,19 +957,14 @@ impl Store {
         let (event, webhook) = (event.as_str(), webhook.as_str());
         let old_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&event, &webhook];
         let new_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&event, &webhook, &hook];
-        let (old_rows, new_rows) = tokio::try_join!(
-            client.query(&old, &old_params),
-            client.query(&new, &new_params)
-        )?;
-        let old_records = old_rows
-            .iter()
-            .map(attempt_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        let new_records = new_rows
-            .iter()
-            .map(log_attempt_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(merge_by_id(old_records, new_records, false, usize::MAX))
+        query_both_tables(
+            &client,
+            (&old, &old_params),
+            (&new, &new_params),
+            false,
+            usize::MAX,
+        )
+        .await
     }
 }
 

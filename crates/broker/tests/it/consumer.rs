@@ -15,8 +15,18 @@ use qr3_broker::{Consumer, DeadQueue, Fatal, Topology, Verdict};
 use qr3_config::Settings;
 use tokio_util::sync::CancellationToken;
 
-/// Settings with a namespace of this test's own, and its topology declared.
-async fn namespace() -> (Settings, Topology, lapin::Channel) {
+/// Removes a test's queues and exchanges when the test ends, passed or failed.
+struct Teardown(Settings);
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        qr3_testkit::deployment::remove_topology_now(&self.0);
+    }
+}
+
+/// Settings with a namespace of this test's own, its topology declared, and what
+/// removes it again.
+async fn namespace() -> (Settings, Topology, lapin::Channel, Teardown) {
     let mut settings = Settings::defaults();
     settings.amqp.url = qr3_config::Redacted::new(qr3_testkit::amqp_url());
     let prefix = qr3_testkit::unique_name("b");
@@ -30,7 +40,8 @@ async fn namespace() -> (Settings, Topology, lapin::Channel) {
     let channel = connection.create_channel().await.unwrap();
     // The connection lives as long as the channel is used (leaked with the test).
     std::mem::forget(connection);
-    (settings, topology, channel)
+    let teardown = Teardown(settings.clone());
+    (settings, topology, channel, teardown)
 }
 
 async fn put(channel: &lapin::Channel, queue: &str, body: &str, headers: FieldTable) {
@@ -70,7 +81,7 @@ async fn depth(channel: &lapin::Channel, queue: &str) -> u32 {
 
 #[tokio::test]
 async fn deliveries_are_settled_in_order_and_a_dead_letter_keeps_its_headers() {
-    let (settings, topology, channel) = namespace().await;
+    let (settings, topology, channel, _teardown) = namespace().await;
     let queue = topology.ingest_queue();
     let mut kept = FieldTable::default();
     kept.insert(
@@ -137,7 +148,7 @@ async fn deliveries_are_settled_in_order_and_a_dead_letter_keeps_its_headers() {
 
 #[tokio::test]
 async fn a_broken_session_starts_over_with_its_work_redelivered_and_a_fatal_one_ends_the_run() {
-    let (settings, topology, channel) = namespace().await;
+    let (settings, topology, channel, _teardown) = namespace().await;
     let queue = topology.deliveries_queue();
     put(&channel, &queue, "job", FieldTable::default()).await;
     let (connected, reconnects) = metrics();
@@ -179,7 +190,7 @@ async fn batches_at_their_concurrency_limit_settle_everything_while_deliveries_k
     // Ingest's shape: whatever is ready in batches, a bounded number of batches at once,
     // each acknowledged as a whole while the next deliveries are being registered.
     const MESSAGES: usize = 2000;
-    let (settings, topology, channel) = namespace().await;
+    let (settings, topology, channel, _teardown) = namespace().await;
     let queue = topology.ingest_queue();
     for i in 0..MESSAGES {
         put(&channel, &queue, &i.to_string(), FieldTable::default()).await;

@@ -236,3 +236,55 @@ pub fn child_env(settings: &Settings, extra: &[(&str, &str)]) -> Vec<(String, St
     );
     env
 }
+
+/// Calls the API with the app's key; the status and the JSON answer (`null` if none).
+pub async fn call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, format!("{}{path}", app.api))
+        .bearer_auth(&app.api_key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// A workspace in `db` with one webhook on `qr.created` (secret [`SECRET`]) to a new
+/// receiver answering 200, written through the store as any release would: for tests
+/// of a database an older release left.
+pub async fn webhook_to_a_receiver(
+    db: &TestDb,
+) -> (qr3_store::CreatedWorkspace, qr3_testkit::Receiver, Webhook) {
+    let created = db.store.create_workspace("test").await.unwrap();
+    let receiver = qr3_testkit::Receiver::start(qr3_testkit::Behaviour::Status(200)).await;
+    let hook = db
+        .store
+        .insert_webhook(
+            &created.id,
+            NewWebhook {
+                url: WebhookUrl::parse(
+                    &receiver.url(),
+                    TargetPolicy {
+                        require_https: false,
+                        allow_private: true,
+                    },
+                )
+                .unwrap(),
+                events: Subscriptions::parse(&["qr.created"]).unwrap(),
+                secret: WebhookSecret::parse(SECRET).unwrap(),
+                max_per_second: None,
+            },
+        )
+        .await
+        .unwrap();
+    (created, receiver, hook)
+}

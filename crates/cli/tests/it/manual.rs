@@ -7,26 +7,9 @@ use qr3_store::AttemptStatus;
 
 use qr3_domain::Trigger;
 use qr3_testkit::{Behaviour, Receiver};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::helpers::{expected_signature, spawn_app_with, TestApp};
-
-async fn call(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
-        .request(method, format!("{}{path}", app.api))
-        .bearer_auth(&app.api_key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
+use crate::helpers::{call, expected_signature, spawn_app_with};
 
 #[tokio::test]
 async fn a_delivery_shows_the_exact_request_and_the_start_of_the_response() {

@@ -7,33 +7,13 @@
 use std::time::Duration;
 
 use base64::Engine;
-use qr3_domain::{
-    DeliveryId, EventId, EventType, Subscriptions, TargetPolicy, Timestamp, Trigger, WebhookSecret,
-    WebhookUrl,
-};
-use qr3_store::{AttemptDetail, AttemptRecord, AttemptStatus, NewWebhook, Store};
-use qr3_testkit::{Behaviour, Receiver, TestDb};
+use qr3_domain::{DeliveryId, EventId, EventType, Timestamp, Trigger};
+use qr3_store::{AttemptDetail, AttemptRecord, AttemptStatus, Store};
+use qr3_testkit::TestDb;
 use qr3_webhooks::Roles;
 use serde_json::{json, Value};
 
-use crate::helpers::{expected_signature, spawn_on, TestApp, SECRET};
-
-async fn call(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
-        .request(method, format!("{}{path}", app.api))
-        .bearer_auth(&app.api_key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
+use crate::helpers::{call, expected_signature, spawn_on, webhook_to_a_receiver, TestApp};
 
 /// What the V7 writer stored for the headers of a delivery made at `seconds`: the
 /// compact blob, and the headers it stands for.
@@ -133,28 +113,7 @@ async fn rows_from_before_v8_read_retry_recover_and_expire_beside_new_ones() {
     db.query("SELECT qr3_ensure_delivery_partitions(current_date - 1, 3)")
         .await
         .unwrap();
-    let created = db.store.create_workspace("test").await.unwrap();
-    let receiver = Receiver::start(Behaviour::Status(200)).await;
-    let hook = db
-        .store
-        .insert_webhook(
-            &created.id,
-            NewWebhook {
-                url: WebhookUrl::parse(
-                    &receiver.url(),
-                    TargetPolicy {
-                        require_https: false,
-                        allow_private: true,
-                    },
-                )
-                .unwrap(),
-                events: Subscriptions::parse(&["qr.created"]).unwrap(),
-                secret: WebhookSecret::parse(SECRET).unwrap(),
-                max_per_second: None,
-            },
-        )
-        .await
-        .unwrap();
+    let (created, receiver, hook) = webhook_to_a_receiver(&db).await;
     let (hook_id, ws) = (hook.id.to_string(), created.id.to_string());
     let started = Timestamp::from(chrono::Utc::now() - chrono::Duration::seconds(5));
     let v7_body = r#"{"id":"evt_v7_retried","n":1}"#;

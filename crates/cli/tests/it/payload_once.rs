@@ -5,30 +5,12 @@
 
 use std::time::Duration;
 
-use qr3_domain::{EventId, Subscriptions, TargetPolicy, WebhookSecret, WebhookUrl};
-use qr3_store::NewWebhook;
-use qr3_testkit::{Behaviour, Receiver, TestDb};
+use qr3_domain::EventId;
+use qr3_testkit::TestDb;
 use qr3_webhooks::Roles;
 use serde_json::{json, Value};
 
-use crate::helpers::{expected_signature, spawn_on, TestApp, SECRET};
-
-async fn call(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
-        .request(method, format!("{}{path}", app.api))
-        .bearer_auth(&app.api_key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
+use crate::helpers::{call, expected_signature, spawn_on, webhook_to_a_receiver};
 
 /// The headers a sender of the previous release logged with an attempt.
 fn old_headers(event: &str, delivery: &str, body: &str) -> Value {
@@ -55,28 +37,7 @@ async fn the_log_reads_retries_and_recovers_rows_from_before_the_migration() {
     db.query("SELECT qr3_ensure_delivery_partitions(current_date - 1, 3)")
         .await
         .unwrap();
-    let created = db.store.create_workspace("test").await.unwrap();
-    let receiver = Receiver::start(Behaviour::Status(200)).await;
-    let hook = db
-        .store
-        .insert_webhook(
-            &created.id,
-            NewWebhook {
-                url: WebhookUrl::parse(
-                    &receiver.url(),
-                    TargetPolicy {
-                        require_https: false,
-                        allow_private: true,
-                    },
-                )
-                .unwrap(),
-                events: Subscriptions::parse(&["qr.created"]).unwrap(),
-                secret: WebhookSecret::parse(SECRET).unwrap(),
-                max_per_second: None,
-            },
-        )
-        .await
-        .unwrap();
+    let (created, receiver, hook) = webhook_to_a_receiver(&db).await;
     let started = qr3_domain::Timestamp::now();
     let mut old = Vec::new();
     for (event, body) in [

@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use qr3_webhooks::cli::Cli;
 
+/// jemalloc rather than the system's malloc: per-thread caches and size classes instead of
+/// the chunk consolidation glibc's malloc does on free, which cost the workers about a
+/// quarter of their CPU (docs/benchmarks.md, "Cost per delivery").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // Fault injection for the chaos suite, from FAILPOINTS (built with `failpoints` only).

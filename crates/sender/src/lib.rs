@@ -149,6 +149,11 @@ impl Sender {
             writer::spawn(self.clone(), publisher.clone(), hold.clone(), died.clone());
         let (parking, parking_task) =
             parking::spawn(self.clone(), publisher.clone(), hold.clone(), died.clone());
+        let outlets = Arc::new(Outlets {
+            writer,
+            parking,
+            shutdown: hold.shutdown.clone(),
+        });
         let tracker = TaskTracker::new();
         let slots = Arc::new(tokio::sync::Semaphore::new(
             inner.settings.delivery.concurrency,
@@ -180,20 +185,17 @@ impl Sender {
                     _ = died.cancelled() => break,
                 };
                 let this = self.clone();
-                let writer = writer.clone();
-                let parking = parking.clone();
-                let shutdown = hold.shutdown.clone();
+                let outlets = outlets.clone();
                 tracker.spawn(async move {
                     this.inner.metrics.deliveries_in_flight.inc();
-                    this.handle(job, origin, part, &writer, &parking, &shutdown)
-                        .await;
+                    this.handle(job, origin, part, &outlets).await;
                     this.inner.metrics.deliveries_in_flight.dec();
                     drop(slot);
                 });
             }
         }
         tracker.close();
-        drop((writer, parking));
+        drop(outlets);
         if died.is_cancelled() {
             // What the dead task held can no longer be settled; the broker hands it
             // out again once this process is gone.
@@ -212,15 +214,7 @@ impl Sender {
     /// its outcome (logged, parked or failed). Every path through here settles the
     /// job's part exactly once (ack, or requeue): an unsettled job would hold back the
     /// acknowledgement of every later one.
-    async fn handle(
-        &self,
-        job: DeliveryJob,
-        origin: Origin,
-        part: Part,
-        writer: &writer::Handle,
-        parking: &parking::Handle,
-        shutdown: &CancellationToken,
-    ) {
+    async fn handle(&self, job: DeliveryJob, origin: Origin, part: Part, outlets: &Outlets) {
         let inner = &self.inner;
         // 1. Admission: a slot of the webhook's bulkhead, or the defer queue the breaker
         // (or a wait that ran out) says.
@@ -233,9 +227,30 @@ impl Sender {
                     deferrals: step,
                     failures: origin.failures,
                 };
-                return parking.park(parked).await;
+                return outlets.parking.park(parked).await;
             }
         };
+        // Boxed: the attempt's state (its lookups, the request, the log hand-over) is
+        // most of a job task's size, and a job waiting in its webhook's bulkhead queue
+        // need not carry it; nor does spawning a job copy it.
+        Box::pin(self.serve(job, origin, part, permit, outlets)).await;
+    }
+
+    /// Steps 2 and 3 of [`Sender::handle`], for a job admitted to a slot.
+    async fn serve(
+        &self,
+        job: DeliveryJob,
+        origin: Origin,
+        part: Part,
+        permit: admission::Permit,
+        outlets: &Outlets,
+    ) {
+        let inner = &self.inner;
+        let Outlets {
+            writer,
+            parking,
+            shutdown,
+        } = outlets;
         // 2. The attempt. A job back from a defer queue may have a twin (its bundle was
         // requeued after it was parked): like a redelivered one, it is checked against
         // the log first.
@@ -575,6 +590,14 @@ pub(crate) fn failpoint(prefix: &str, name: &str) {
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
 pub(crate) fn failpoint(_prefix: &str, _name: &str) {}
+
+/// Where a job's task hands its outcome: the session's log writer and parking task, and
+/// the process's shutdown (which ends a wait for the database). One per session, shared.
+struct Outlets {
+    writer: writer::Handle,
+    parking: parking::Handle,
+    shutdown: CancellationToken,
+}
 
 /// Where a job came from: what its message says besides the job itself.
 #[derive(Debug, Clone, Copy)]

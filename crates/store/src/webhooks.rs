@@ -383,27 +383,48 @@ impl Store {
 
     /// URL, secrets and active flag of a webhook, whatever its workspace (sender side).
     pub async fn delivery_target(&self, id: &WebhookId) -> Result<Option<DeliveryTarget>> {
+        match self.delivery_targets(std::slice::from_ref(id)).await?.pop() {
+            Some((_, target)) => target.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// [`Store::delivery_target`] of several webhooks in one query: one entry per
+    /// webhook that exists (an id not returned does not exist), each read on its own, so
+    /// a row this build cannot read fails only its own entry.
+    pub async fn delivery_targets(
+        &self,
+        ids: &[WebhookId],
+    ) -> Result<Vec<(WebhookId, Result<DeliveryTarget>)>> {
         let now = Timestamp::now();
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT w.workspace_id, w.url, w.secret_ciphertext, w.is_active, w.max_per_second, \
+                "SELECT w.id, w.workspace_id, w.url, w.secret_ciphertext, w.is_active, w.max_per_second, \
                  ARRAY(SELECT p.secret_ciphertext FROM webhook_previous_secrets p \
                        WHERE p.webhook_id = w.id AND p.expires_at > $2 ORDER BY p.id DESC), \
                  ARRAY(SELECT p.expires_at FROM webhook_previous_secrets p \
                        WHERE p.webhook_id = w.id AND p.expires_at > $2 ORDER BY p.id DESC) \
-                 FROM webhooks w WHERE w.id = $1",
+                 FROM webhooks w WHERE w.id = ANY($1::text[])",
             )
             .await?;
-        let Some(row) = client
-            .query_opt(&stmt, &[&id.as_str(), &now.as_datetime()])
-            .await?
-        else {
-            return Ok(None);
-        };
-        let secret = self.cipher.open(id, row.get(2))?;
-        let previous: Vec<Vec<u8>> = row.get(5);
-        let expiries: Vec<DateTime<Utc>> = row.get(6);
+        let texts: Vec<&str> = ids.iter().map(WebhookId::as_str).collect();
+        let rows = client.query(&stmt, &[&texts, &now.as_datetime()]).await?;
+        let asked: std::collections::HashMap<&str, &WebhookId> =
+            ids.iter().map(|id| (id.as_str(), id)).collect();
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                let id = *asked.get(row.get::<_, &str>(0))?;
+                Some((id.clone(), self.delivery_target_from_row(id, row)))
+            })
+            .collect())
+    }
+
+    fn delivery_target_from_row(&self, id: &WebhookId, row: &Row) -> Result<DeliveryTarget> {
+        let secret = self.cipher.open(id, row.get(3))?;
+        let previous: Vec<Vec<u8>> = row.get(6);
+        let expiries: Vec<DateTime<Utc>> = row.get(7);
         let mut secrets = vec![SigningSecret {
             secret: secret.clone(),
             expires_at: None,
@@ -422,15 +443,15 @@ impl Store {
                 }
             }
         }
-        Ok(Some(DeliveryTarget {
+        Ok(DeliveryTarget {
             id: id.clone(),
-            workspace_id: WorkspaceId::parse(row.get(0)).map_err(corrupt)?,
-            url: WebhookUrl::from_trusted(row.get(1)).map_err(corrupt)?,
+            workspace_id: WorkspaceId::parse(row.get(1)).map_err(corrupt)?,
+            url: WebhookUrl::from_trusted(row.get(2)).map_err(corrupt)?,
             secret,
             secrets,
-            is_active: row.get(3),
-            max_per_second: row.get::<_, Option<i32>>(4).map(|n| n.max(1) as u32),
-        }))
+            is_active: row.get(4),
+            max_per_second: row.get::<_, Option<i32>>(5).map(|n| n.max(1) as u32),
+        })
     }
 
     /// The active webhooks of `workspaces` and what they subscribe to (ingest fan-out),

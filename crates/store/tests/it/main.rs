@@ -7,5 +7,6 @@ mod payloads;
 mod rate;
 mod rotation;
 mod stats;
+mod targets;
 mod tls;
 mod workspaces;

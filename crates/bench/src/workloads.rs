@@ -17,7 +17,7 @@ use crate::{ceilings, Args, Sizes};
 
 const SECRET: &str = "bench-secret-0123456789abcdef";
 /// The sender's concurrency in production settings (delivery.concurrency).
-const SENDER_CONCURRENCY: usize = 2048;
+const SENDER_CONCURRENCY: usize = 512;
 
 pub struct Workspace {
     id: String,

@@ -225,7 +225,7 @@ mod tests {
                     )
                     .unwrap(),
                     events: Subscriptions::parse(&["*"]).unwrap(),
-                    secret: WebhookSecret::parse(&format!("the-secret-of-{n:06}")).unwrap(),
+                    secret: WebhookSecret::parse(format!("the-secret-of-{n:06}")).unwrap(),
                     max_per_second: None,
                 },
             )

@@ -16,7 +16,7 @@ async fn webhook(db: &TestDb, workspace: &qr3_domain::WorkspaceId, n: usize) -> 
                 )
                 .unwrap(),
                 events: Subscriptions::parse(&["*"]).unwrap(),
-                secret: WebhookSecret::parse(&format!("a-secret-of-hook-{n:04}")).unwrap(),
+                secret: WebhookSecret::parse(format!("a-secret-of-hook-{n:04}")).unwrap(),
                 max_per_second: None,
             },
         )

@@ -465,7 +465,9 @@ pub async fn scenario(
                 .position(|p| p.name.contains("sender"))
                 .context("sender process")?;
             procs.remove(at).terminate();
-            let failpoints = format!("{}/sender-log-writer=5*off->panic", run.name);
+            // The second batch it writes: a late start can find the rest of the quick
+            // stream (675 deliveries) waiting, which it writes in three batches.
+            let failpoints = format!("{}/sender-log-writer=1*off->panic", run.name);
             let mut dying = run.spawn_with(
                 "sender",
                 &format!("chaos-sender-{index}-dying"),
@@ -477,7 +479,14 @@ pub async fn scenario(
                     break status;
                 }
                 if Instant::now() > deadline {
-                    bail!("the sender whose log writer died did not exit within 30 s");
+                    // What it did meanwhile tells "no batch to write" from "stuck".
+                    let metrics = format!("{}/metrics", dying.url());
+                    let in_flight = crate::procs::gauge(&metrics, "qr3_deliveries_in_flight").await;
+                    let connected = crate::procs::gauge(&metrics, "qr3_broker_connected").await;
+                    bail!(
+                        "the sender whose log writer died did not exit within 30 s \
+                         (deliveries in flight {in_flight:?}, broker connected {connected:?})"
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             };

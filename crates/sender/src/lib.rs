@@ -28,6 +28,7 @@ use qr3_config::Settings;
 use qr3_domain::{DeliveryId, TargetPolicy, Timestamp};
 use qr3_store::{AttemptDetail, AttemptRecord, AttemptStatus, DeliveryTarget, Store, StoreError};
 use qr3_telemetry::Metrics;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -413,29 +414,38 @@ impl Sender {
         Ok(Ok(target.expect("an existing target")))
     }
 
-    /// The webhook's `max_per_second` (not for pings): waits for its next slot when it
-    /// is within `delivery.defer_ms`; `false` when there is none that soon (park).
+    /// The webhook's `max_per_second` (not for pings): waits for its next send window
+    /// when it opens within `delivery.defer_ms`; `false` when there is none that soon
+    /// (park). A job whose timer wakes past its window's end takes another one, within
+    /// the same overall wait.
     async fn pace(&self, job: &DeliveryJob, target: &DeliveryTarget) -> Result<bool, StoreError> {
         let inner = &self.inner;
         let (Some(rate), false) = (target.max_per_second, job.trigger == Trigger::Ping) else {
             return Ok(true);
         };
-        let max_wait = inner.settings.delivery.defer();
-        match inner
-            .rate
-            .reserve(&inner.store, &job.webhook_id, rate, max_wait)
-            .await?
-        {
-            admission::gcra::Reservation::Wait(wait) => {
-                if !wait.is_zero() {
+        let deadline = Instant::now() + inner.settings.delivery.defer();
+        let mut waited = false;
+        loop {
+            let max_wait = deadline.saturating_duration_since(Instant::now());
+            let reservation = inner
+                .rate
+                .reserve(&inner.store, &job.webhook_id, rate, max_wait)
+                .await?;
+            let admission::gcra::Reservation::Slot(window) = reservation else {
+                if !waited {
                     inner.metrics.deliveries_rate_limited_total.inc();
-                    tokio::time::sleep(wait).await;
                 }
-                Ok(true)
+                return Ok(false);
+            };
+            if window.start > Instant::now() {
+                if !waited {
+                    inner.metrics.deliveries_rate_limited_total.inc();
+                    waited = true;
+                }
+                tokio::time::sleep_until(window.start).await;
             }
-            admission::gcra::Reservation::Busy => {
-                inner.metrics.deliveries_rate_limited_total.inc();
-                Ok(false)
+            if window.admits(Instant::now()) {
+                return Ok(true);
             }
         }
     }

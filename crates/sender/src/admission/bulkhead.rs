@@ -7,9 +7,10 @@
 //!             │ no                                 ▲                          │
 //!             ▼                                    │ the oldest waiter        │
 //!          served within the wait bound? ──yes──▶ WAITING (FCFS) ─────────────┘
-//!             │ no                                 │ the wait bound passed, or
-//!             ▼                                    │ the breaker opened
-//!          parked ◀────────────────────────────────┘
+//!             │ no                                 │ the wait bound passed, the
+//!             ▼                                    │ breaker opened, or no slot
+//!          parked ◀────────────────────────────────┘ freed and no longer served
+//!                                                    within the bound
 //! ```
 //!
 //! The *wait bound* is `delivery.defer_ms`: a parked job comes back that late at the

@@ -76,6 +76,10 @@ struct Entry {
     users: usize,
     /// Jobs waiting for a slot.
     waiting: usize,
+    /// Jobs that have joined the queue, and left it (served, parked or given up), ever:
+    /// a waiter that joined as the `n`th has at most `n - departed` jobs ahead of it.
+    joined: u64,
+    departed: u64,
     /// When the webhook last freed a slot (or the entry was made).
     freed_at: Instant,
     /// Wakes the waiting jobs when the breaker opens, so they park at once.
@@ -90,6 +94,8 @@ impl Entry {
             breaker: Breaker::default(),
             users: 0,
             waiting: 0,
+            joined: 0,
+            departed: 0,
             freed_at: now,
             opened: Arc::new(Notify::new()),
         }
@@ -122,7 +128,7 @@ impl Admission {
     /// jobs), or where to park it.
     pub async fn admit(&self, webhook: &WebhookId) -> Admitted {
         let limits = self.limits;
-        let (bulkhead, opened, deadline) = {
+        let (bulkhead, opened, ticket, deadline) = {
             let mut webhooks = self.lock();
             let now = Instant::now();
             let entry = webhooks
@@ -150,22 +156,24 @@ impl Admission {
             }
             entry.users += 1;
             entry.waiting += 1;
+            let ticket = entry.joined;
+            entry.joined += 1;
             (
                 entry.bulkhead.clone(),
                 entry.opened.clone(),
+                ticket,
                 now + limits.wait,
             )
         };
-        let opened = opened.notified();
-        let slot = tokio::select! {
-            slot = bulkhead.enter_by(deadline) => slot,
-            () = opened => None,
-        };
+        let slot = self
+            .wait(webhook, &bulkhead, &opened, ticket, deadline)
+            .await;
         let mut webhooks = self.lock();
         let entry = webhooks
             .get_mut(webhook)
             .expect("an entry with users is kept");
         entry.waiting -= 1;
+        entry.departed += 1;
         let now = Instant::now();
         if let Some(slot) = slot {
             return Admitted::Slot(self.permit(webhook, entry, slot, now));
@@ -176,6 +184,52 @@ impl Admission {
             webhooks.remove(webhook);
         }
         Admitted::Park(step)
+    }
+
+    /// A queued job's wait for a slot, keeping its place in the queue: it ends with the
+    /// slot, or with `None` when the breaker opens, the deadline passes, or the webhook,
+    /// having freed no slot since the job last looked, is no longer expected to serve
+    /// it before the deadline. It looks every service time (at least every
+    /// `wait / cap`, the pace at which a full queue is served), so a webhook whose
+    /// attempts stop ending sheds its queue, newest first, as their age grows, instead
+    /// of holding the sender's slots until every deadline; one that keeps freeing slots
+    /// serves its queue as admission expected.
+    async fn wait(
+        &self,
+        webhook: &WebhookId,
+        bulkhead: &Bulkhead,
+        opened: &Notify,
+        ticket: u64,
+        deadline: Instant,
+    ) -> Option<Slot> {
+        let limits = self.limits;
+        let every = limits.wait / u32::try_from(limits.cap.max(1)).unwrap_or(u32::MAX);
+        let opened = opened.notified();
+        let acquire = bulkhead.enter_by(deadline);
+        tokio::pin!(opened, acquire);
+        let mut looked = None;
+        loop {
+            let check = {
+                let webhooks = self.lock();
+                let entry = webhooks.get(webhook).expect("an entry with users is kept");
+                let now = Instant::now();
+                let ahead =
+                    usize::try_from(ticket.saturating_sub(entry.departed)).unwrap_or(usize::MAX);
+                let left = deadline.saturating_duration_since(now);
+                let stalled = looked.is_some_and(|at| entry.freed_at <= at);
+                if stalled && !entry.service.serves_within(ahead, left, now) {
+                    return None;
+                }
+                looked = Some(now);
+                (now + entry.service.time(now).max(every)).min(deadline)
+            };
+            tokio::select! {
+                biased;
+                slot = &mut acquire => return slot,
+                () = &mut opened => return None,
+                () = tokio::time::sleep_until(check) => {}
+            }
+        }
     }
 
     fn permit(&self, webhook: &WebhookId, entry: &mut Entry, slot: Slot, now: Instant) -> Permit {
@@ -403,6 +457,30 @@ mod tests {
         tokio::time::sleep(ms(1000)).await;
         assert_eq!(parked(admission.admit(&a).await), 1);
         assert!(matches!(admission.state(&a), State::Open { step: 1, .. }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_joined_before_the_attempts_stopped_ending_is_shed_before_its_deadlines() {
+        // Cap 2 (a look every 500 ms at least), both attempts hang from the start, and
+        // 8 jobs queue while nothing is known yet. At 500 ms nothing has been freed and
+        // the attempts' age says 2 slots per 500 ms at best: of the 500 ms left, the
+        // queue keeps at most the job or two at its head, the rest park at once
+        // instead of holding the sender's slots until their deadline.
+        let admission = admission(2);
+        let a = WebhookId::generate();
+        let _hanging: Vec<Permit> = (0..2).map(|_| slot_now(&admission, &a)).collect();
+        let queued: Vec<_> = (0..8).map(|_| spawn_admit(&admission, &a)).collect();
+        tokio::time::sleep(ms(501)).await;
+        let parked = queued.iter().filter(|job| job.is_finished()).count();
+        assert!(parked >= 6, "{parked} of 8 parked at 500 ms");
+        tokio::time::sleep(ms(500)).await;
+        for job in queued {
+            assert_eq!(
+                job.await.unwrap().err(),
+                Some(0),
+                "parked, at the deadline at the latest"
+            );
+        }
     }
 
     fn slot_now(admission: &Admission, webhook: &WebhookId) -> Permit {

@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use qr3_testkit::service::free_port;
 use tokio::process::{Child, Command};
 
 /// How long a node may take to boot (or to boot again) before the run fails.
@@ -385,12 +386,6 @@ fn scripts_dir() -> anyhow::Result<PathBuf> {
         .flat_map(std::env::split_paths)
         .find(|dir| dir.join("rabbitmq-server").exists())
         .context("rabbitmq-server not found (set RABBITMQ_SCRIPTS_DIR)")
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn set_owner_only(path: &Path) -> anyhow::Result<()> {

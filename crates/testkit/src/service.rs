@@ -69,10 +69,37 @@ pub fn is_root() -> bool {
 }
 
 /// A free TCP port on 127.0.0.1 (free now; the service binds it a moment later).
+///
+/// Chosen at random below the kernel's ephemeral range, where no outgoing connection
+/// takes its local port: a port the OS hands out for a listener (`:0`) is in that
+/// range, and between the check and the service's bind an outgoing connection of a
+/// busy test (a receiver's clients, a pool) could take it as its own.
 pub fn free_port() -> anyhow::Result<u16> {
+    use std::hash::BuildHasher;
+    const LOWEST: u16 = 10_000;
+    let first_ephemeral = ephemeral_ports().map_or(32_768, |(first, _)| first);
+    if let Some(span) = first_ephemeral
+        .checked_sub(LOWEST)
+        .filter(|span| *span >= 1_000)
+    {
+        let random = std::collections::hash_map::RandomState::new();
+        for attempt in 0..64u32 {
+            let port = LOWEST + (random.hash_one(attempt) % u64::from(span)) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`), if readable.
+fn ephemeral_ports() -> Option<(u16, u16)> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut ports = range.split_whitespace().map(str::parse::<u16>);
+    Some((ports.next()?.ok()?, ports.next()?.ok()?))
 }
 
 /// A fresh directory for one service of this process, empty.

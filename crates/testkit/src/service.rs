@@ -77,7 +77,7 @@ pub fn is_root() -> bool {
 pub fn free_port() -> anyhow::Result<u16> {
     use std::hash::BuildHasher;
     const LOWEST: u16 = 10_000;
-    let first_ephemeral = ephemeral_ports().map_or(32_768, |(first, _)| first);
+    let first_ephemeral = first_ephemeral_port().unwrap_or(32_768);
     if let Some(span) = first_ephemeral
         .checked_sub(LOWEST)
         .filter(|span| *span >= 1_000)
@@ -95,11 +95,11 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`), if readable.
-fn ephemeral_ports() -> Option<(u16, u16)> {
+/// The first port of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`),
+/// if readable.
+fn first_ephemeral_port() -> Option<u16> {
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    let mut ports = range.split_whitespace().map(str::parse::<u16>);
-    Some((ports.next()?.ok()?, ports.next()?.ok()?))
+    range.split_whitespace().next()?.parse().ok()
 }
 
 /// A fresh directory for one service of this process, empty.

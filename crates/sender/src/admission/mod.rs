@@ -74,10 +74,9 @@ struct Entry {
     breaker: Breaker,
     /// Jobs holding or waiting for a slot.
     users: usize,
-    /// Jobs waiting for a slot.
-    waiting: usize,
     /// Jobs that have joined the queue, and left it (served, parked or given up), ever:
-    /// a waiter that joined as the `n`th has at most `n - departed` jobs ahead of it.
+    /// `joined - departed` are waiting, and a waiter that joined as the `n`th has at
+    /// most `n - departed` jobs ahead of it.
     joined: u64,
     departed: u64,
     /// When the webhook last freed a slot (or the entry was made).
@@ -93,12 +92,16 @@ impl Entry {
             service: Service::new(cap, now),
             breaker: Breaker::default(),
             users: 0,
-            waiting: 0,
             joined: 0,
             departed: 0,
             freed_at: now,
             opened: Arc::new(Notify::new()),
         }
+    }
+
+    /// Jobs waiting for a slot.
+    fn waiting(&self) -> usize {
+        usize::try_from(self.joined - self.departed).unwrap_or(usize::MAX)
     }
 
     /// A job of this webhook, at its cap, gets no slot: where it parks. A webhook that
@@ -151,11 +154,13 @@ impl Admission {
                 entry.users += 1;
                 return Admitted::Slot(self.permit(webhook, entry, slot, now));
             }
-            if !entry.service.serves_within(entry.waiting, limits.wait, now) {
+            if !entry
+                .service
+                .serves_within(entry.waiting(), limits.wait, now)
+            {
                 return Admitted::Park(entry.refuse(webhook, &limits, now));
             }
             entry.users += 1;
-            entry.waiting += 1;
             let ticket = entry.joined;
             entry.joined += 1;
             (
@@ -172,7 +177,6 @@ impl Admission {
         let entry = webhooks
             .get_mut(webhook)
             .expect("an entry with users is kept");
-        entry.waiting -= 1;
         entry.departed += 1;
         let now = Instant::now();
         if let Some(slot) = slot {
